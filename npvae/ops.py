@@ -155,6 +155,7 @@ def cb_log_normaliser(logits: np.ndarray):
 
     C(λ) = 2 artanh(1 − 2λ)/(1 − 2λ) = l / tanh(l/2), so
     ln C = ln 2 + ln cosh(l/2) − ln(sinh(l/2)/(l/2)),     d ln C/dl = 1/l − 1/sinh(l).
+    (ln cosh u is evaluated as log1p(2 sinh²(u/2)).)
     Near λ = ½ (l -> 0) both closed forms cancel catastrophically, so for |l| < 1 they are
     written with the Taylor series P(t) = (sinh t − t)/t³:
         sinh(u)/u = 1 + u² P(u),   1/l − 1/sinh l = l P(l) / (1 + l² P(l)),
@@ -167,7 +168,8 @@ def cb_log_normaliser(logits: np.ndarray):
     small = a < CB_TAYLOR_BELOW
     ls = np.where(small, logits, dt(0))  # series branch, evaluated only where it is valid
     u = ls * dt(0.5)
-    log_c_small = dt(LOG_2) + np.log(np.cosh(u)) - np.log1p(u * u * _sinh_minus_x_over_x3(u))
+    sh = np.sinh(u * dt(0.5))  # ln cosh u = log1p(2 sinh²(u/2)): no cancellation near 0
+    log_c_small = dt(LOG_2) + np.log1p(dt(2) * sh * sh) - np.log1p(u * u * _sinh_minus_x_over_x3(u))
     p = _sinh_minus_x_over_x3(ls)
     dlog_c_small = ls * p / (dt(1) + ls * ls * p)
 

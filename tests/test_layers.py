@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from npvae import activations, layers
+from npvae.testing import check_gradients
+from npvae.testing import strategies as nst
+
+KINKED = ("relu", "leaky_relu", "elu")
+
+
+@pytest.mark.parametrize("act", sorted(activations.ACTIVATIONS))
+@given(data=st.data())
+def test_dense_gradients(act, data):
+    kinked = act in KINKED
+    b, n_in = data.draw(nst.shapes(batch=(1, 4) if kinked else (1, 8), width=(1, 8)))
+    p = data.draw(nst.dense_params(n_in=n_in, n_out=data.draw(st.integers(1, 8))))
+    x = data.draw(nst.arrays((b, n_in)))
+    if kinked:  # keep the stencil (steps up to 2e-3) away from the kink at 0
+        assume(np.all(np.abs(x @ p["W"] + p["b"]) > 0.05))
+    dy = data.draw(nst.arrays((b, p["W"].shape[1])))
+    params = {"x": x, "W": p["W"], "b": p["b"]}
+
+    def fn(q):
+        y, bp = layers.dense(q["x"], q["W"], q["b"], act)
+        dx, dW, db = bp(dy)
+        return float(np.sum(y * dy)), {"x": dx, "W": dW, "b": db}
+
+    check_gradients(fn, params)
+
+
+@given(data=st.data(), act=st.sampled_from(["tanh", "sigmoid", "softplus", "identity"]))
+def test_mlp_gradients(data, act):
+    widths = data.draw(st.lists(st.integers(1, 8), min_size=2, max_size=4))
+    mlp = layers.MLP("net", [(str(i), widths[i], widths[i + 1], act) for i in range(len(widths) - 1)])
+    params = mlp.init(np.random.default_rng(data.draw(nst.seeds())), np.float64)
+    b = data.draw(st.integers(1, 6))
+    x = data.draw(nst.arrays((b, widths[0])))
+    dy = data.draw(nst.arrays((b, widths[-1])))
+    params["x"] = x
+
+    def fn(q):
+        y, bp = mlp.forward(q, q["x"])
+        dx, grads = bp(dy)
+        grads["x"] = dx
+        return float(np.sum(y * dy)), grads
+
+    check_gradients(fn, params)
+
+
+def test_mlp_names_and_repr():
+    mlp = layers.MLP("encoder", [("0", 4, 3, "relu"), ("1", 3, 2, "tanh")])
+    params = mlp.init(np.random.default_rng(0), np.float32)
+    assert list(params) == ["encoder.0.W", "encoder.0.b", "encoder.1.W", "encoder.1.b"]
+    assert params["encoder.0.W"].shape == (4, 3) and params["encoder.1.b"].shape == (2,)
+    assert all(v.dtype == np.float32 for v in params.values())
+    assert "encoder.0: 4->3 relu" in repr(mlp)
+
+
+def test_first_layer_skips_input_gradient():
+    x = np.ones((2, 3))
+    _, bp = layers.dense(x, np.ones((3, 2)), np.zeros(2), need_dx=False)
+    dx, dW, db = bp(np.ones((2, 2)))
+    assert dx is None and dW.shape == (3, 2) and db.shape == (2,)
+
+
+@pytest.mark.parametrize("init,var", [("glorot", lambda i, o: 2 / (i + o)), ("he", lambda i, o: 2 / i)])
+def test_initialiser_variance(init, var):
+    n_in, n_out = 300, 200
+    W, b = layers.init_dense(np.random.default_rng(0), n_in, n_out, init=init, dtype=np.float64)
+    assert W.shape == (n_in, n_out) and np.all(b == 0)
+    assert W.var() == pytest.approx(var(n_in, n_out), rel=0.03)
+    assert abs(W.mean()) < 5 * np.sqrt(var(n_in, n_out) / W.size)
+
+
+def test_initialisers_are_seeded_and_typed():
+    a = layers.init_dense(np.random.default_rng(7), 5, 4, dtype=np.float32)[0]
+    b = layers.init_dense(np.random.default_rng(7), 5, 4, dtype=np.float32)[0]
+    assert a.dtype == np.float32 and np.array_equal(a, b)
+    with pytest.raises(ValueError, match="init must be one of"):
+        layers.init_dense(np.random.default_rng(0), 2, 2, init="lecun")
