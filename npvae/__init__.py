@@ -3,9 +3,20 @@
     >>> import numpy as np, npvae
     >>> model = npvae.VAE(784, 20, hidden=(400,))
     >>> loss, grads, parts = model.loss_and_grad(x, rng=np.random.default_rng(0))
+    >>> history = npvae.fit(model, x, epochs=10, beta=npvae.LinearBeta(5))
 """
-from . import activations, distributions, layers, likelihoods, ops
+from . import activations, data, distributions, layers, likelihoods, ops, optim, schedules
+from .checkpoint import CheckpointError, load
 from .model import VAE
+from .optim import SGD, Adam, AdamW, clip_grad_norm
+from .schedules import (Constant, ConstantBeta, Cosine, CyclicalBeta, LinearBeta, StepDecay,
+                        Warmup)
+from .train import DivergenceError, History, fit
 
-__all__ = ["VAE", "activations", "distributions", "layers", "likelihoods", "ops"]
+__all__ = [
+    "VAE", "fit", "load", "History", "DivergenceError", "CheckpointError",
+    "SGD", "Adam", "AdamW", "clip_grad_norm",
+    "Constant", "StepDecay", "Cosine", "Warmup", "ConstantBeta", "LinearBeta", "CyclicalBeta",
+    "activations", "data", "distributions", "layers", "likelihoods", "ops", "optim", "schedules",
+]
 __version__ = "0.1.0"

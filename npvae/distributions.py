@@ -40,6 +40,17 @@ def kl_standard_normal(mu: np.ndarray, logvar: np.ndarray):
     return kl, backprop
 
 
+def kl_standard_normal_per_dim(mu: np.ndarray, logvar: np.ndarray):
+    """The KL summands ½ (μ_j² + e^{v_j} − 1 − v_j), shape (B, J), for per-dimension
+    objectives such as free bits.  ``backprop(dkl)`` takes weights of shape (B, J)."""
+    kl = ops.kl_normal_per_dim(mu, logvar)
+
+    def backprop(dkl):
+        return ops.kl_normal_backward(mu, logvar, dkl)
+
+    return kl, backprop
+
+
 def log_q(z: np.ndarray, mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     """ln q(z|x) = ln N(z; μ, diag e^v), summed over latent dimensions."""
     return ops.gaussian_log_prob(z, mu, logvar)

@@ -95,6 +95,12 @@ class VAE:
         cfg.update(self.likelihood.options())
         return cfg
 
+    def save(self, path):
+        """Save configuration and parameters to ``path`` (.npz, atomic, no pickle).
+        ``npvae.load(path)`` rebuilds the model."""
+        from .checkpoint import save_model
+        return save_model(self, path)
+
     @property
     def n_params(self) -> int:
         return int(sum(p.size for p in self.params.values()))
@@ -169,7 +175,7 @@ class VAE:
     # ------------------------------------------------------------------------------------
     # The loss and its gradient
     # ------------------------------------------------------------------------------------
-    def loss_and_grad(self, x, *, eps=None, rng=None, beta=1.0):
+    def loss_and_grad(self, x, *, eps=None, rng=None, beta=1.0, free_bits=0.0):
         """The batch mean of −ln p(x|z) + β KL, and its gradient for every parameter.
 
         Shapes: x (B, D); eps (B, J) standard normal noise.  With ``eps`` given the call is
@@ -180,12 +186,19 @@ class VAE:
             d out = ∂(−ln p)/∂out               (likelihood)
             dz    = decoder backward of d out
             dμ    = dz + β μ,   dv = ½ σ ε ⊙ dz + β ½ (e^v − 1)     (ERRATA 6, 7)
+        Free bits (Kingma et al. 2016): with ``free_bits`` = λ > 0 the KL term becomes
+        Σ_j max(λ, KL̄_j), KL̄_j the batch-mean KL of latent dimension j, so a dimension whose
+        KL is below λ nats feels no pull towards the prior:
+            ∂/∂KL_ij = [KL̄_j > λ] / B   (zero gradient below the floor).
+
         Returns (loss, grads, parts): loss a scalar of the model dtype; grads with exactly the
-        keys of ``params``; parts with the batch means ``reconstruction``, ``kl`` and ``elbo``
-        (= −reconstruction − kl, the β = 1 bound), and ``beta``.
+        keys of ``params``; parts with the batch means ``reconstruction``, ``kl`` (the true
+        KL, whatever the floor) and ``elbo`` (= −reconstruction − kl, the β = 1 bound), and
+        ``beta``; with free bits also ``kl_objective``, the floored KL term.
         """
         x = self._check_x(x)
         beta = finite_float(beta, "beta", min_value=0.0)
+        free_bits = finite_float(free_bits, "free_bits", min_value=0.0)
         B = x.shape[0]
         eps = self._noise((B, self.n_latent), eps, rng)
         P = self.params
@@ -195,20 +208,32 @@ class VAE:
         z, z_bp = distributions.reparametrize(mu, lv, eps)
         outs, dec_bp = self._decode(P, z)
         rec, rec_bp = self.likelihood.nll(x, outs, self._likelihood_params(P))
-        kl, kl_bp = distributions.kl_standard_normal(mu, lv)
-        rec_mean, kl_mean = rec.mean(dtype=self.dtype), kl.mean(dtype=self.dtype)
-        loss = dt(rec_mean + dt(beta) * kl_mean)
+        rec_mean = rec.mean(dtype=self.dtype)
+        if free_bits > 0:
+            kl_dims, kl_bp = distributions.kl_standard_normal_per_dim(mu, lv)
+            kl_dim_mean = kl_dims.mean(axis=0, dtype=self.dtype)
+            kl_mean = kl_dim_mean.sum(dtype=self.dtype)
+            kl_term = np.maximum(kl_dim_mean, dt(free_bits)).sum(dtype=self.dtype)
+            kl_weights = np.broadcast_to(
+                np.where(kl_dim_mean > dt(free_bits), dt(beta / B), dt(0)), kl_dims.shape)
+        else:
+            kl, kl_bp = distributions.kl_standard_normal(mu, lv)
+            kl_term = kl_mean = kl.mean(dtype=self.dtype)
+            kl_weights = np.full(B, beta / B, dtype=self.dtype)
+        loss = dt(rec_mean + dt(beta) * kl_term)
 
         d_outs, g_lik = rec_bp(np.full(B, 1.0 / B, dtype=self.dtype))
         dz, grads = dec_bp(d_outs)
         dmu, dlv = z_bp(dz)
-        dmu_kl, dlv_kl = kl_bp(np.full(B, beta / B, dtype=self.dtype))
+        dmu_kl, dlv_kl = kl_bp(kl_weights)
         grads.update(enc_bp(dmu + dmu_kl, dlv + dlv_kl))
         for k, v in g_lik.items():
             grads[f"likelihood.{k}"] = v
         grads = {k: grads[k] for k in P}
         parts = {"reconstruction": dt(rec_mean), "kl": dt(kl_mean),
                  "elbo": dt(-(rec_mean + kl_mean)), "beta": beta}
+        if free_bits > 0:
+            parts["kl_objective"] = dt(kl_term)
         return loss, grads, parts
 
     # ------------------------------------------------------------------------------------

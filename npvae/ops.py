@@ -205,3 +205,47 @@ def cb_mean(logits: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):  # e^{-l} = inf for l << 0 gives the right limit, 0
         closed = dt(1) / (dt(1) - np.exp(-lb)) - dt(1) / lb
     return np.where(small, series, closed)
+
+
+# ----------------------------------------------------------------------------------------
+# Optimizer updates, in place on the parameter array
+# ----------------------------------------------------------------------------------------
+def sgd_update(p: np.ndarray, g: np.ndarray, buf, lr: float, momentum: float,
+               nesterov: bool, weight_decay: float) -> None:
+    """SGD with (Nesterov) momentum, in place (PyTorch's convention):
+    g ← g + λ p;  b ← μ b + g;  step = g + μ b (Nesterov) or b;  p ← p − η step.
+    ``buf`` is None when momentum = 0."""
+    dt = p.dtype.type
+    if weight_decay:
+        g = g + dt(weight_decay) * p
+    if buf is not None:
+        buf *= dt(momentum)
+        buf += g
+        g = g + dt(momentum) * buf if nesterov else buf
+    p -= dt(lr) * g
+
+
+def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, step: int,
+                lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                decoupled: bool) -> None:
+    """Adam (Kingma & Ba 2015) with bias correction, in place; AdamW when ``decoupled``:
+    m ← β₁ m + (1−β₁) g;  v ← β₂ v + (1−β₂) g²;  m̂ = m/(1−β₁ᵗ);  v̂ = v/(1−β₂ᵗ);
+    p ← p − η m̂/(√v̂ + ε)  [− η λ p (AdamW), or g ← g + λ p beforehand (L2)]."""
+    dt = p.dtype.type
+    if weight_decay and not decoupled:
+        g = g + dt(weight_decay) * p
+    m *= dt(beta1)
+    m += dt(1 - beta1) * g
+    v *= dt(beta2)
+    v += dt(1 - beta2) * (g * g)
+    c1 = 1 - beta1 ** step
+    c2 = 1 - beta2 ** step
+    if weight_decay and decoupled:
+        p *= dt(1 - lr * weight_decay)
+    p -= dt(lr / c1) * m / (np.sqrt(v / dt(c2)) + dt(eps))
+
+
+def sum_of_squares(g: np.ndarray) -> float:
+    """Σ g² in float64, for the global gradient norm."""
+    flat = g.reshape(-1)
+    return float(np.dot(flat, flat)) if g.dtype == np.float64 else float(np.dot(flat.astype(np.float64), flat))

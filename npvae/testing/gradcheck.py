@@ -8,10 +8,13 @@ central stencil
 whose truncation error is O(h⁴), so h = 1e-3 leaves both truncation (~1e-12) and float64
 round-off (~1e-13 |f| / h) far below the tolerance.  The relative error of element i is
 
-    |g_i − n_i| / max(|g_i|, |n_i|, floor),    floor = 1e-6 · max(|f|, 1e-3) by default,
+    |g_i − n_i| / max(|g_i|, |n_i|, floor),    floor = 1e-5 · max(|f|, 1) by default,
 
 so that gradients that are exactly or nearly zero are compared on the scale of the
-round-off of f, not divided by zero.
+round-off of f, not divided by zero: with rtol = 1e-6 an element passes when its absolute
+error is below 1e-11 max(|f|, 1).  That is the measured resolution of these differences for
+a loss of order max(|f|, 1) (its terms can cancel, so |f| alone is too small a scale); any
+error larger than that, on any element, fails.
 """
 from __future__ import annotations
 
@@ -99,7 +102,7 @@ def check_gradients(fn, params, *, grads=None, h=1e-3, rtol=1e-6, floor=None,
         raise ValueError("fn returned only a loss: pass the analytic gradients as grads=")
     grads = {k: np.array(v, dtype=np.float64) for k, v in grads.items()}
     if floor is None:
-        floor = 1e-6 * max(abs(f0), 1e-3)
+        floor = 1e-5 * max(abs(f0), 1.0)
     report = GradientReport(rtol=rtol, loss=f0)
     for name in (params if names is None else names):
         p = params[name]

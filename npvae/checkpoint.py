@@ -1,0 +1,148 @@
+"""Checkpoints: ``.npz`` files that never hold a pickle, written atomically.
+
+A file holds plain arrays only:
+
+* ``__npvae__`` = "npvae-checkpoint", ``__version__`` = FORMAT_VERSION, ``__kind__`` =
+  "model" or "training";
+* ``config``: the model's constructor arguments as JSON text;
+* ``param/<name>``: every parameter;
+* a training checkpoint adds ``optim/<key>`` (the optimizer state), ``meta`` (JSON: optimizer
+  and β-schedule configs, the RNG state, the epoch and step, the history, ...) and whatever
+  arrays the trainer needs to continue bit for bit (``perm``, ``best/<name>``).
+
+Every load uses ``allow_pickle=False``; anything unexpected raises :class:`CheckpointError`
+(a ValueError) naming the file and the problem.  Writes go to a temporary file in the same
+folder, are flushed to disk, then renamed over the target: a crash mid-write leaves the
+previous file as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MAGIC = "npvae-checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, truncated, of the wrong version or shape."""
+
+
+def _text(s: str) -> np.ndarray:
+    return np.array(s)  # a unicode array: loads without pickle
+
+
+def atomic_savez(path, arrays: dict) -> Path:
+    """Write ``arrays`` to ``path`` (.npz, uncompressed) via a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def model_arrays(model, kind: str = "model") -> dict:
+    arrays = {"__npvae__": _text(MAGIC), "__version__": np.array(FORMAT_VERSION),
+              "__kind__": _text(kind), "config": _text(json.dumps(model.config()))}
+    for name, p in model.params.items():
+        arrays[f"param/{name}"] = p
+    return arrays
+
+
+def save_model(model, path) -> Path:
+    """Save the model's configuration and parameters to ``path`` (.npz)."""
+    return atomic_savez(path, model_arrays(model))
+
+
+def read(path) -> dict:
+    """Every array of a checkpoint, after checking its header; raises CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, zipfile.LargeZipFile) as exc:
+        msg = str(exc)
+        if "allow_pickle" in msg or "Object arrays" in msg:
+            msg = "it contains pickled objects, which npvae never loads"
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {msg}") from None
+    if "__npvae__" not in arrays or str(arrays["__npvae__"]) != MAGIC:
+        raise CheckpointError(f"{path} is not an npvae checkpoint (no '{MAGIC}' header)")
+    try:
+        version = int(arrays["__version__"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"checkpoint {path} has no readable format version") from None
+    if version != FORMAT_VERSION:
+        newer = "newer than" if version > FORMAT_VERSION else "older than"
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version}, {newer} the version this npvae "
+            f"reads ({FORMAT_VERSION})")
+    return arrays
+
+
+def json_field(arrays: dict, key: str, path) -> dict:
+    try:
+        return json.loads(str(arrays[key]))
+    except KeyError:
+        raise CheckpointError(f"checkpoint {path} lacks the field {key!r}") from None
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: field {key!r} is not valid JSON ({exc})") from None
+
+
+def model_from_arrays(arrays: dict, path):
+    """Rebuild a VAE and check that every stored parameter has the expected name, shape and dtype."""
+    from .model import VAE
+
+    cfg = json_field(arrays, "config", path)
+    try:
+        cfg["hidden"] = tuple(cfg["hidden"])
+        model = VAE(**cfg)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
+    stored = {k[len("param/"):] for k in arrays if k.startswith("param/")}
+    missing, extra = set(model.params) - stored, stored - set(model.params)
+    if missing or extra:
+        raise CheckpointError(
+            f"checkpoint {path} parameters do not match its config: missing {sorted(missing)}, "
+            f"unexpected {sorted(extra)}")
+    for name, p in model.params.items():
+        a = arrays[f"param/{name}"]
+        if a.shape != p.shape or a.dtype != p.dtype:
+            raise CheckpointError(
+                f"checkpoint {path}: parameter {name!r} has shape {a.shape} and dtype {a.dtype}, "
+                f"expected {p.shape} and {p.dtype}")
+        if not np.isfinite(a).all():
+            raise CheckpointError(f"checkpoint {path}: parameter {name!r} holds NaN or inf")
+    for name in model.params:
+        model.params[name][...] = arrays[f"param/{name}"]
+    return model
+
+
+def load(path):
+    """Load a model (from a model or a training checkpoint) without unpickling anything."""
+    arrays = read(path)
+    return model_from_arrays(arrays, path)

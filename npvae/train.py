@@ -1,0 +1,394 @@
+"""The trainer: seeded, resumable bit for bit, and never loses the last good checkpoint.
+
+``fit`` owns the only random generator of a run, ``np.random.default_rng(seed)``: it draws
+each epoch's permutation, every ε and every dynamic binarisation, in that order.  A training
+checkpoint stores that generator's state together with the parameters, the optimizer state,
+the position in the epoch and the history, so that a run stopped after any step and resumed
+in a new process gives the same parameters, bit for bit, as a run that never stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from . import data as data_mod
+from .optim import Adam, Optimizer
+from .schedules import as_beta_schedule
+from .validation import as_float_array, finite_float, positive_int
+
+CHECKPOINT_GLOB = "ckpt-*.npz"
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a NaN or inf; names the epoch, the step and the culprit."""
+
+    def __init__(self, epoch: int, step: int, step_in_epoch: int, what: str):
+        self.epoch, self.step, self.step_in_epoch, self.what = epoch, step, step_in_epoch, what
+        super().__init__(
+            f"training diverged in epoch {epoch}, at step {step} (step {step_in_epoch} of the "
+            f"epoch): {what}. The last good checkpoint, if any, is untouched.")
+
+
+class History:
+    """One record (a dict) per epoch; ``history["loss"]`` is that column as a list."""
+
+    COLUMNS = ("epoch", "loss", "reconstruction", "kl", "beta", "lr", "grad_norm", "val_elbo",
+               "time")
+
+    def __init__(self, records=None):
+        self.records: list[dict] = [dict(r) for r in (records or [])]
+        self.interrupted = False
+        self.stopped_early = False
+        self.best_epoch: int | None = None
+
+    def append(self, record: dict) -> None:
+        self.records.append(dict(record))
+
+    def __len__(self):
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return [r.get(key) for r in self.records]
+        return self.records[key]
+
+    @property
+    def columns(self) -> list[str]:
+        cols = list(self.COLUMNS)
+        for r in self.records:
+            cols += [k for k in r if k not in cols]
+        return cols
+
+    def to_json(self, path=None) -> str:
+        text = json.dumps({"records": self.records, "interrupted": self.interrupted,
+                           "stopped_early": self.stopped_early, "best_epoch": self.best_epoch},
+                          indent=1)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    def to_csv(self, path=None) -> str:
+        cols = self.columns
+        lines = [",".join(cols)]
+        for r in self.records:
+            lines.append(",".join("" if r.get(c) is None else repr(r[c]) for c in cols))
+        text = "\n".join(lines) + "\n"
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    def __repr__(self):
+        last = self.records[-1] if self.records else {}
+        return f"History(epochs={len(self)}, last={last})"
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints of a training run
+# ----------------------------------------------------------------------------------------
+def _checkpoint_path(directory: Path, global_step: int) -> Path:
+    return directory / f"ckpt-{global_step:010d}.npz"
+
+
+def list_checkpoints(directory) -> list[Path]:
+    """The training checkpoints in ``directory``, oldest first."""
+    return sorted(Path(directory).glob(CHECKPOINT_GLOB))
+
+
+def _fingerprint(x: np.ndarray) -> str:
+    return f"{x.shape[0]}x{x.shape[1]}:{zlib.crc32(np.ascontiguousarray(x).view(np.uint8)):08x}"
+
+
+def _save_training(directory: Path, model, opt_state, run: dict, rng, perm, best_params,
+                   keep: int) -> Path:
+    arrays = ckpt.model_arrays(model, kind="training")
+    for k, v in opt_state.items():
+        arrays[f"optim/{k}"] = v
+    meta = dict(run)
+    meta["rng_state"] = rng.bit_generator.state
+    arrays["meta"] = np.array(json.dumps(meta))
+    arrays["perm"] = perm
+    if best_params is not None:
+        for k, v in best_params.items():
+            arrays[f"best/{k}"] = v
+    path = ckpt.atomic_savez(_checkpoint_path(directory, run["global_step"]), arrays)
+    for old in list_checkpoints(directory)[:-keep]:
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_training_checkpoint(path):
+    """(model, meta, optimizer-state, perm, best-params) from a training checkpoint."""
+    arrays = ckpt.read(path)
+    if str(arrays["__kind__"]) != "training":
+        raise ckpt.CheckpointError(f"{path} is a model checkpoint, not a training checkpoint")
+    model = ckpt.model_from_arrays(arrays, path)
+    meta = ckpt.json_field(arrays, "meta", path)
+    opt_state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+    best = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")} or None
+    if "perm" not in arrays:
+        raise ckpt.CheckpointError(f"checkpoint {path} lacks the field 'perm'")
+    return model, meta, opt_state, arrays["perm"], best
+
+
+def _newest_loadable(directory: Path):
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return path, load_training_checkpoint(path)
+        except ckpt.CheckpointError as exc:
+            warnings.warn(f"skipping unreadable checkpoint: {exc}", RuntimeWarning, stacklevel=3)
+    return None, None
+
+
+# ----------------------------------------------------------------------------------------
+# Ctrl-C: finish the current step, then save and return
+# ----------------------------------------------------------------------------------------
+class _InterruptFlag:
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            def handler(signum, frame):
+                if self.set:  # a second Ctrl-C stops at once
+                    raise KeyboardInterrupt
+                self.set = True
+            self._old = signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+# ----------------------------------------------------------------------------------------
+# fit
+# ----------------------------------------------------------------------------------------
+def _progress_bar(total, epoch, epochs, enabled, initial=0):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch}/{epochs}", leave=False,
+                dynamic_ncols=True)
+
+
+def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epochs=10,
+        batch_size=128, beta=1.0, seed=0, binarize=None, checkpoint_dir=None, resume=False,
+        callbacks=(), progress=True, free_bits=0.0, early_stopping=None, restore_best=True,
+        keep_checkpoints=2) -> History:
+    """Train ``model`` in place on ``x_train`` (n, D) and return the History.
+
+    * ``optimizer``: an :class:`npvae.SGD`, :class:`npvae.Adam` or :class:`npvae.AdamW`.
+    * ``beta``: a float or a β schedule (:mod:`npvae.schedules`); ``free_bits``: the floor
+      λ in nats per latent dimension (0 = off).
+    * ``binarize``: None, "static" (x ~ Bernoulli(x) once, seeded) or "dynamic" (a fresh
+      draw for every minibatch).  Validation data is binarised once, with a fixed seed.
+    * ``checkpoint_dir``: a training checkpoint at the end of every epoch (the newest
+      ``keep_checkpoints`` are kept); ``resume=True`` continues from the newest one, up to
+      ``epochs`` in total.
+    * ``early_stopping``: stop when the validation ELBO has not improved for that many
+      epochs; with ``restore_best`` the best parameters are put back.
+    * ``callbacks``: ``cb(record, model)`` after every epoch; returning True stops training.
+    * Ctrl-C finishes the current step, saves a checkpoint (with ``checkpoint_dir``) and
+      returns the history with ``history.interrupted = True``.
+
+    Each record holds: epoch, loss, reconstruction, kl (training means), beta (the mean over
+    the epoch's steps), lr (of the epoch's last step), grad_norm (mean, before clipping),
+    val_elbo (mean ELBO per example at β = 1, when ``x_val`` is given) and time (seconds).
+    Same seed and data give a bit-identical history, apart from ``time``.
+    """
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be an npvae optimizer (npvae.Adam, npvae.SGD), got {optimizer!r}")
+    epochs = positive_int(epochs, "epochs")
+    batch_size = positive_int(batch_size, "batch_size")
+    seed = positive_int(seed, "seed", allow_zero=True)
+    free_bits = finite_float(free_bits, "free_bits", min_value=0.0)
+    keep_checkpoints = positive_int(keep_checkpoints, "keep_checkpoints")
+    if binarize not in (None, "static", "dynamic"):
+        raise ValueError(f"binarize must be None, 'static' or 'dynamic', got {binarize!r}")
+    if early_stopping is not None:
+        early_stopping = positive_int(early_stopping, "early_stopping")
+        if x_val is None:
+            raise ValueError("early_stopping needs validation data: pass x_val")
+    beta_schedule = as_beta_schedule(beta)
+    callbacks = tuple(callbacks)
+    if not all(callable(cb) for cb in callbacks):
+        raise TypeError("callbacks must be callables cb(record, model)")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+
+    x = as_float_array(x_train, "x_train", dtype=model.dtype, shape=(None, model.n_inputs))
+    if binarize is not None:
+        if x.min() < 0 or x.max() > 1:
+            raise ValueError("binarize needs x_train in [0, 1]")
+        if binarize == "static":
+            x = data_mod.binarize(x, np.random.default_rng([seed, 2]))
+    model.likelihood.check_targets(x, "x_train")
+    if x_val is not None:
+        x_val = as_float_array(x_val, "x_val", dtype=model.dtype, shape=(None, model.n_inputs))
+        if binarize is not None:
+            x_val = data_mod.binarize(x_val, np.random.default_rng([seed, 3]))
+        model.likelihood.check_targets(x_val, "x_val")
+
+    n = x.shape[0]
+    steps_per_epoch = math.ceil(n / batch_size)
+    directory = None if checkpoint_dir is None else Path(checkpoint_dir)
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+
+    run = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "sums": {}, "epoch_time": 0.0,
+           "best_val": None, "best_epoch": None, "bad_epochs": 0, "history": [],
+           "seed": seed, "batch_size": batch_size, "binarize": binarize, "free_bits": free_bits,
+           "data": _fingerprint(x), "optimizer": optimizer.config(),
+           "beta_schedule": beta_schedule.config()}
+    rng = np.random.default_rng(seed)
+    opt_state = optimizer.init(model.params)
+    perm = np.arange(n)
+    best_params = None
+
+    if resume:
+        path, loaded = _newest_loadable(directory)
+        if loaded is not None:
+            saved_model, meta, saved_opt, perm, best_params = loaded
+            if saved_model.config() != model.config():
+                raise ValueError(f"cannot resume from {path}: it was made for {saved_model.config()}, "
+                                 f"not {model.config()}")
+            for key in ("seed", "batch_size", "binarize", "data", "free_bits"):
+                if meta.get(key) != run[key]:
+                    raise ValueError(f"cannot resume from {path}: {key} was {meta.get(key)!r}, "
+                                     f"now {run[key]!r}")
+            if set(saved_opt) != set(opt_state) or any(saved_opt[k].shape != opt_state[k].shape
+                                                       for k in opt_state):
+                raise ValueError(f"cannot resume from {path}: its optimizer state does not fit "
+                                 f"{type(optimizer).__name__}")
+            for k in model.params:
+                model.params[k][...] = saved_model.params[k]
+            opt_state = {k: np.array(v) for k, v in saved_opt.items()}
+            rng.bit_generator.state = meta.pop("rng_state")
+            run.update({k: meta[k] for k in ("epoch", "step_in_epoch", "global_step", "sums",
+                                             "epoch_time", "best_val", "best_epoch",
+                                             "bad_epochs", "history")})
+            perm = np.array(perm)
+
+    history = History(run["history"])
+    history.best_epoch = run["best_epoch"]
+    val_rng_seed = [seed, 4]
+
+    def save():
+        if directory is not None:
+            run["history"] = history.records
+            _save_training(directory, model, opt_state, run, rng, perm, best_params,
+                           keep_checkpoints)
+
+    stop = False
+    with _InterruptFlag() as interrupt:
+        while run["epoch"] < epochs and not stop:
+            epoch = run["epoch"] + 1
+            if run["step_in_epoch"] == 0:
+                perm = rng.permutation(n)
+                run["sums"] = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "beta": 0.0,
+                               "grad_norm": 0.0, "lr": 0.0}
+                run["epoch_time"] = 0.0
+            sums = run["sums"]
+            t0 = time.perf_counter()
+            bar = _progress_bar(steps_per_epoch, epoch, epochs, progress, run["step_in_epoch"])
+            try:
+                while run["step_in_epoch"] < steps_per_epoch:
+                    i = run["step_in_epoch"]
+                    idx = perm[i * batch_size:(i + 1) * batch_size]
+                    xb = x[idx]
+                    if binarize == "dynamic":
+                        xb = (rng.random(xb.shape) < xb).astype(model.dtype)
+                    eps = rng.standard_normal((len(idx), model.n_latent), dtype=model.dtype)
+                    b = beta_schedule(run["global_step"], steps_per_epoch)
+                    loss, grads, parts = model.loss_and_grad(xb, eps=eps, beta=b, free_bits=free_bits)
+                    _check_finite(loss, grads, epoch, run["global_step"] + 1, i + 1)
+                    lr = optimizer.learning_rate(opt_state)
+                    optimizer.update(model.params, grads, opt_state)
+                    w = len(idx) / n
+                    sums["loss"] += float(loss) * w
+                    sums["reconstruction"] += float(parts["reconstruction"]) * w
+                    sums["kl"] += float(parts["kl"]) * w
+                    sums["beta"] += b
+                    sums["grad_norm"] += float(opt_state["grad_norm"])
+                    sums["lr"] = lr
+                    run["step_in_epoch"] += 1
+                    run["global_step"] += 1
+                    if bar is not None:
+                        bar.update(1)
+                        if i % 10 == 0 or run["step_in_epoch"] == steps_per_epoch:
+                            bar.set_postfix(loss=f"{float(loss):.3f}", kl=f"{float(parts['kl']):.3f}",
+                                            beta=f"{b:.3f}", refresh=False)
+                    if interrupt.set:
+                        break
+            finally:
+                if bar is not None:
+                    bar.close()
+                run["epoch_time"] += time.perf_counter() - t0
+            if interrupt.set and run["step_in_epoch"] < steps_per_epoch:
+                history.interrupted = True
+                save()
+                break
+
+            record = {"epoch": epoch}
+            record.update({k: sums[k] for k in ("loss", "reconstruction", "kl", "lr")})
+            record["beta"] = sums["beta"] / steps_per_epoch
+            record["grad_norm"] = sums["grad_norm"] / steps_per_epoch
+            if x_val is not None:
+                val = float(model.elbo(x_val, rng=np.random.default_rng(val_rng_seed)).mean())
+                record["val_elbo"] = val
+                if run["best_val"] is None or val > run["best_val"]:
+                    run["best_val"], run["best_epoch"], run["bad_epochs"] = val, epoch, 0
+                    if early_stopping is not None:
+                        best_params = {k: v.copy() for k, v in model.params.items()}
+                else:
+                    run["bad_epochs"] += 1
+                history.best_epoch = run["best_epoch"]
+            record["time"] = run["epoch_time"]
+            history.append(record)
+            run["epoch"], run["step_in_epoch"] = epoch, 0
+            if progress:
+                val_txt = f"  val ELBO {record['val_elbo']:.3f}" if "val_elbo" in record else ""
+                print(f"epoch {epoch}/{epochs}  loss {record['loss']:.4f}  KL {record['kl']:.4f}  "
+                      f"beta {record['beta']:.3f}{val_txt}  ({record['time']:.1f} s)", flush=True)
+            if early_stopping is not None and run["bad_epochs"] >= early_stopping:
+                history.stopped_early = True
+                stop = True
+            for cb in callbacks:
+                if cb(record, model) is True:
+                    stop = True
+            save()
+            if interrupt.set:
+                history.interrupted = True
+                break
+
+    if history.stopped_early and restore_best and best_params is not None:
+        for k in model.params:
+            model.params[k][...] = best_params[k]
+    return history
+
+
+def _check_finite(loss, grads, epoch, step, step_in_epoch):
+    if not math.isfinite(float(loss)):
+        raise DivergenceError(epoch, step, step_in_epoch, f"the loss is {float(loss)}")
+    for name, g in grads.items():
+        if not np.isfinite(g).all():
+            raise DivergenceError(epoch, step, step_in_epoch,
+                                  f"the gradient of parameter {name!r} holds NaN or inf")
