@@ -34,7 +34,7 @@ class Optimizer:
         self.weight_decay = finite_float(weight_decay, "weight_decay", min_value=0.0)
 
     def init(self, params: dict) -> dict:
-        return {"step": np.zeros((), dtype=np.int64)}
+        return {"step": np.zeros((), dtype=np.int64), "grad_norm": np.zeros((), dtype=np.float64)}
 
     def learning_rate(self, state) -> float:
         """The learning rate the next update will use."""

@@ -298,7 +298,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                            keep_checkpoints)
 
     stop = False
-    with _InterruptFlag() as interrupt:
+    # Overflow in a step is reported once, as a DivergenceError naming it, not as warnings.
+    with _InterruptFlag() as interrupt, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         while run["epoch"] < epochs and not stop:
             epoch = run["epoch"] + 1
             if run["step_in_epoch"] == 0:
