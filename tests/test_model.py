@@ -262,3 +262,35 @@ def test_bad_z_and_sizes(model):
 def test_bad_constructor_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         npvae.VAE(**kwargs)
+
+
+@settings(max_examples=3 * FD_EXAMPLES)
+@given(data=st.data())
+def test_free_bits_gradient_matches_finite_differences(data):
+    from hypothesis import assume
+    n_latent = data.draw(st.integers(1, 6))
+    batch = data.draw(st.integers(1, 8))
+    model = npvae.VAE(7, n_latent, hidden=(6,), activation="tanh", dtype=np.float64,
+                      seed=data.draw(nst.seeds()))
+    x = data.draw(nst.unit_arrays((batch, 7)))
+    eps = data.draw(nst.arrays((batch, n_latent)))
+    mu, lv = model.encode(x)
+    kl_dims = npvae.ops.kl_normal_per_dim(mu, lv).mean(axis=0)
+    lam = data.draw(st.floats(0.001, 2.0))
+    assume(np.all(np.abs(kl_dims - lam) > 0.01))  # the stencil must not cross the floor
+    beta = data.draw(st.floats(0.1, 2.0))
+    loss, _, parts = model.loss_and_grad(x, eps=eps, beta=beta, free_bits=lam)
+    assert parts["kl_objective"] == pytest.approx(np.maximum(kl_dims, lam).sum())
+    assert parts["kl"] == pytest.approx(kl_dims.sum())
+    assert loss == pytest.approx(parts["reconstruction"] + beta * np.maximum(kl_dims, lam).sum())
+    check_gradients(lambda p: model.loss_and_grad(x, eps=eps, beta=beta, free_bits=lam), model.params)
+
+
+def test_free_bits_below_the_floor_leaves_no_kl_gradient():
+    model = npvae.VAE(5, 2, hidden=(), dtype=np.float64)
+    x = np.random.default_rng(0).random((4, 5))
+    eps = np.zeros((4, 2))
+    g_big = model.loss_and_grad(x, eps=eps, free_bits=100.0)[1]
+    g_rec = model.loss_and_grad(x, eps=eps, beta=0.0)[1]
+    for k in g_big:
+        np.testing.assert_allclose(g_big[k], g_rec[k], rtol=1e-12, atol=1e-15)
