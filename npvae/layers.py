@@ -30,7 +30,14 @@ def he_normal(rng: np.random.Generator, n_in: int, n_out: int, dtype) -> np.ndar
     return (rng.standard_normal((n_in, n_out)) * math.sqrt(2.0 / n_in)).astype(dtype)
 
 
-INITIALISERS = {"glorot": glorot_uniform, "he": he_normal}
+def fan_in_uniform(rng: np.random.Generator, n_in: int, n_out: int, dtype) -> np.ndarray:
+    """W ~ U(−1/√n_in, 1/√n_in): Var W = 1/(3 n_in), PyTorch's default for nn.Linear
+    (Kaiming-uniform with a = √5)."""
+    limit = 1.0 / math.sqrt(n_in)
+    return rng.uniform(-limit, limit, size=(n_in, n_out)).astype(dtype)
+
+
+INITIALISERS = {"glorot": glorot_uniform, "he": he_normal, "fan_in": fan_in_uniform}
 
 
 def init_dense(rng, n_in: int, n_out: int, *, init: str = "glorot", dtype=np.float32):
@@ -74,10 +81,13 @@ class MLP:
         for _, _, _, act in self.layers:
             activations.get(act)
 
-    def init(self, rng: np.random.Generator, dtype) -> dict[str, np.ndarray]:
+    def init(self, rng: np.random.Generator, dtype, init: str = "auto") -> dict[str, np.ndarray]:
+        """Fresh parameters; ``init="auto"`` picks each activation's own (He for rectifiers,
+        Glorot otherwise), any other name from INITIALISERS applies to every layer."""
         params = {}
         for name, n_in, n_out, act in self.layers:
-            W, b = init_dense(rng, n_in, n_out, init=activations.get(act).init, dtype=dtype)
+            scheme = activations.get(act).init if init == "auto" else init
+            W, b = init_dense(rng, n_in, n_out, init=scheme, dtype=dtype)
             params[f"{name}.W"], params[f"{name}.b"] = W, b
         return params
 

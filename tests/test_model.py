@@ -294,3 +294,15 @@ def test_free_bits_below_the_floor_leaves_no_kl_gradient():
     g_rec = model.loss_and_grad(x, eps=eps, beta=0.0)[1]
     for k in g_big:
         np.testing.assert_allclose(g_big[k], g_rec[k], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("init", ["fan_in", "glorot", "he", "auto"])
+def test_initialisation_choices(init):
+    model = npvae.VAE(300, 4, hidden=(200,), init=init)
+    W = model.params["encoder.0.W"]
+    want = {"fan_in": 1 / (3 * 300), "glorot": 2 / 500, "he": 2 / 300, "auto": 2 / 300}[init]
+    assert W.var() == pytest.approx(want, rel=0.05)
+    assert all(np.all(model.params[k] == 0) for k in model.params if k.endswith(".b"))
+    assert model.config()["init"] == init
+    with pytest.raises(ValueError, match="init must be 'auto' or one of"):
+        npvae.VAE(3, 2, init="zeros")

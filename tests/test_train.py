@@ -37,9 +37,11 @@ def test_fit_reduces_the_loss_on_fashion_mnist():
     xv = data.load_fashion_mnist("test")[:500]
     model = npvae.VAE(784, 10, hidden=(128,))
     h = npvae.fit(model, x, x_val=xv, epochs=3, batch_size=64, binarize="dynamic", progress=False)
-    assert h["loss"][-1] < h["loss"][0] - 20
-    assert h["val_elbo"][-1] > h["val_elbo"][0]
-    assert h["val_elbo"][-1] > -300
+    untrained = npvae.VAE(784, 10, hidden=(128,)).elbo(npvae.data.binarize(
+        xv, np.random.default_rng([0, 3]))).mean()
+    assert h["loss"][-1] < h["loss"][0] - 50
+    assert h["val_elbo"][-1] > h["val_elbo"][0] + 20
+    assert h["val_elbo"][-1] > untrained + 200  # an untrained model scores about −550
 
 
 def test_same_seed_gives_bit_identical_history_and_parameters():
