@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from . import activations, ops
+from . import activations, kernels, ops
 
 
 class Likelihood:
@@ -34,6 +34,11 @@ class Likelihood:
     def options(self) -> dict:
         """The keyword arguments that rebuild this likelihood (saved in checkpoints)."""
         return {}
+
+    def loss_and_grad_(self, x, outputs, params, w, nll, dparams) -> None:
+        """The fused kernel: nll (B,) ← −ln p(x|z) per example, each output array ← its
+        gradient weighted by w (B,), and each dparams array ← Σ_i of its weighted gradient."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
@@ -65,6 +70,9 @@ class Bernoulli(Likelihood):
 
         return nll, backprop
 
+    def loss_and_grad_(self, x, outputs, params, w, nll, dparams):
+        kernels.bernoulli_(outputs[0], x, w, nll)
+
     def mean(self, outputs, params):
         return activations.sigmoid(outputs[0])
 
@@ -89,6 +97,9 @@ class ContinuousBernoulli(Likelihood):
             return (g * dnll[:, None],), {}
 
         return nll, backprop
+
+    def loss_and_grad_(self, x, outputs, params, w, nll, dparams):
+        kernels.continuous_bernoulli_(outputs[0], x, w, nll)
 
     def mean(self, outputs, params):
         return ops.cb_mean(outputs[0])
@@ -168,6 +179,14 @@ class Gaussian(Likelihood):
             return (dmean * w,), {}
 
         return nll, backprop
+
+    def loss_and_grad_(self, x, outputs, params, w, nll, dparams):
+        if self.sigma == "learned":
+            kernels.gaussian_learned_(outputs[0], x, params["logvar"], w, nll, dparams["logvar"])
+        elif self.sigma == "per_example":
+            kernels.gaussian_per_example_(outputs[0], x, outputs[1], w, nll)
+        else:
+            kernels.gaussian_fixed_(outputs[0], x, 2.0 * math.log(self.sigma), w, nll)
 
     def mean(self, outputs, params):
         return outputs[0].copy()

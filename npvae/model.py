@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import distributions, likelihoods
-from .layers import INITIALISERS, MLP, dense, init_dense
+from . import distributions, kernels, likelihoods, ops
+from .kernels import ACT_CODES
+from .layers import INITIALISERS, MLP, init_dense
 from .validation import as_float_array, finite_float, generator, positive_int
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -89,7 +90,17 @@ class VAE:
             params[f"decoder.{head}.W"], params[f"decoder.{head}.b"] = W, b
         for k, v in self.likelihood.init_params(self.n_inputs, self.dtype).items():
             params[f"likelihood.{k}"] = v
-        self.params: dict[str, np.ndarray] = params
+        # Every parameter is a view into one flat buffer, so an optimizer can update them
+        # all in one fused pass; the dict still holds the live arrays.
+        self._flat = np.empty(sum(p.size for p in params.values()), dtype=self.dtype)
+        self.params: dict[str, np.ndarray] = {}
+        offset = 0
+        for name, p in params.items():
+            view = self._flat[offset:offset + p.size].reshape(p.shape)
+            view[...] = p
+            self.params[name] = view
+            offset += p.size
+        self._ws: dict[int, dict] = {}
         # The stream for loss_and_grad calls that pass neither eps nor rng.
         self._rng = np.random.default_rng([self.seed, 1])
 
@@ -139,62 +150,88 @@ class VAE:
         return rng.standard_normal(shape, dtype=self.dtype)
 
     # ------------------------------------------------------------------------------------
-    # Forward pieces
+    # The engine: forward and backward over reusable workspaces, through npvae.kernels
     # ------------------------------------------------------------------------------------
-    def _encode(self, P, x):
-        """x (B, D) -> (μ, v) (B, J), with a backprop(dμ, dv) -> encoder grads."""
-        h, enc_bp = self.encoder.forward(P, x, need_dx=False)
-        need_dh = bool(self.hidden)
-        mu, mu_bp = dense(h, P["encoder.mu.W"], P["encoder.mu.b"], need_dx=need_dh)
-        lv, lv_bp = dense(h, P["encoder.logvar.W"], P["encoder.logvar.b"], need_dx=need_dh)
+    def _layers(self):
+        """The dense layers in forward order: (prefix, activation code)."""
+        act = ACT_CODES[self.activation]
+        enc = [(f"encoder.{i}", act) for i in range(len(self.hidden))]
+        dec = [(f"decoder.{i}", act) for i in range(len(self.hidden))]
+        return enc, dec
 
-        def backprop(dmu, dlv):
-            g = {}
-            dh_mu, g["encoder.mu.W"], g["encoder.mu.b"] = mu_bp(dmu)
-            dh_lv, g["encoder.logvar.W"], g["encoder.logvar.b"] = lv_bp(dlv)
-            if need_dh:
-                g.update(enc_bp(dh_mu + dh_lv)[1])
-            return g
+    def _workspace(self, B):
+        """Buffers for a batch of B, kept for reuse (a few batch sizes at most)."""
+        ws = self._ws.get(B)
+        if ws is None:
+            if len(self._ws) >= 4:
+                self._ws.pop(next(iter(self._ws)))
+            dt, J, D = self.dtype, self.n_latent, self.n_inputs
+            e = lambda *shape: np.empty(shape, dtype=dt)
+            ws = {"enc": [e(B, h) for h in self.hidden], "dec": [e(B, h) for h in self.hidden[::-1]],
+                  "enc_d": [e(B, h) for h in self.hidden], "dec_d": [e(B, h) for h in self.hidden[::-1]],
+                  "mu": e(B, J), "lv": e(B, J), "z": e(B, J), "std": e(B, J), "kl": e(B),
+                  "dmu": e(B, J), "dlv": e(B, J), "dz": e(B, J), "nll": e(B),
+                  "w": np.full(B, 1.0 / B, dtype=dt), "wkl": e(B), "mask": np.ones(J, dtype=dt),
+                  "out": [e(B, D) for _ in self.likelihood.heads], "tmp_h": e(B, self._h_dec),
+                  "tmp_e": e(B, self._h_enc)}
+            self._ws[B] = ws
+        return ws
 
-        return mu, lv, backprop
+    def _encode_into(self, P, x, ws):
+        """μ and v = ln σ² of q(z|x) into ws["mu"], ws["lv"]; hidden outputs into ws["enc"]."""
+        enc, _ = self._layers()
+        h = x
+        for (name, act), buf in zip(enc, ws["enc"]):
+            np.matmul(h, P[f"{name}.W"], out=buf)
+            kernels.bias_act_(buf, P[f"{name}.b"], act)
+            h = buf
+        for head, buf in (("mu", ws["mu"]), ("logvar", ws["lv"])):
+            np.matmul(h, P[f"encoder.{head}.W"], out=buf)
+            kernels.bias_act_(buf, P[f"encoder.{head}.b"], 0)
+        return h
 
-    def _decode(self, P, z):
-        """z (B, J) -> the likelihood's output heads, with a backprop(d_outputs) -> (dz, grads)."""
-        h, dec_bp = self.decoder.forward(P, z)
-        outs, bps = [], []
-        for head in self.likelihood.heads:
-            o, bp = dense(h, P[f"decoder.{head}.W"], P[f"decoder.{head}.b"])
-            outs.append(o)
-            bps.append((head, bp))
+    def _decode_into(self, P, z, ws):
+        """The likelihood's output heads for z into ws["out"]; hidden outputs into ws["dec"]."""
+        _, dec = self._layers()
+        h = z
+        for (name, act), buf in zip(dec, ws["dec"]):
+            np.matmul(h, P[f"{name}.W"], out=buf)
+            kernels.bias_act_(buf, P[f"{name}.b"], act)
+            h = buf
+        for head, buf in zip(self.likelihood.heads, ws["out"]):
+            np.matmul(h, P[f"decoder.{head}.W"], out=buf)
+            kernels.bias_act_(buf, P[f"decoder.{head}.b"], 0)
+        return h
 
-        def backprop(d_outs):
-            g, dh = {}, None
-            for (head, bp), d in zip(bps, d_outs):
-                dhi, g[f"decoder.{head}.W"], g[f"decoder.{head}.b"] = bp(d)
-                dh = dhi if dh is None else dh + dhi
-            dz, gdec = dec_bp(dh)
-            g.update(gdec)
-            return dz, g
+    def _backward_chain(self, P, G, layers, inputs, outputs, grads_in, d, need_dx_first):
+        """Back through dense layers (in reverse): d holds dL/dy of the last layer's output;
+        each step turns it into da in place, fills G[W], G[b], and returns dL/d(input)."""
+        for k in range(len(layers) - 1, -1, -1):
+            name, act = layers[k]
+            kernels.act_backward_bias_grad_(d, outputs[k], act, G[f"{name}.b"])
+            np.matmul(inputs[k].T, d, out=G[f"{name}.W"])
+            if k > 0 or need_dx_first:
+                nxt = grads_in[k]
+                np.matmul(d, P[f"{name}.W"].T, out=nxt)
+                d = nxt
+        return d
 
-        return tuple(outs), backprop
+    def _new_grads(self):
+        return {k: np.empty_like(v) for k, v in self.params.items()}
 
-    def _likelihood_params(self, P):
-        return {k[len("likelihood."):]: v for k, v in P.items() if k.startswith("likelihood.")}
-
-    # ------------------------------------------------------------------------------------
-    # The loss and its gradient
-    # ------------------------------------------------------------------------------------
-    def loss_and_grad(self, x, *, eps=None, rng=None, beta=1.0, free_bits=0.0):
+    def loss_and_grad(self, x, *, eps=None, rng=None, beta=1.0, free_bits=0.0, out=None):
         """The batch mean of −ln p(x|z) + β KL, and its gradient for every parameter.
 
         Shapes: x (B, D); eps (B, J) standard normal noise.  With ``eps`` given the call is
         deterministic; otherwise ε is drawn from ``rng`` (a Generator) or, failing that, from
-        the model's own seeded stream.
+        the model's own seeded stream.  ``out``: a dict of arrays shaped like ``params`` to
+        write the gradients into (the trainer reuses one); by default fresh arrays.
 
         Backward (per example, weight 1/B):
             d out = ∂(−ln p)/∂out               (likelihood)
             dz    = decoder backward of d out
             dμ    = dz + β μ,   dv = ½ σ ε ⊙ dz + β ½ (e^v − 1)     (ERRATA 6, 7)
+
         Free bits (Kingma et al. 2016): with ``free_bits`` = λ > 0 the KL term becomes
         Σ_j max(λ, KL̄_j), KL̄_j the batch-mean KL of latent dimension j, so a dimension whose
         KL is below λ nats feels no pull towards the prior:
@@ -211,39 +248,73 @@ class VAE:
         B = x.shape[0]
         eps = self._noise((B, self.n_latent), eps, rng)
         P = self.params
+        G = self._new_grads() if out is None else out
         dt = self.dtype.type
+        ws = self._workspace(B)
+        enc, dec = self._layers()
 
-        mu, lv, enc_bp = self._encode(P, x)
-        z, z_bp = distributions.reparametrize(mu, lv, eps)
-        outs, dec_bp = self._decode(P, z)
-        rec, rec_bp = self.likelihood.nll(x, outs, self._likelihood_params(P))
-        rec_mean = rec.mean(dtype=self.dtype)
+        # forward
+        h_enc = self._encode_into(P, x, ws)
+        mu, lv, z, std, kl = ws["mu"], ws["lv"], ws["z"], ws["std"], ws["kl"]
+        kernels.reparam_kl_(mu, lv, eps, z, std, kl)
+        h_dec = self._decode_into(P, z, ws)
+        outs = ws["out"]
+        lik_params = self._likelihood_params(P)
+        lik_grads = {k: G[f"likelihood.{k}"] for k in lik_params}
+        # the likelihood kernel writes d(loss)/d(out) over the outputs, weight 1/B each
+        self.likelihood.loss_and_grad_(x, outs, lik_params, ws["w"], ws["nll"], lik_grads)
+        rec_mean = ws["nll"].mean(dtype=self.dtype)
+        kl_mean = kl.mean(dtype=self.dtype)
+        mask = ws["mask"]
         if free_bits > 0:
-            kl_dims, kl_bp = distributions.kl_standard_normal_per_dim(mu, lv)
-            kl_dim_mean = kl_dims.mean(axis=0, dtype=self.dtype)
-            kl_mean = kl_dim_mean.sum(dtype=self.dtype)
+            kl_dim_mean = ops.kl_normal_per_dim(mu, lv).mean(axis=0, dtype=self.dtype)
             kl_term = np.maximum(kl_dim_mean, dt(free_bits)).sum(dtype=self.dtype)
-            kl_weights = np.broadcast_to(
-                np.where(kl_dim_mean > dt(free_bits), dt(beta / B), dt(0)), kl_dims.shape)
+            mask = (kl_dim_mean > dt(free_bits)).astype(self.dtype)
         else:
-            kl, kl_bp = distributions.kl_standard_normal(mu, lv)
-            kl_term = kl_mean = kl.mean(dtype=self.dtype)
-            kl_weights = np.full(B, beta / B, dtype=self.dtype)
+            kl_term = kl_mean
         loss = dt(rec_mean + dt(beta) * kl_term)
 
-        d_outs, g_lik = rec_bp(np.full(B, 1.0 / B, dtype=self.dtype))
-        dz, grads = dec_bp(d_outs)
-        dmu, dlv = z_bp(dz)
-        dmu_kl, dlv_kl = kl_bp(kl_weights)
-        grads.update(enc_bp(dmu + dmu_kl, dlv + dlv_kl))
-        for k, v in g_lik.items():
-            grads[f"likelihood.{k}"] = v
-        grads = {k: grads[k] for k in P}
+        # backward: output heads, decoder, reparametrisation + KL, encoder heads, encoder
+        dh = None
+        for head, d in zip(self.likelihood.heads, outs):
+            kernels.act_backward_bias_grad_(d, d, 0, G[f"decoder.{head}.b"])
+            np.matmul(h_dec.T, d, out=G[f"decoder.{head}.W"])
+            if dh is None:
+                dh = ws["dec_d"][-1] if self.hidden else ws["dz"]
+                np.matmul(d, P[f"decoder.{head}.W"].T, out=dh)
+            else:
+                np.matmul(d, P[f"decoder.{head}.W"].T, out=ws["tmp_h"])
+                dh += ws["tmp_h"]
+        dz = self._backward_chain(P, G, dec, [z] + ws["dec"][:-1], ws["dec"],
+                                  [ws["dz"]] + ws["dec_d"][:-1], dh, True)
+        wkl = ws["wkl"]
+        wkl.fill(dt(beta / B))
+        kernels.reparam_kl_backward_(dz, eps, std, mu, lv, wkl, mask, ws["dmu"], ws["dlv"])
+        for head, d in (("mu", ws["dmu"]), ("logvar", ws["dlv"])):
+            kernels.act_backward_bias_grad_(d, d, 0, G[f"encoder.{head}.b"])
+            np.matmul(h_enc.T, d, out=G[f"encoder.{head}.W"])
+        if self.hidden:
+            dh = ws["enc_d"][-1]
+            np.matmul(ws["dmu"], P["encoder.mu.W"].T, out=dh)
+            np.matmul(ws["dlv"], P["encoder.logvar.W"].T, out=ws["tmp_e"])
+            dh += ws["tmp_e"]
+            self._backward_chain(P, G, enc, [x] + ws["enc"][:-1], ws["enc"],
+                                 [None] + ws["enc_d"][:-1], dh, False)
+
         parts = {"reconstruction": dt(rec_mean), "kl": dt(kl_mean),
                  "elbo": dt(-(rec_mean + kl_mean)), "beta": beta}
         if free_bits > 0:
             parts["kl_objective"] = dt(kl_term)
-        return loss, grads, parts
+        return loss, G, parts
+
+    def _likelihood_params(self, P):
+        return {k[len("likelihood."):]: v for k, v in P.items() if k.startswith("likelihood.")}
+
+    def _outputs(self, z):
+        """Fresh copies of the decoder's output heads for z (B, J)."""
+        ws = self._workspace(z.shape[0])
+        self._decode_into(self.params, z, ws)
+        return tuple(o.copy() for o in ws["out"])
 
     # ------------------------------------------------------------------------------------
     # Inference and generation
@@ -251,21 +322,21 @@ class VAE:
     def encode(self, x):
         """The posterior parameters (μ, ln σ²) of q(z|x), each (B, J)."""
         x = self._check_x(x, targets=False)
-        mu, lv, _ = self._encode(self.params, x)
-        return mu, lv
+        ws = self._workspace(x.shape[0])
+        self._encode_into(self.params, x, ws)
+        return ws["mu"].copy(), ws["lv"].copy()
 
     def decode(self, z):
         """The mean of p(x|z), (B, D): probabilities for Bernoulli, E[x] for the others."""
         z = self._check_z(z)
-        outs, _ = self._decode(self.params, z)
-        return self.likelihood.mean(outs, self._likelihood_params(self.params))
+        return self.likelihood.mean(self._outputs(z), self._likelihood_params(self.params))
 
     def sample(self, n, rng, *, mean=True):
         """n draws z ~ N(0, I) decoded: the mean of p(x|z), or with ``mean=False`` x ~ p(x|z)."""
         n = positive_int(n, "n")
         rng = generator(rng)
         z = rng.standard_normal((n, self.n_latent), dtype=self.dtype)
-        outs, _ = self._decode(self.params, z)
+        outs = self._outputs(z)
         lp = self._likelihood_params(self.params)
         return self.likelihood.mean(outs, lp) if mean else self.likelihood.sample(outs, lp, rng)
 
@@ -292,13 +363,15 @@ class VAE:
         out = np.empty(x.shape[0], dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size]
-            mu, lv, _ = self._encode(P, xb)
+            ws = self._workspace(xb.shape[0])
+            self._encode_into(P, xb, ws)
+            mu, lv = ws["mu"], ws["lv"]
             rec = np.zeros(xb.shape[0], dtype=self.dtype)
             for _ in range(n_samples):
                 eps = rng.standard_normal(mu.shape, dtype=self.dtype)
                 z, _ = distributions.reparametrize(mu, lv, eps)
-                outs, _ = self._decode(P, z)
-                rec += self.likelihood.nll(xb, outs, lp)[0]
+                self._decode_into(P, z, ws)
+                rec += self.likelihood.nll(xb, ws["out"], lp)[0]
             kl, _ = distributions.kl_standard_normal(mu, lv)
             out[start:start + batch_size] = -(rec / self.dtype.type(n_samples)) - kl
         return out
