@@ -101,6 +101,8 @@ class VAE:
             self.params[name] = view
             offset += p.size
         self._ws: dict[int, dict] = {}
+        self._layer_plan = None
+        self._lik_names = [k for k in self.params if k.startswith("likelihood.")]
         # The stream for loss_and_grad calls that pass neither eps nor rng.
         self._rng = np.random.default_rng([self.seed, 1])
 
@@ -154,10 +156,12 @@ class VAE:
     # ------------------------------------------------------------------------------------
     def _layers(self):
         """The dense layers in forward order: (prefix, activation code)."""
-        act = ACT_CODES[self.activation]
-        enc = [(f"encoder.{i}", act) for i in range(len(self.hidden))]
-        dec = [(f"decoder.{i}", act) for i in range(len(self.hidden))]
-        return enc, dec
+        if self._layer_plan is None:
+            act = ACT_CODES[self.activation]
+            enc = [(f"encoder.{i}", act) for i in range(len(self.hidden))]
+            dec = [(f"decoder.{i}", act) for i in range(len(self.hidden))]
+            self._layer_plan = (enc, dec)
+        return self._layer_plan
 
     def _workspace(self, B):
         """Buffers for a batch of B, kept for reuse (a few batch sizes at most)."""
@@ -217,7 +221,8 @@ class VAE:
         return d
 
     def _new_grads(self):
-        return {k: np.empty_like(v) for k, v in self.params.items()}
+        from .optim import flat_like  # fresh, flat: the optimizer's fused path applies
+        return flat_like(self.params)
 
     def loss_and_grad(self, x, *, eps=None, rng=None, beta=1.0, free_bits=0.0, out=None):
         """The batch mean of −ln p(x|z) + β KL, and its gradient for every parameter.
@@ -263,8 +268,8 @@ class VAE:
         lik_grads = {k: G[f"likelihood.{k}"] for k in lik_params}
         # the likelihood kernel writes d(loss)/d(out) over the outputs, weight 1/B each
         self.likelihood.loss_and_grad_(x, outs, lik_params, ws["w"], ws["nll"], lik_grads)
-        rec_mean = ws["nll"].mean(dtype=self.dtype)
-        kl_mean = kl.mean(dtype=self.dtype)
+        rec_mean = dt(ws["nll"].sum() / dt(B))
+        kl_mean = dt(kl.sum() / dt(B))
         mask = ws["mask"]
         if free_bits > 0:
             kl_dim_mean = ops.kl_normal_per_dim(mu, lv).mean(axis=0, dtype=self.dtype)
@@ -308,7 +313,7 @@ class VAE:
         return loss, G, parts
 
     def _likelihood_params(self, P):
-        return {k[len("likelihood."):]: v for k, v in P.items() if k.startswith("likelihood.")}
+        return {k[len("likelihood."):]: P[k] for k in self._lik_names}
 
     def _outputs(self, z):
         """Fresh copies of the decoder's output heads for z (B, J)."""

@@ -3,25 +3,76 @@
 The state is a flat dict of NumPy arrays (``"step"``, ``"m.<param>"``, ...), so it saves to
 ``.npz`` as it is and is restored bit for bit.  ``update`` changes the parameter arrays and
 the state's moment arrays in place (the fused kernels need that) and returns the state.
-The arithmetic is in :mod:`npvae.ops`.
+The arithmetic is in :mod:`npvae.ops` (reference) and :mod:`npvae.kernels` (fused).
 """
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
-from . import ops, schedules
+from . import kernels, schedules
 from .validation import finite_float
 
 
-def clip_grad_norm(grads: dict, max_norm: float | None):
+def flat_base(arrays) -> np.ndarray | None:
+    """The 1-D buffer that ``arrays`` are consecutive, contiguous views of, in order and
+    covering it exactly; None when they are not (then updates go array by array)."""
+    arrays = list(arrays)
+    if not arrays:
+        return None
+    base = arrays[0].base
+    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
+        return None
+    ptr = start = base.__array_interface__["data"][0]
+    for a in arrays:
+        if a.base is not base or not a.flags.c_contiguous or a.__array_interface__["data"][0] != ptr:
+            return None
+        ptr += a.nbytes
+    return base if ptr == start + base.nbytes else None
+
+
+def flat_like(params: dict) -> dict:
+    """Zeroed arrays shaped like ``params``, all views into one new flat buffer."""
+    dtype = next(iter(params.values())).dtype if params else np.float64
+    flat = np.zeros(sum(p.size for p in params.values()), dtype=dtype)
+    out, offset = {}, 0
+    for name, p in params.items():
+        out[name] = flat[offset:offset + p.size].reshape(p.shape)
+        offset += p.size
+    return out
+
+
+class _FlatCache:
+    """Remembers, by identity (weakly), which groups of arrays are views of one flat buffer."""
+
+    def __init__(self):
+        self._key, self._bases = (), ()
+
+    def bases(self, *groups):
+        groups = [list(g) for g in groups]
+        key = [a for g in groups for a in g]
+        if len(key) != len(self._key) or any(r() is not a for r, a in zip(self._key, key)):
+            self._key = tuple(weakref.ref(a) for a in key)
+            self._bases = tuple(flat_base(g) for g in groups)
+        return self._bases
+
+
+def clip_grad_norm(grads: dict, max_norm: float | None, *, flat=None):
     """Scale all gradients by min(1, max_norm / ‖g‖), ‖g‖ the global L2 norm over every
-    parameter.  Returns (grads, norm); the arrays are scaled in place."""
-    norm = math.sqrt(sum(ops.sum_of_squares(g) for g in grads.values()))
+    parameter (accumulated in float64).  Returns (grads, norm); scaled in place.
+    ``flat``: the flat buffer the gradients are views of, when the caller knows it."""
+    if flat is None:
+        flat = flat_base(grads.values())
+    if flat is not None:
+        norm = math.sqrt(kernels.sum_squares(flat))
+    else:
+        norm = math.sqrt(sum(kernels.sum_squares(g.reshape(-1)) for g in grads.values()))
     if max_norm is not None and norm > max_norm:
-        for g in grads.values():
-            g *= g.dtype.type(max_norm / norm)
+        scale = max_norm / norm
+        for g in ([flat] if flat is not None else grads.values()):
+            g *= g.dtype.type(scale)
     return grads, norm
 
 
@@ -40,23 +91,43 @@ class Optimizer:
         """The learning rate the next update will use."""
         return self.lr(int(state["step"]))
 
+    _SLOTS: tuple[str, ...] = ()
+
+    def _flat_state(self, params, state):
+        for slot in self._SLOTS:
+            flat = flat_like(params)
+            for name in params:
+                state[f"{slot}.{name}"] = flat[name]
+        return state
+
     def update(self, params: dict, grads: dict, state: dict) -> dict:
-        _, norm = clip_grad_norm(grads, self.clip_norm)
+        """One step: clip, then update every parameter (and the state's moments) in place.
+        When params, grads and every moment are views of flat buffers (as for a VAE), the
+        update is one fused kernel call over all parameters; otherwise one per array."""
         step = int(state["step"])
         lr = self.lr(step)
-        for name, p in params.items():
-            self._update_one(name, p, grads[name], state, step + 1, lr)
+        if not hasattr(self, "_flat_cache"):
+            self._flat_cache = _FlatCache()
+        names = list(params)
+        slots = [[state[f"{s}.{n}"] for n in names] for s in self._SLOTS]
+        bases = self._flat_cache.bases(params.values(), [grads[n] for n in names], *slots)
+        _, norm = clip_grad_norm(grads, self.clip_norm, flat=bases[1])
+        if all(b is not None for b in bases) and len({b.size for b in bases}) == 1:
+            self._update_arrays(*bases, step=step + 1, lr=lr)
+        else:
+            for i, n in enumerate(names):
+                self._update_arrays(params[n], grads[n], *(sl[i] for sl in slots), step=step + 1, lr=lr)
         state["step"] = np.asarray(step + 1, dtype=np.int64)
         state["grad_norm"] = np.asarray(norm, dtype=np.float64)
         return state
 
     def config(self) -> dict:
-        cfg = {k: v for k, v in self.__dict__.items() if k != "lr"}
+        cfg = {k: v for k, v in self.__dict__.items() if k not in ("lr", "_flat_cache")}
         cfg["lr"] = self.lr.config()
         return {"kind": type(self).__name__, **cfg}
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
 
 
@@ -72,16 +143,15 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)
 
-    def init(self, params):
-        state = super().init(params)
-        if self.momentum:
-            for name, p in params.items():
-                state[f"momentum.{name}"] = np.zeros_like(p)
-        return state
+    @property
+    def _SLOTS(self):
+        return ("momentum",) if self.momentum else ()
 
-    def _update_one(self, name, p, g, state, t, lr):
-        ops.sgd_update(p, g, state.get(f"momentum.{name}"), lr, self.momentum, self.nesterov,
-                       self.weight_decay)
+    def init(self, params):
+        return self._flat_state(params, super().init(params))
+
+    def _update_arrays(self, p, g, buf=None, *, step, lr):
+        kernels.sgd_(p, g, buf, lr, self.momentum, self.nesterov, self.weight_decay)
 
 
 class Adam(Optimizer):
@@ -98,16 +168,14 @@ class Adam(Optimizer):
         self.eps = finite_float(eps, "eps", min_value=0.0)
         self.decoupled = bool(decoupled)
 
-    def init(self, params):
-        state = super().init(params)
-        for name, p in params.items():
-            state[f"m.{name}"] = np.zeros_like(p)
-            state[f"v.{name}"] = np.zeros_like(p)
-        return state
+    _SLOTS = ("m", "v")
 
-    def _update_one(self, name, p, g, state, t, lr):
-        ops.adam_update(p, g, state[f"m.{name}"], state[f"v.{name}"], t, lr, self.betas[0],
-                        self.betas[1], self.eps, self.weight_decay, self.decoupled)
+    def init(self, params):
+        return self._flat_state(params, super().init(params))
+
+    def _update_arrays(self, p, g, m, v, *, step, lr):
+        kernels.adam_(p, g, m, v, step, lr, self.betas[0], self.betas[1], self.eps,
+                      self.weight_decay, self.decoupled)
 
 
 class AdamW(Adam):

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import data as data_mod
+from . import kernels
 from .optim import Adam, Optimizer
 from .schedules import as_beta_schedule
 from .validation import as_float_array, finite_float, positive_int
@@ -297,6 +298,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
             _save_training(directory, model, opt_state, run, rng, perm, best_params,
                            keep_checkpoints)
 
+    step = TrainStep(model, dynamic_binarize=binarize == "dynamic", free_bits=free_bits)
     stop = False
     # Overflow in a step is reported once, as a DivergenceError naming it, not as warnings.
     with _InterruptFlag() as interrupt, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -314,15 +316,12 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                 while run["step_in_epoch"] < steps_per_epoch:
                     i = run["step_in_epoch"]
                     idx = perm[i * batch_size:(i + 1) * batch_size]
-                    xb = x[idx]
-                    if binarize == "dynamic":
-                        xb = (rng.random(xb.shape) < xb).astype(model.dtype)
-                    eps = rng.standard_normal((len(idx), model.n_latent), dtype=model.dtype)
                     b = beta_schedule(run["global_step"], steps_per_epoch)
-                    loss, grads, parts = model.loss_and_grad(xb, eps=eps, beta=b, free_bits=free_bits)
-                    _check_finite(loss, grads, epoch, run["global_step"] + 1, i + 1)
+                    loss, parts, bad = step(x, idx, rng, b)
+                    if bad is not None:
+                        raise DivergenceError(epoch, run["global_step"] + 1, i + 1, bad)
                     lr = optimizer.learning_rate(opt_state)
-                    optimizer.update(model.params, grads, opt_state)
+                    optimizer.update(model.params, step.grads, opt_state)
                     w = len(idx) / n
                     sums["loss"] += float(loss) * w
                     sums["reconstruction"] += float(parts["reconstruction"]) * w
@@ -386,10 +385,51 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     return history
 
 
-def _check_finite(loss, grads, epoch, step, step_in_epoch):
-    if not math.isfinite(float(loss)):
-        raise DivergenceError(epoch, step, step_in_epoch, f"the loss is {float(loss)}")
-    for name, g in grads.items():
-        if not np.isfinite(g).all():
-            raise DivergenceError(epoch, step, step_in_epoch,
-                                  f"the gradient of parameter {name!r} holds NaN or inf")
+class TrainStep:
+    """The loss and gradient of one minibatch, with every large buffer reused.
+
+    ``step(x, idx, rng, beta) -> (loss, parts, bad)`` gathers the rows ``idx`` of x,
+    binarises them (dynamic binarisation), draws ε, and writes the gradients into
+    ``step.grads`` (views of one flat buffer, so the optimizer's fused path applies).
+    ``bad`` names the first non-finite quantity (the loss or a parameter's gradient), or is
+    None.  The draws from ``rng`` are, in order: the binarisation uniforms, then ε.
+    """
+
+    def __init__(self, model, *, dynamic_binarize=False, free_bits=0.0):
+        from .optim import flat_like
+
+        self.model, self.dynamic, self.free_bits = model, dynamic_binarize, free_bits
+        self.grads = flat_like(model.params)
+        self._flat = next(iter(self.grads.values())).base
+        self._buffers: dict[int, tuple] = {}
+
+    def _buffers_for(self, B):
+        bufs = self._buffers.get(B)
+        if bufs is None:
+            m = self.model
+            if len(self._buffers) >= 2:
+                self._buffers.pop(next(iter(self._buffers)))
+            bufs = (np.empty((B, m.n_inputs), m.dtype), np.empty((B, m.n_inputs), m.dtype),
+                    np.empty((B, m.n_latent), m.dtype))
+            self._buffers[B] = bufs
+        return bufs
+
+    def __call__(self, x, idx, rng, beta):
+        model = self.model
+        xb, u, eps = self._buffers_for(len(idx))
+        np.take(x, idx, axis=0, out=xb)
+        if self.dynamic:
+            rng.random(out=u, dtype=model.dtype)
+            kernels.binarize_(xb, u)
+        rng.standard_normal(out=eps, dtype=model.dtype)
+        loss, grads, parts = model.loss_and_grad(xb, eps=eps, beta=beta, free_bits=self.free_bits,
+                                                 out=self.grads)
+        bad = None
+        if not math.isfinite(float(loss)):
+            bad = f"the loss is {float(loss)}"
+        elif self._flat is None or not kernels.all_finite(self._flat):
+            for name, g in grads.items():
+                if not kernels.all_finite(g):
+                    bad = f"the gradient of parameter {name!r} holds NaN or inf"
+                    break
+        return loss, parts, bad

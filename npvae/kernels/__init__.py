@@ -18,7 +18,7 @@ from . import numpy_impl
 from .codes import ACT_CODES, ACT_NAMES
 
 KERNELS = (
-    "all_finite", "bias_act_", "act_backward_bias_grad_", "reparam_kl_", "reparam_kl_backward_",
+    "all_finite", "sum_squares", "bias_act_", "act_backward_bias_grad_", "reparam_kl_", "reparam_kl_backward_",
     "bernoulli_", "continuous_bernoulli_", "gaussian_fixed_", "gaussian_learned_",
     "gaussian_per_example_", "binarize_", "adam_", "sgd_",
 )

@@ -99,9 +99,26 @@ def act_derivative(y, act):
 # ----------------------------------------------------------------------------------------
 @jit
 def _bias_act_rows(a, b, act, r0, r1):
-    for i in range(r0, r1):
-        for j in range(a.shape[1]):
-            a[i, j] = act_forward(a[i, j] + b[j], act)
+    # one loop per activation, so the branch is not inside the element loop
+    H = a.shape[1]
+    if act == 0:
+        for i in range(r0, r1):
+            for j in range(H):
+                a[i, j] = a[i, j] + b[j]
+    elif act == 1:
+        for i in range(r0, r1):
+            for j in range(H):
+                v = a[i, j] + b[j]
+                a[i, j] = v if v > 0 else 0
+    elif act == 2:
+        for i in range(r0, r1):
+            for j in range(H):
+                v = a[i, j] + b[j]
+                a[i, j] = v if v > 0 else v * LEAKY_SLOPE
+    else:
+        for i in range(r0, r1):
+            for j in range(H):
+                a[i, j] = act_forward(a[i, j] + b[j], act)
 
 
 @jit_par
@@ -111,7 +128,61 @@ def _bias_act_par(a, b, act, nchunks):
         _bias_act_rows(a, b, act, r0, r1)
 
 
+_SCRATCH: dict = {}
+
+
+def _scratch(slot: int, shape, dtype) -> np.ndarray:
+    """A reusable buffer per (slot, shape, dtype): no allocation in steady state."""
+    key = (slot, shape, np.dtype(dtype).str)
+    buf = _SCRATCH.get(key)
+    if buf is None:
+        if len(_SCRATCH) > 64:
+            _SCRATCH.clear()
+        buf = _SCRATCH[key] = np.empty(shape, dtype=dtype)
+    return buf
+
+
+def _exp_neg_abs(a, out):
+    """out ← e^{−|a|} with NumPy's SIMD exp (numba's scalar libm exp is ~10× slower here)."""
+    np.abs(a, out=out)
+    np.negative(out, out=out)
+    np.exp(out, out=out)
+
+
+@jit
+def _sigmoid_from_e(a, e):
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            ei = e[i, j]
+            a[i, j] = 1 / (1 + ei) if a[i, j] >= 0 else ei / (1 + ei)
+
+
+@jit
+def _softplus_from_lp(a, lp):
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            v = a[i, j]
+            a[i, j] = (v if v > 0 else 0) + lp[i, j]
+
+
 def bias_act_(a, b, act):
+    """Rectifiers and identity: one fused numba pass.  tanh, sigmoid and softplus: the
+    exp / tanh / log1p go through NumPy's SIMD ufuncs in place (measured ~10× faster than
+    numba's scalar calls on these machines), the rest is fused in numba."""
+    if act == 4:
+        np.add(a, b, out=a)
+        np.tanh(a, out=a)
+        return
+    if act in (5, 6):
+        np.add(a, b, out=a)
+        e = _scratch(0, a.shape, a.dtype)
+        _exp_neg_abs(a, e)
+        if act == 5:
+            _sigmoid_from_e(a, e)
+        else:
+            np.log1p(e, out=e)
+            _softplus_from_lp(a, e)
+        return
     nc = n_chunks(a.shape[0], a.size)
     if nc == 1:
         _bias_act_rows(a, b, act, 0, a.shape[0])
@@ -121,13 +192,29 @@ def bias_act_(a, b, act):
 
 @jit
 def _act_bwd_rows(dy, y, act, partial, r0, r1):
-    for i in range(r0, r1):
-        for j in range(dy.shape[1]):
-            d = dy[i, j]
-            if act != 0:
-                d = d * act_derivative(y[i, j], act)
+    H = dy.shape[1]
+    if act == 0:
+        for i in range(r0, r1):
+            for j in range(H):
+                partial[j] += dy[i, j]
+    elif act == 1:
+        for i in range(r0, r1):
+            for j in range(H):
+                d = dy[i, j] if y[i, j] > 0 else 0
                 dy[i, j] = d
-            partial[j] += d
+                partial[j] += d
+    elif act == 4:
+        for i in range(r0, r1):
+            for j in range(H):
+                d = dy[i, j] * (1 - y[i, j] * y[i, j])
+                dy[i, j] = d
+                partial[j] += d
+    else:
+        for i in range(r0, r1):
+            for j in range(H):
+                d = dy[i, j] * act_derivative(y[i, j], act)
+                dy[i, j] = d
+                partial[j] += d
 
 
 @jit_par
@@ -187,31 +274,39 @@ def reparam_kl_backward_(dz, eps, std, mu, lv, w, mask, dmu, dlv):
 # Likelihoods: nll per example, the weighted gradient written over the decoder output
 # ----------------------------------------------------------------------------------------
 @jit
-def _bernoulli_rows(logits, x, w, nll, r0, r1):
+def _bernoulli_rows(logits, x, w, nll, e, lp, r0, r1):
     for i in range(r0, r1):
         acc = 0.0
         wi = w[i]
         for j in range(logits.shape[1]):
             l = logits[i, j]
             xv = x[i, j]
-            acc += softplus(l) - xv * l
-            logits[i, j] = wi * (sigmoid(l) - xv)
+            ej = e[i, j]
+            acc += (l if l > 0 else 0) + lp[i, j] - xv * l
+            sig = 1 / (1 + ej) if l >= 0 else ej / (1 + ej)
+            logits[i, j] = wi * (sig - xv)
         nll[i] = acc
 
 
 @jit_par
-def _bernoulli_par(logits, x, w, nll, nchunks):
+def _bernoulli_par(logits, x, w, nll, e, lp, nchunks):
     for c in prange(nchunks):
         r0, r1 = _bounds(logits.shape[0], nchunks, c)
-        _bernoulli_rows(logits, x, w, nll, r0, r1)
+        _bernoulli_rows(logits, x, w, nll, e, lp, r0, r1)
 
 
 def bernoulli_(logits, x, w, nll):
+    """softplus(l) − x l and σ(l) − x from e = e^{−|l|}: the exp and log1p through NumPy's
+    SIMD ufuncs, the fused sums and the gradient in numba."""
+    e = _scratch(1, logits.shape, logits.dtype)
+    lp = _scratch(2, logits.shape, logits.dtype)
+    _exp_neg_abs(logits, e)
+    np.log1p(e, out=lp)
     nc = n_chunks(logits.shape[0], logits.size)
     if nc == 1:
-        _bernoulli_rows(logits, x, w, nll, 0, logits.shape[0])
+        _bernoulli_rows(logits, x, w, nll, e, lp, 0, logits.shape[0])
     else:
-        _bernoulli_par(logits, x, w, nll, nc)
+        _bernoulli_par(logits, x, w, nll, e, lp, nc)
 
 
 # Taylor coefficients 1/(2k+3)! (see ops.cb_log_normaliser)
@@ -277,13 +372,17 @@ def _gaussian_rows(mean, x, logvar, per_row, w, nll, dlogvar, write_dlv, r0, r1)
     """logvar is (1, D) broadcast over rows (per_row False) or (B, D).  write_dlv: 0 none,
     1 accumulate Σ_i into dlogvar[0, :] (a per-chunk partial), 2 write row-wise."""
     D = mean.shape[1]
+    inv_row = np.empty(D, dtype=mean.dtype)
+    if not per_row:
+        for j in range(D):
+            inv_row[j] = math.exp(-logvar[0, j])
     for i in range(r0, r1):
         acc = 0.0
         wi = w[i]
         li = i if per_row else 0
         for j in range(D):
             s = logvar[li, j]
-            inv = math.exp(-s)
+            inv = math.exp(-s) if per_row else inv_row[j]
             r = mean[i, j] - x[i, j]
             r2w = r * r * inv
             acc += r2w + s
@@ -352,6 +451,19 @@ def all_finite(a) -> bool:
 
 
 @jit
+def _sum_squares(a):
+    acc = 0.0
+    for i in range(a.shape[0]):
+        v = np.float64(a[i])
+        acc += v * v
+    return acc
+
+
+def sum_squares(a) -> float:
+    return float(_sum_squares(a))
+
+
+@jit
 def _binarize_flat(x, u):
     for i in range(x.shape[0]):
         x[i] = 1.0 if u[i] < x[i] else 0.0
@@ -362,21 +474,21 @@ def binarize_(x, u):
 
 
 @jit
-def _adam_rows(p, g, m, v, lr_c1, beta1, beta2, inv_c2, eps, decay, l2, r0, r1):
+def _adam_rows(p, g, m, v, lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2, r0, r1):
     for i in range(r0, r1):
         gi = g[i] + l2 * p[i]
-        mi = beta1 * m[i] + (1.0 - beta1) * gi
-        vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        mi = beta1 * m[i] + ob1 * gi
+        vi = beta2 * v[i] + ob2 * gi * gi
         m[i] = mi
         v[i] = vi
-        p[i] = p[i] * decay - lr_c1 * mi / (math.sqrt(vi * inv_c2) + eps)
+        p[i] = p[i] * decay - lr_c1 * mi / (np.sqrt(vi * inv_c2) + eps)
 
 
 @jit_par
-def _adam_par(p, g, m, v, lr_c1, beta1, beta2, inv_c2, eps, decay, l2, nchunks):
+def _adam_par(p, g, m, v, lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2, nchunks):
     for c in prange(nchunks):
         r0, r1 = _bounds(p.shape[0], nchunks, c)
-        _adam_rows(p, g, m, v, lr_c1, beta1, beta2, inv_c2, eps, decay, l2, r0, r1)
+        _adam_rows(p, g, m, v, lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2, r0, r1)
 
 
 def adam_(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
@@ -386,7 +498,8 @@ def adam_(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
     c2 = 1 - beta2 ** step
     decay = dt(1 - lr * weight_decay) if (weight_decay and decoupled) else dt(1)
     l2 = dt(weight_decay) if (weight_decay and not decoupled) else dt(0)
-    args = (dt(lr / c1), dt(beta1), dt(beta2), dt(1 / c2), dt(eps), decay, l2)
+    args = (dt(lr / c1), dt(beta1), dt(beta2), dt(1 - beta1), dt(1 - beta2), dt(1 / c2),
+            dt(eps), decay, l2)
     pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
     nc = n_chunks(pf.shape[0], pf.shape[0])
     if nc == 1:

@@ -16,6 +16,11 @@ def all_finite(a) -> bool:
     return bool(np.isfinite(a).all())
 
 
+def sum_squares(a) -> float:
+    """Σ a² of a 1-D array, accumulated in float64."""
+    return ops.sum_of_squares(a)
+
+
 def bias_act_(a, b, act):
     """a ← f(a + b) in place; a (B, H) = x @ W, b (H,)."""
     a[...] = activations.get(ACT_NAMES[act]).forward(a + b)
