@@ -11,10 +11,12 @@ from .model import VAE
 from .optim import SGD, Adam, AdamW, clip_grad_norm
 from .schedules import (Constant, ConstantBeta, Cosine, CyclicalBeta, LinearBeta, StepDecay,
                         Warmup)
+from .kernels import get_backend, set_backend
+from .threads import get_threads, set_threads
 from .train import DivergenceError, History, fit
 
 __all__ = [
-    "VAE", "fit", "load", "History", "DivergenceError", "CheckpointError",
+    "VAE", "fit", "load", "set_backend", "get_backend", "set_threads", "get_threads", "History", "DivergenceError", "CheckpointError",
     "SGD", "Adam", "AdamW", "clip_grad_norm",
     "Constant", "StepDecay", "Cosine", "Warmup", "ConstantBeta", "LinearBeta", "CyclicalBeta",
     "activations", "data", "distributions", "layers", "likelihoods", "ops", "optim", "schedules",

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import data as data_mod
-from . import kernels
+from . import kernels, threads
 from .optim import Adam, Optimizer
 from .schedules import as_beta_schedule
 from .validation import as_float_array, finite_float, positive_int
@@ -301,7 +301,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     step = TrainStep(model, dynamic_binarize=binarize == "dynamic", free_bits=free_bits)
     stop = False
     # Overflow in a step is reported once, as a DivergenceError naming it, not as warnings.
-    with _InterruptFlag() as interrupt, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with _InterruptFlag() as interrupt, threads.limited(), \
+            np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         while run["epoch"] < epochs and not stop:
             epoch = run["epoch"] + 1
             if run["step_in_epoch"] == 0:
@@ -417,7 +418,7 @@ class TrainStep:
     def __call__(self, x, idx, rng, beta):
         model = self.model
         xb, u, eps = self._buffers_for(len(idx))
-        np.take(x, idx, axis=0, out=xb)
+        np.take(x, idx, axis=0, out=xb, mode="clip")  # mode="raise" buffers out: a copy
         if self.dynamic:
             rng.random(out=u, dtype=model.dtype)
             kernels.binarize_(xb, u)

@@ -255,3 +255,46 @@ def test_bad_arguments(kwargs, exc, match):
     x = args.pop("x_train")
     with pytest.raises(exc, match=match):
         npvae.fit(npvae.VAE(25, 2, hidden=(8,)), x, **args)
+
+
+def test_training_steps_allocate_no_large_arrays():
+    """In steady state a step reuses its workspaces: nothing near the size of an activation
+    (64 x 100 float32 = 25.6 kB here) is allocated."""
+    import tracemalloc
+    model = npvae.VAE(200, 10, hidden=(100,))
+    opt = npvae.Adam(lr=1e-3)
+    state = opt.init(model.params)
+    step = train.TrainStep(model, dynamic_binarize=True)
+    x = np.random.default_rng(0).random((512, 200)).astype(np.float32)
+    rng = np.random.default_rng(1)
+    batches = [np.arange(i * 64, (i + 1) * 64) for i in range(8)]
+    for idx in batches:  # warm-up: workspaces and compiled kernels
+        step(x, idx, rng, 1.0)
+        opt.update(model.params, step.grads, state)
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(3):
+            for idx in batches:
+                step(x, idx, rng, 0.5)
+                opt.update(model.params, step.grads, state)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - base < 12_000, (peak - base)
+    assert current - base < 4_000, (current - base)
+
+
+def test_memory_stays_flat_over_epochs():
+    import tracemalloc
+    x = bars(640)
+    model = npvae.VAE(25, 3, hidden=(16,))
+    seen = []
+    tracemalloc.start()
+    try:
+        npvae.fit(model, x, epochs=6, batch_size=64, progress=False, binarize="dynamic",
+                  callbacks=[lambda rec, m: seen.append(tracemalloc.get_traced_memory()[0])])
+    finally:
+        tracemalloc.stop()
+    assert seen[-1] - seen[1] < 20_000, seen  # only the small history records grow

@@ -1,0 +1,223 @@
+"""Training-step throughput: npvae (numba and NumPy backends), PyTorch CPU, and the GEMM floor.
+
+Config A: 784-400-20, ReLU, Bernoulli, batch 128.  Config B: 16-64-64-4, tanh, Gaussian
+(fixed σ = 1), batch 64.  Every implementation does one full Adam step in float32 (noise
+draw, loss, gradient, update).  Each repeat times ``--steps`` steps; the implementations
+are measured round-robin within each repeat, in this one process, and the table reports the
+median over ``--repeats`` repeats (≥ 5).  Thread settings are explicit (threadpoolctl for
+BLAS, numba.set_num_threads, torch.set_num_threads) and each is measured.
+
+The GEMM floor runs only the matrix products of one npvae step (same shapes, preallocated
+outputs): forward x W, and backward xᵀ dY and dY Wᵀ (none for the input layer).
+
+Run:  python benchmarks/bench_step.py [--repeats 7] [--json bench_step.json]
+(PyTorch is optional: pip install torch==2.13.0.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import numba
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import npvae
+from npvae import kernels
+
+CONFIGS = {
+    "A": dict(n_inputs=784, hidden=(400,), n_latent=20, activation="relu",
+              likelihood="bernoulli", batch=128, steps=40),
+    "B": dict(n_inputs=16, hidden=(64, 64), n_latent=4, activation="tanh",
+              likelihood="gaussian", batch=64, steps=400),
+}
+
+
+def make_data(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (cfg["batch"] * 8, cfg["n_inputs"])
+    if cfg["likelihood"] == "bernoulli":
+        return (rng.random(shape) < 0.3).astype(np.float32)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def npvae_runner(cfg, x, backend, blas, nthreads):
+    model = npvae.VAE(cfg["n_inputs"], cfg["n_latent"], hidden=cfg["hidden"],
+                      activation=cfg["activation"], likelihood=cfg["likelihood"])
+    opt = npvae.Adam(lr=1e-3)
+    state = opt.init(model.params)
+    step = npvae.train.TrainStep(model)
+    rng = np.random.default_rng(0)
+    B = cfg["batch"]
+    batches = [np.arange(i * B, (i + 1) * B) for i in range(len(x) // B)]
+
+    def run(n):
+        kernels.set_backend(backend)
+        with threadpool_limits(limits=blas, user_api="blas"):
+            numba.set_num_threads(nthreads)
+            t = time.perf_counter()
+            for k in range(n):
+                step(x, batches[k % len(batches)], rng, 1.0)
+                opt.update(model.params, step.grads, state)
+            return time.perf_counter() - t
+
+    return run
+
+
+def gemm_runner(cfg, blas):
+    model = npvae.VAE(cfg["n_inputs"], cfg["n_latent"], hidden=cfg["hidden"],
+                      activation=cfg["activation"], likelihood=cfg["likelihood"])
+    B = cfg["batch"]
+    ops = []
+    for name, W in model.params.items():
+        if not name.endswith(".W"):
+            continue
+        n_in, n_out = W.shape
+        x = np.ones((B, n_in), np.float32)
+        y = np.empty((B, n_out), np.float32)
+        gW = np.empty_like(W)
+        ops.append((x, W, y))          # forward  x @ W
+        ops.append((x.T, y, gW))       # backward xᵀ dY
+        is_input_layer = name == "encoder.0.W" or (not cfg["hidden"] and name.startswith("encoder."))
+        if not is_input_layer:
+            ops.append((y, W.T, np.empty((B, n_in), np.float32)))  # backward dY Wᵀ
+
+    def run(n):
+        with threadpool_limits(limits=blas, user_api="blas"):
+            t = time.perf_counter()
+            for _ in range(n):
+                for a, b, out in ops:
+                    np.matmul(a, b, out=out)
+            return time.perf_counter() - t
+
+    return run
+
+
+def torch_runner(cfg, x_np, nthreads):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    act = {"relu": torch.relu, "tanh": torch.tanh}[cfg["activation"]]
+    D, H, J = cfg["n_inputs"], cfg["hidden"], cfg["n_latent"]
+    enc = nn.ModuleList([nn.Linear(a, b) for a, b in zip((D,) + H[:-1], H)])
+    mu, lv = nn.Linear(H[-1], J), nn.Linear(H[-1], J)
+    dec = nn.ModuleList([nn.Linear(a, b) for a, b in zip((J,) + H[::-1][:-1], H[::-1])])
+    out = nn.Linear(H[0], D)
+    params = [p for m in (enc, mu, lv, dec, out) for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    x_all = torch.from_numpy(x_np)
+    B = cfg["batch"]
+    half_log_2pi = 0.5 * float(np.log(2 * np.pi))
+
+    def step(xb):
+        h = xb
+        for layer in enc:
+            h = act(layer(h))
+        m, v = mu(h), lv(h)
+        z = m + torch.exp(0.5 * v) * torch.randn_like(m)
+        h = z
+        for layer in dec:
+            h = act(layer(h))
+        o = out(h)
+        if cfg["likelihood"] == "bernoulli":
+            rec = nn.functional.binary_cross_entropy_with_logits(o, xb, reduction="sum")
+        else:
+            rec = 0.5 * ((xb - o) ** 2).sum() + half_log_2pi * xb.numel()
+        kl = -0.5 * torch.sum(1 + v - m ** 2 - v.exp())
+        loss = (rec + kl) / xb.shape[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def run(n):
+        torch.set_num_threads(nthreads)
+        t = time.perf_counter()
+        for k in range(n):
+            i = (k % (len(x_all) // B)) * B
+            step(x_all[i:i + B])
+        return time.perf_counter() - t
+
+    return run
+
+
+def measure(runners, steps, repeats):
+    for run in runners.values():  # warm-up: compile, allocate, fill caches
+        run(max(3, steps // 10))
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            times[name].append(run(steps) / steps)
+    return {name: statistics.median(ts) for name, ts in times.items()}, times
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--configs", default="A,B")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if args.repeats < 5:
+        ap.error("--repeats must be at least 5")
+    try:
+        import torch  # noqa: F401
+        have_torch = True
+    except ImportError:
+        have_torch = False
+        print("PyTorch not installed: its rows are skipped (pip install torch==2.13.0)")
+
+    results = {"machine": platform.machine(), "numpy": np.__version__, "numba": numba.__version__,
+               "blas": [{k: i.get(k) for k in ("internal_api", "version", "architecture")}
+                        for i in threadpool_info() if i.get("user_api") == "blas"],
+               "configs": {}}
+    original_backend = kernels.get_backend()
+    for name in args.configs.split(","):
+        cfg = CONFIGS[name]
+        x = make_data(cfg)
+        runners = {}
+        for blas in (1, 2):
+            for nt in (1, 2):
+                runners[f"npvae numba (BLAS {blas}, numba {nt})"] = npvae_runner(cfg, x, "numba", blas, nt)
+        for blas in (1, 2):
+            runners[f"npvae numpy (BLAS {blas})"] = npvae_runner(cfg, x, "numpy", blas, 1)
+        if have_torch:
+            for nt in (1, 2):
+                runners[f"PyTorch (threads {nt})"] = torch_runner(cfg, x, nt)
+        for blas in (1, 2):
+            runners[f"GEMM floor (BLAS {blas})"] = gemm_runner(cfg, blas)
+        med, raw = measure(runners, cfg["steps"], args.repeats)
+        kernels.set_backend(original_backend)
+
+        def best(prefix):
+            keys = [k for k in med if k.startswith(prefix)]
+            return min(keys, key=med.get) if keys else None
+
+        ours, floor, torch_best = best("npvae numba"), best("GEMM floor"), best("PyTorch")
+        B = cfg["batch"]
+        print(f"\nConfig {name}: {cfg['n_inputs']}-{'-'.join(map(str, cfg['hidden']))}-"
+              f"{cfg['n_latent']}, {cfg['activation']}, {cfg['likelihood']}, batch {B}, float32, "
+              f"Adam; median of {args.repeats} repeats x {cfg['steps']} steps")
+        print(f"{'implementation':38s} {'ms/step':>9s} {'samples/s':>11s}")
+        for k in med:
+            mark = " <- best" if k in (ours, floor, torch_best) else ""
+            print(f"{k:38s} {med[k] * 1e3:9.3f} {B / med[k]:11.0f}{mark}")
+        summary = {"npvae_best": ours, "gemm_floor_best": floor,
+                   "step_over_floor": med[ours] / med[floor]}
+        if torch_best:
+            summary["torch_best"] = torch_best
+            summary["speedup_vs_torch"] = med[torch_best] / med[ours]
+            print(f"npvae / PyTorch throughput: {summary['speedup_vs_torch']:.2f}x   ", end="")
+        print(f"npvae step / GEMM floor: {summary['step_over_floor']:.2f}x")
+        results["configs"][name] = {"config": {k: v for k, v in cfg.items()}, "median_s": med,
+                                    "all_s": raw, "summary": summary}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

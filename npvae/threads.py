@@ -1,0 +1,66 @@
+"""Thread control for training: BLAS (through threadpoolctl) and numba, set explicitly.
+
+Measured with ``benchmarks/bench_step.py`` on the 2-core development VM (784-400-20 step,
+ms, median of 7): BLAS 1 / numba 1: 5.18, BLAS 1 / numba 2: 4.60, BLAS 2 / numba 1: 4.43,
+BLAS 2 / numba 2: 51.2.  OpenBLAS threads and numba's parallel kernels interleaved on two
+cores are pathological (11x slower), so the default is BLAS on 2 threads and numba on 1;
+for the 16-64-64-4 step every setting gave 0.163-0.165 ms.  ``set_threads`` (or the
+environment variables NPVAE_BLAS_THREADS / NPVAE_NUMBA_THREADS) changes the setting.
+The limits apply only inside ``fit`` (and ``limited()``); npvae never changes the
+process-wide settings at import.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from .validation import positive_int
+
+DEFAULT_BLAS_THREADS = 2
+DEFAULT_NUMBA_THREADS = 1
+
+
+def _env_int(name):
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return positive_int(int(value), name)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+
+
+_config = {"blas": _env_int("NPVAE_BLAS_THREADS") or DEFAULT_BLAS_THREADS,
+           "numba": _env_int("NPVAE_NUMBA_THREADS") or DEFAULT_NUMBA_THREADS}
+
+
+def set_threads(blas: int | None = None, numba: int | None = None) -> dict:
+    """Threads for training: ``blas`` for matrix products, ``numba`` for the kernels
+    (None keeps the current value).  Returns the settings."""
+    if blas is not None:
+        _config["blas"] = positive_int(blas, "blas")
+    if numba is not None:
+        _config["numba"] = positive_int(numba, "numba")
+    return get_threads()
+
+
+def get_threads() -> dict:
+    import numba as nb
+    return {"blas": _config["blas"], "numba": min(_config["numba"], nb.config.NUMBA_NUM_THREADS)}
+
+
+@contextmanager
+def limited(blas: int | None = None, numba: int | None = None):
+    """Run a block with the training thread settings (or the ones given)."""
+    import numba as nb
+    from threadpoolctl import threadpool_limits
+
+    n_blas = blas or _config["blas"]
+    n_numba = min(numba or _config["numba"], nb.config.NUMBA_NUM_THREADS)
+    previous = nb.get_num_threads()
+    with threadpool_limits(limits=n_blas, user_api="blas"):
+        nb.set_num_threads(n_numba)
+        try:
+            yield
+        finally:
+            nb.set_num_threads(previous)

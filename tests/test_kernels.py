@@ -1,0 +1,208 @@
+"""Every numba kernel against its NumPy reference, on hypothesis-drawn shapes and values.
+
+Agreement is measured per output array as max|numba − numpy| / max|numpy| (a norm-wise
+relative error): ≤ 1e-12 in float64 and ≤ 1e-5 in float32.  This module also runs under
+NUMBA_DISABLE_JIT=1 (see test_backends.py), where the kernels are plain Python.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import npvae
+from npvae import kernels
+from npvae.testing import strategies as nst
+
+NB = kernels.implementation("numba")
+NP = kernels.implementation("numpy")
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
+DTYPES = [np.float64, np.float32]
+SHAPES = dict(batch=(1, 40), width=(1, 40))
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = np.max(np.abs(b)) if b.size else 0.0
+    return float(np.max(np.abs(a - b)) / scale) if scale > 0 else float(np.max(np.abs(a - b), initial=0.0))
+
+
+def agree(dtype, *pairs):
+    for got, want in pairs:
+        assert np.asarray(got).dtype == np.asarray(want).dtype == dtype or np.ndim(got) == 0
+        assert rel_err(got, want) <= TOL[dtype], (rel_err(got, want), TOL[dtype])
+
+
+def draw(data, shape, dtype, low=-4.0, high=4.0):
+    return data.draw(nst.arrays(shape, low=low, high=high, dtype=np.float64)).astype(dtype)
+
+
+def both(fn_name, *arrays_and_args):
+    """Run a kernel in both backends on copies of the arrays; return both argument lists."""
+    a1 = [x.copy() if isinstance(x, np.ndarray) else x for x in arrays_and_args]
+    a2 = [x.copy() if isinstance(x, np.ndarray) else x for x in arrays_and_args]
+    r1 = getattr(NB, fn_name)(*a1)
+    r2 = getattr(NP, fn_name)(*a2)
+    return (a1, r1), (a2, r2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", range(len(kernels.ACT_NAMES)), ids=kernels.ACT_NAMES)
+@given(data=st.data())
+def test_bias_activation_forward_and_backward(dtype, act, data):
+    B, H = data.draw(nst.shapes(**SHAPES))
+    a, b, dy = draw(data, (B, H), dtype), draw(data, (H,), dtype), draw(data, (B, H), dtype)
+    (n1, _), (n2, _) = both("bias_act_", a, b, act)
+    agree(dtype, (n1[0], n2[0]))
+    y = n2[0]
+    (m1, _), (m2, _) = both("act_backward_bias_grad_", dy, y, act, np.empty(H, dtype))
+    agree(dtype, (m1[0], m2[0]), (m1[3], m2[3]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_arrays_take_the_parallel_path(dtype):
+    # 200 x 300 elements is above PARALLEL_MIN_ELEMENTS: chunked rows, per-chunk partial sums
+    rng = np.random.default_rng(0)
+    a, b, dy = rng.normal(size=(200, 300)).astype(dtype), rng.normal(size=300).astype(dtype), \
+        rng.normal(size=(200, 300)).astype(dtype)
+    import numba
+    old = numba.get_num_threads()
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    try:
+        for act in range(len(kernels.ACT_NAMES)):
+            (n1, _), (n2, _) = both("bias_act_", a, b, act)
+            agree(dtype, (n1[0], n2[0]))
+            (m1, _), (m2, _) = both("act_backward_bias_grad_", dy, n2[0], act, np.empty(300, dtype))
+            agree(dtype, (m1[0], m2[0]), (m1[3], m2[3]))
+        x = (rng.random((200, 300)) < 0.4).astype(dtype)
+        w = np.full(200, 1 / 200, dtype)
+        for name in ("bernoulli_", "continuous_bernoulli_"):
+            (k1, _), (k2, _) = both(name, a, x, w, np.empty(200, dtype))
+            agree(dtype, (k1[0], k2[0]), (k1[3], k2[3]))
+    finally:
+        numba.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_reparametrisation_and_kl(dtype, data):
+    B, J = data.draw(nst.shapes(batch=(1, 40), width=(1, 8)))
+    mu, lv, eps = (draw(data, (B, J), dtype) for _ in range(3))
+    e = lambda *s: np.empty(s, dtype)
+    (f1, _), (f2, _) = both("reparam_kl_", mu, lv, eps, e(B, J), e(B, J), e(B))
+    agree(dtype, (f1[3], f2[3]), (f1[4], f2[4]), (f1[5], f2[5]))
+    dz = draw(data, (B, J), dtype)
+    w = draw(data, (B,), dtype, 0, 1)
+    mask = draw(data, (J,), dtype, 0, 1)
+    (g1, _), (g2, _) = both("reparam_kl_backward_", dz, eps, f2[4], mu, lv, w, mask, e(B, J), e(B, J))
+    agree(dtype, (g1[7], g2[7]), (g1[8], g2[8]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["bernoulli_", "continuous_bernoulli_"])
+@given(data=st.data())
+def test_bernoulli_likelihoods(dtype, name, data):
+    B, D = data.draw(nst.shapes(**SHAPES))
+    logits = draw(data, (B, D), dtype, -30, 30)
+    x = draw(data, (B, D), dtype, 0, 1)
+    w = draw(data, (B,), dtype, 0, 1)
+    (k1, _), (k2, _) = both(name, logits, x, w, np.empty(B, dtype))
+    agree(dtype, (k1[0], k2[0]), (k1[3], k2[3]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", ["fixed", "learned", "per_example"])
+@given(data=st.data())
+def test_gaussian_likelihoods(dtype, variant, data):
+    B, D = data.draw(nst.shapes(**SHAPES))
+    mean, x = draw(data, (B, D), dtype), draw(data, (B, D), dtype)
+    w = draw(data, (B,), dtype, 0, 1)
+    nll = np.empty(B, dtype)
+    if variant == "fixed":
+        s = float(data.draw(st.floats(-3, 3)))
+        (k1, _), (k2, _) = both("gaussian_fixed_", mean, x, s, w, nll)
+        agree(dtype, (k1[0], k2[0]), (k1[4], k2[4]))
+    elif variant == "learned":
+        s = draw(data, (D,), dtype, -3, 3)
+        (k1, _), (k2, _) = both("gaussian_learned_", mean, x, s, w, nll, np.empty(D, dtype))
+        agree(dtype, (k1[0], k2[0]), (k1[4], k2[4]), (k1[5], k2[5]))
+    else:
+        s = draw(data, (B, D), dtype, -3, 3)
+        (k1, _), (k2, _) = both("gaussian_per_example_", mean, x, s, w, nll)
+        agree(dtype, (k1[0], k2[0]), (k1[2], k2[2]), (k1[4], k2[4]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data(), step=st.integers(1, 50), decoupled=st.booleans(),
+       wd=st.sampled_from([0.0, 0.01]))
+def test_adam(dtype, data, step, decoupled, wd):
+    n = data.draw(st.integers(1, 300))
+    p, g = draw(data, (n,), dtype), draw(data, (n,), dtype)
+    m = draw(data, (n,), dtype, -1, 1)
+    v = draw(data, (n,), dtype, 0, 1)
+    (a1, _), (a2, _) = both("adam_", p, g, m, v, step, 1e-3, 0.9, 0.999, 1e-8, wd, decoupled)
+    agree(dtype, (a1[0], a2[0]), (a1[2], a2[2]), (a1[3], a2[3]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data(), momentum=st.sampled_from([0.0, 0.9]), nesterov=st.booleans())
+def test_sgd(dtype, data, momentum, nesterov):
+    n = data.draw(st.integers(1, 300))
+    p, g, buf = (draw(data, (n,), dtype) for _ in range(3))
+    nesterov = nesterov and momentum > 0
+    (a1, _), (a2, _) = both("sgd_", p, g, buf, 0.1, momentum, nesterov, 0.01)
+    agree(dtype, (a1[0], a2[0]))
+    if momentum:
+        agree(dtype, (a1[2], a2[2]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_checks_and_data_kernels(dtype):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(30, 7)).astype(dtype)
+    assert NB.all_finite(a) and NP.all_finite(a)
+    a[3, 2] = np.nan
+    assert not NB.all_finite(a) and not NP.all_finite(a)
+    a[3, 2] = -np.inf
+    assert not NB.all_finite(a)
+    flat = rng.normal(size=1000).astype(dtype)
+    assert NB.sum_squares(flat) == pytest.approx(NP.sum_squares(flat), rel=1e-12)
+    x, u = rng.random((30, 7)).astype(dtype), rng.random((30, 7)).astype(dtype)
+    x1, x2 = x.copy(), x.copy()
+    NB.binarize_(x1, u)
+    NP.binarize_(x2, u)
+    assert np.array_equal(x1, x2) and set(np.unique(x1)) <= {0, 1}
+
+
+def test_set_backend():
+    before = kernels.get_backend()
+    try:
+        npvae.set_backend("numpy")
+        assert kernels.bias_act_ is NP.bias_act_ and npvae.get_backend() == "numpy"
+        npvae.set_backend("numba")
+        assert kernels.bias_act_ is NB.bias_act_
+    finally:
+        npvae.set_backend(before)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        npvae.set_backend("cuda")
+
+
+@settings(max_examples=5)
+@given(seed=st.integers(0, 100))
+def test_model_gradients_agree_across_backends(seed):
+    before = kernels.get_backend()
+    rng = np.random.default_rng(seed)
+    x = rng.random((9, 12))
+    eps = rng.standard_normal((9, 3))
+    out = {}
+    try:
+        for backend in ("numba", "numpy"):
+            npvae.set_backend(backend)
+            model = npvae.VAE(12, 3, hidden=(10, 7), activation="softplus", dtype=np.float64, seed=seed,
+                              likelihood="continuous_bernoulli")
+            out[backend] = model.loss_and_grad(x, eps=eps, beta=0.7)
+    finally:
+        npvae.set_backend(before)
+    (l1, g1, _), (l2, g2, _) = out["numba"], out["numpy"]
+    assert l1 == pytest.approx(l2, rel=1e-12)
+    for k in g1:
+        assert rel_err(g1[k], g2[k]) <= 1e-12
