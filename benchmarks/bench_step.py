@@ -61,7 +61,7 @@ def npvae_runner(cfg, x, backend, blas, nthreads):
             t = time.perf_counter()
             for k in range(n):
                 step(x, batches[k % len(batches)], rng, 1.0)
-                opt.update(model.params, step.grads, state)
+                opt.update(model.params, step.grads, state, grad_norm=step.grad_norm)
             return time.perf_counter() - t
 
     return run

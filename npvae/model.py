@@ -250,8 +250,12 @@ class VAE:
         x = self._check_x(x)
         beta = finite_float(beta, "beta", min_value=0.0)
         free_bits = finite_float(free_bits, "free_bits", min_value=0.0)
+        eps = self._noise((x.shape[0], self.n_latent), eps, rng)
+        return self._loss_and_grad(x, eps, beta, free_bits, out)
+
+    def _loss_and_grad(self, x, eps, beta, free_bits, out):
+        """loss_and_grad on arguments already checked (the trainer checks its data once)."""
         B = x.shape[0]
-        eps = self._noise((B, self.n_latent), eps, rng)
         P = self.params
         G = self._new_grads() if out is None else out
         dt = self.dtype.type

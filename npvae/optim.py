@@ -59,13 +59,16 @@ class _FlatCache:
         return self._bases
 
 
-def clip_grad_norm(grads: dict, max_norm: float | None, *, flat=None):
+def clip_grad_norm(grads: dict, max_norm: float | None, *, flat=None, norm=None):
     """Scale all gradients by min(1, max_norm / ‖g‖), ‖g‖ the global L2 norm over every
     parameter (accumulated in float64).  Returns (grads, norm); scaled in place.
-    ``flat``: the flat buffer the gradients are views of, when the caller knows it."""
+    ``flat``: the flat buffer the gradients are views of; ``norm``: ‖g‖, when the caller
+    already knows them."""
     if flat is None:
         flat = flat_base(grads.values())
-    if flat is not None:
+    if norm is not None:
+        pass
+    elif flat is not None:
         norm = math.sqrt(kernels.sum_squares(flat))
     else:
         norm = math.sqrt(sum(kernels.sum_squares(g.reshape(-1)) for g in grads.values()))
@@ -100,10 +103,11 @@ class Optimizer:
                 state[f"{slot}.{name}"] = flat[name]
         return state
 
-    def update(self, params: dict, grads: dict, state: dict) -> dict:
+    def update(self, params: dict, grads: dict, state: dict, *, grad_norm=None) -> dict:
         """One step: clip, then update every parameter (and the state's moments) in place.
         When params, grads and every moment are views of flat buffers (as for a VAE), the
-        update is one fused kernel call over all parameters; otherwise one per array."""
+        update is one fused kernel call over all parameters; otherwise one per array.
+        ``grad_norm``: the global gradient norm, when the caller has computed it already."""
         step = int(state["step"])
         lr = self.lr(step)
         if not hasattr(self, "_flat_cache"):
@@ -111,7 +115,7 @@ class Optimizer:
         names = list(params)
         slots = [[state[f"{s}.{n}"] for n in names] for s in self._SLOTS]
         bases = self._flat_cache.bases(params.values(), [grads[n] for n in names], *slots)
-        _, norm = clip_grad_norm(grads, self.clip_norm, flat=bases[1])
+        _, norm = clip_grad_norm(grads, self.clip_norm, flat=bases[1], norm=grad_norm)
         if all(b is not None for b in bases) and len({b.size for b in bases}) == 1:
             self._update_arrays(*bases, step=step + 1, lr=lr)
         else:

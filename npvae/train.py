@@ -322,7 +322,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                     if bad is not None:
                         raise DivergenceError(epoch, run["global_step"] + 1, i + 1, bad)
                     lr = optimizer.learning_rate(opt_state)
-                    optimizer.update(model.params, step.grads, opt_state)
+                    optimizer.update(model.params, step.grads, opt_state, grad_norm=step.grad_norm)
                     w = len(idx) / n
                     sums["loss"] += float(loss) * w
                     sums["reconstruction"] += float(parts["reconstruction"]) * w
@@ -393,7 +393,9 @@ class TrainStep:
     binarises them (dynamic binarisation), draws ε, and writes the gradients into
     ``step.grads`` (views of one flat buffer, so the optimizer's fused path applies).
     ``bad`` names the first non-finite quantity (the loss or a parameter's gradient), or is
-    None.  The draws from ``rng`` are, in order: the binarisation uniforms, then ε.
+    None; ``step.grad_norm`` is the global gradient norm (for the optimizer's clipping).
+    The draws from ``rng`` are, in order: the binarisation uniforms, then ε.  The data is
+    trusted: ``fit`` checks it (shape, finiteness, support) once, before training.
     """
 
     def __init__(self, model, *, dynamic_binarize=False, free_bits=0.0):
@@ -423,14 +425,17 @@ class TrainStep:
             rng.random(out=u, dtype=model.dtype)
             kernels.binarize_(xb, u)
         rng.standard_normal(out=eps, dtype=model.dtype)
-        loss, grads, parts = model.loss_and_grad(xb, eps=eps, beta=beta, free_bits=self.free_bits,
-                                                 out=self.grads)
+        loss, grads, parts = model._loss_and_grad(xb, eps, float(beta), self.free_bits, self.grads)
         bad = None
+        # Σ g² (float64) is finite exactly when every gradient is: one pass checks them all
+        self.grad_norm = math.sqrt(kernels.sum_squares(self._flat))
         if not math.isfinite(float(loss)):
             bad = f"the loss is {float(loss)}"
-        elif self._flat is None or not kernels.all_finite(self._flat):
+        elif not math.isfinite(self.grad_norm):
             for name, g in grads.items():
                 if not kernels.all_finite(g):
                     bad = f"the gradient of parameter {name!r} holds NaN or inf"
                     break
+            else:
+                bad = "the gradient norm overflows"
         return loss, parts, bad

@@ -283,7 +283,8 @@ def _bernoulli_rows(logits, x, w, nll, e, lp, r0, r1):
             xv = x[i, j]
             ej = e[i, j]
             acc += (l if l > 0 else 0) + lp[i, j] - xv * l
-            sig = 1 / (1 + ej) if l >= 0 else ej / (1 + ej)
+            r = 1 / (1 + ej)
+            sig = r if l >= 0 else ej * r
             logits[i, j] = wi * (sig - xv)
         nll[i] = acc
 
