@@ -12,12 +12,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import distributions, kernels, likelihoods, ops
+from . import distributions, estimators, kernels, likelihoods, ops
 from .kernels import ACT_CODES
 from .layers import INITIALISERS, MLP, init_dense
 from .validation import as_float_array, finite_float, generator, positive_int
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_objective(objective, n_samples, beta, free_bits):
+    """Validate the training objective: ("elbo", 1) or ("iwae", K)."""
+    if objective not in ("elbo", "iwae"):
+        raise ValueError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
+    n_samples = positive_int(n_samples, "n_samples")
+    if objective == "elbo" and n_samples != 1:
+        raise ValueError("n_samples > 1 needs objective='iwae' (the ELBO uses one sample)")
+    if objective == "iwae" and (beta != 1.0 or free_bits != 0.0):
+        raise ValueError("objective='iwae' takes beta=1 and free_bits=0 (it is a bound on ln p(x))")
+    return objective, n_samples
 
 
 class VAE:
@@ -224,7 +236,8 @@ class VAE:
         from .optim import flat_like  # fresh, flat: the optimizer's fused path applies
         return flat_like(self.params)
 
-    def loss_and_grad(self, x, *, eps=None, rng=None, beta=1.0, free_bits=0.0, out=None):
+    def loss_and_grad(self, x, *, eps=None, rng=None, beta=1.0, free_bits=0.0, out=None,
+                      objective="elbo", n_samples=1):
         """The batch mean of −ln p(x|z) + β KL, and its gradient for every parameter.
 
         Shapes: x (B, D); eps (B, J) standard normal noise.  With ``eps`` given the call is
@@ -242,14 +255,24 @@ class VAE:
         KL is below λ nats feels no pull towards the prior:
             ∂/∂KL_ij = [KL̄_j > λ] / B   (zero gradient below the floor).
 
+        ``objective="iwae"`` with ``n_samples=K`` minimises instead the negative
+        importance-weighted bound −ln (1/K) Σ_k w_k (Burda et al. 2015); eps then has shape
+        (K, B, J); see :mod:`npvae.estimators` for its gradient.  It takes β = 1 and no
+        free bits.
+
         Returns (loss, grads, parts): loss a scalar of the model dtype; grads with exactly the
         keys of ``params``; parts with the batch means ``reconstruction``, ``kl`` (the true
         KL, whatever the floor) and ``elbo`` (= −reconstruction − kl, the β = 1 bound), and
-        ``beta``; with free bits also ``kl_objective``, the floored KL term.
+        ``beta``; with free bits also ``kl_objective``, the floored KL term; with IWAE
+        ``iwae`` (the bound) and ``ess``.
         """
         x = self._check_x(x)
         beta = finite_float(beta, "beta", min_value=0.0)
         free_bits = finite_float(free_bits, "free_bits", min_value=0.0)
+        objective, n_samples = check_objective(objective, n_samples, beta, free_bits)
+        if objective == "iwae":
+            shape = (n_samples, x.shape[0], self.n_latent)
+            return estimators.iwae_loss_and_grad(self, x, self._noise(shape, eps, rng), out)
         eps = self._noise((x.shape[0], self.n_latent), eps, rng)
         return self._loss_and_grad(x, eps, beta, free_bits, out)
 
@@ -260,7 +283,6 @@ class VAE:
         G = self._new_grads() if out is None else out
         dt = self.dtype.type
         ws = self._workspace(B)
-        enc, dec = self._layers()
 
         # forward
         h_enc = self._encode_into(P, x, ws)
@@ -283,9 +305,24 @@ class VAE:
             kl_term = kl_mean
         loss = dt(rec_mean + dt(beta) * kl_term)
 
-        # backward: output heads, decoder, reparametrisation + KL, encoder heads, encoder
+        # backward: output heads and decoder, reparametrisation + KL, encoder
+        dz = self._decoder_backward(P, G, ws, z, h_dec)
+        wkl = ws["wkl"]
+        wkl.fill(dt(beta / B))
+        kernels.reparam_kl_backward_(dz, eps, std, mu, lv, wkl, mask, ws["dmu"], ws["dlv"])
+        self._encoder_backward(P, G, ws, x, h_enc)
+
+        parts = {"reconstruction": dt(rec_mean), "kl": dt(kl_mean),
+                 "elbo": dt(-(rec_mean + kl_mean)), "beta": beta}
+        if free_bits > 0:
+            parts["kl_objective"] = dt(kl_term)
+        return loss, G, parts
+
+    def _decoder_backward(self, P, G, ws, z, h_dec):
+        """From the likelihood's gradient (written over ws["out"]) back to dL/dz (ws["dz"])."""
+        _, dec = self._layers()
         dh = None
-        for head, d in zip(self.likelihood.heads, outs):
+        for head, d in zip(self.likelihood.heads, ws["out"]):
             kernels.act_backward_bias_grad_(d, d, 0, G[f"decoder.{head}.b"])
             np.matmul(h_dec.T, d, out=G[f"decoder.{head}.W"])
             if dh is None:
@@ -294,11 +331,12 @@ class VAE:
             else:
                 np.matmul(d, P[f"decoder.{head}.W"].T, out=ws["tmp_h"])
                 dh += ws["tmp_h"]
-        dz = self._backward_chain(P, G, dec, [z] + ws["dec"][:-1], ws["dec"],
-                                  [ws["dz"]] + ws["dec_d"][:-1], dh, True)
-        wkl = ws["wkl"]
-        wkl.fill(dt(beta / B))
-        kernels.reparam_kl_backward_(dz, eps, std, mu, lv, wkl, mask, ws["dmu"], ws["dlv"])
+        return self._backward_chain(P, G, dec, [z] + ws["dec"][:-1], ws["dec"],
+                                    [ws["dz"]] + ws["dec_d"][:-1], dh, True)
+
+    def _encoder_backward(self, P, G, ws, x, h_enc):
+        """From dL/dμ, dL/dv (ws["dmu"], ws["dlv"]) back through the encoder."""
+        enc, _ = self._layers()
         for head, d in (("mu", ws["dmu"]), ("logvar", ws["dlv"])):
             kernels.act_backward_bias_grad_(d, d, 0, G[f"encoder.{head}.b"])
             np.matmul(h_enc.T, d, out=G[f"encoder.{head}.W"])
@@ -309,12 +347,6 @@ class VAE:
             dh += ws["tmp_e"]
             self._backward_chain(P, G, enc, [x] + ws["enc"][:-1], ws["enc"],
                                  [None] + ws["enc_d"][:-1], dh, False)
-
-        parts = {"reconstruction": dt(rec_mean), "kl": dt(kl_mean),
-                 "elbo": dt(-(rec_mean + kl_mean)), "beta": beta}
-        if free_bits > 0:
-            parts["kl_objective"] = dt(kl_term)
-        return loss, G, parts
 
     def _likelihood_params(self, P):
         return {k[len("likelihood."):]: P[k] for k in self._lik_names}
@@ -356,6 +388,14 @@ class VAE:
             return self.decode(mu)
         z, _ = distributions.reparametrize(mu, lv, generator(rng).standard_normal(mu.shape, dtype=self.dtype))
         return self.decode(z)
+
+    def log_likelihood(self, x, *, n_samples=5000, rng=None, batch_size=None, return_ess=False):
+        """Importance-sampled ln p(x) per example in nats, shape (B,) (ERRATA 8):
+        ln (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), by log-sum-exp, with memory
+        bounded however large K is.  ``return_ess=True`` adds the effective sample size.
+        ``rng=None`` uses default_rng(0).  See :func:`npvae.estimators.log_likelihood`."""
+        return estimators.log_likelihood(self, x, n_samples=n_samples, rng=rng,
+                                         batch_size=batch_size, return_ess=return_ess)
 
     def elbo(self, x, *, rng=None, n_samples=1, batch_size=1024):
         """The per-example ELBO at β = 1 in nats, shape (B,):

@@ -22,8 +22,10 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import data as data_mod
 from . import kernels, threads
+from .estimators import iwae_loss_and_grad
+from .model import check_objective
 from .optim import Adam, Optimizer
-from .schedules import as_beta_schedule
+from .schedules import ConstantBeta, as_beta_schedule
 from .validation import as_float_array, finite_float, positive_int
 
 CHECKPOINT_GLOB = "ckpt-*.npz"
@@ -193,7 +195,7 @@ def _progress_bar(total, epoch, epochs, enabled, initial=0):
 def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epochs=10,
         batch_size=128, beta=1.0, seed=0, binarize=None, checkpoint_dir=None, resume=False,
         callbacks=(), progress=True, free_bits=0.0, early_stopping=None, restore_best=True,
-        keep_checkpoints=2) -> History:
+        keep_checkpoints=2, objective="elbo", n_samples=1) -> History:
     """Train ``model`` in place on ``x_train`` (n, D) and return the History.
 
     * ``optimizer``: an :class:`npvae.SGD`, :class:`npvae.Adam` or :class:`npvae.AdamW`.
@@ -207,6 +209,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     * ``early_stopping``: stop when the validation ELBO has not improved for that many
       epochs; with ``restore_best`` the best parameters are put back.
     * ``callbacks``: ``cb(record, model)`` after every epoch; returning True stops training.
+    * ``objective="iwae"`` with ``n_samples=K`` trains on the importance-weighted bound
+      (Burda et al. 2015) instead of the ELBO; it takes β = 1 and no free bits.
     * Ctrl-C finishes the current step, saves a checkpoint (with ``checkpoint_dir``) and
       returns the history with ``history.interrupted = True``.
 
@@ -229,6 +233,9 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
         if x_val is None:
             raise ValueError("early_stopping needs validation data: pass x_val")
     beta_schedule = as_beta_schedule(beta)
+    if objective == "iwae" and beta_schedule != ConstantBeta(1.0):
+        raise ValueError("objective='iwae' takes beta=1 (it is a bound on ln p(x), not annealed)")
+    objective, n_samples = _check_fit_objective(objective, n_samples, free_bits)
     callbacks = tuple(callbacks)
     if not all(callable(cb) for cb in callbacks):
         raise TypeError("callbacks must be callables cb(record, model)")
@@ -258,6 +265,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
            "best_val": None, "best_epoch": None, "bad_epochs": 0, "history": [],
            "seed": seed, "batch_size": batch_size, "binarize": binarize, "free_bits": free_bits,
            "data": _fingerprint(x), "optimizer": optimizer.config(),
+           "objective": objective, "n_samples": n_samples,
            "beta_schedule": beta_schedule.config()}
     rng = np.random.default_rng(seed)
     opt_state = optimizer.init(model.params)
@@ -271,7 +279,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
             if saved_model.config() != model.config():
                 raise ValueError(f"cannot resume from {path}: it was made for {saved_model.config()}, "
                                  f"not {model.config()}")
-            for key in ("seed", "batch_size", "binarize", "data", "free_bits"):
+            for key in ("seed", "batch_size", "binarize", "data", "free_bits", "objective", "n_samples"):
                 if meta.get(key) != run[key]:
                     raise ValueError(f"cannot resume from {path}: {key} was {meta.get(key)!r}, "
                                      f"now {run[key]!r}")
@@ -298,7 +306,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
             _save_training(directory, model, opt_state, run, rng, perm, best_params,
                            keep_checkpoints)
 
-    step = TrainStep(model, dynamic_binarize=binarize == "dynamic", free_bits=free_bits)
+    step = TrainStep(model, dynamic_binarize=binarize == "dynamic", free_bits=free_bits,
+                     objective=objective, n_samples=n_samples)
     stop = False
     # Overflow in a step is reported once, as a DivergenceError naming it, not as warnings.
     with _InterruptFlag() as interrupt, threads.limited(), \
@@ -386,6 +395,10 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     return history
 
 
+def _check_fit_objective(objective, n_samples, free_bits):
+    return check_objective(objective, n_samples, 1.0, free_bits)
+
+
 class TrainStep:
     """The loss and gradient of one minibatch, with every large buffer reused.
 
@@ -398,10 +411,11 @@ class TrainStep:
     trusted: ``fit`` checks it (shape, finiteness, support) once, before training.
     """
 
-    def __init__(self, model, *, dynamic_binarize=False, free_bits=0.0):
+    def __init__(self, model, *, dynamic_binarize=False, free_bits=0.0, objective="elbo", n_samples=1):
         from .optim import flat_like
 
         self.model, self.dynamic, self.free_bits = model, dynamic_binarize, free_bits
+        self.objective, self.n_samples = _check_fit_objective(objective, n_samples, free_bits)
         self.grads = flat_like(model.params)
         self._flat = next(iter(self.grads.values())).base
         self._buffers: dict[int, tuple] = {}
@@ -412,8 +426,9 @@ class TrainStep:
             m = self.model
             if len(self._buffers) >= 2:
                 self._buffers.pop(next(iter(self._buffers)))
+            eps_shape = (B, m.n_latent) if self.objective == "elbo" else (self.n_samples, B, m.n_latent)
             bufs = (np.empty((B, m.n_inputs), m.dtype), np.empty((B, m.n_inputs), m.dtype),
-                    np.empty((B, m.n_latent), m.dtype))
+                    np.empty(eps_shape, m.dtype))
             self._buffers[B] = bufs
         return bufs
 
@@ -425,7 +440,10 @@ class TrainStep:
             rng.random(out=u, dtype=model.dtype)
             kernels.binarize_(xb, u)
         rng.standard_normal(out=eps, dtype=model.dtype)
-        loss, grads, parts = model._loss_and_grad(xb, eps, float(beta), self.free_bits, self.grads)
+        if self.objective == "iwae":
+            loss, grads, parts = iwae_loss_and_grad(model, xb, eps, self.grads)
+        else:
+            loss, grads, parts = model._loss_and_grad(xb, eps, float(beta), self.free_bits, self.grads)
         bad = None
         # Σ g² (float64) is finite exactly when every gradient is: one pass checks them all
         self.grad_norm = math.sqrt(kernels.sum_squares(self._flat))
