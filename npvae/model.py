@@ -237,7 +237,7 @@ class VAE:
         return flat_like(self.params)
 
     def loss_and_grad(self, x, *, eps=None, rng=None, beta=1.0, free_bits=0.0, out=None,
-                      objective="elbo", n_samples=1):
+                      objective="elbo", n_samples=1, trace=False):
         """The batch mean of −ln p(x|z) + β KL, and its gradient for every parameter.
 
         Shapes: x (B, D); eps (B, J) standard normal noise.  With ``eps`` given the call is
@@ -265,6 +265,10 @@ class VAE:
         KL, whatever the floor) and ``elbo`` (= −reconstruction − kl, the β = 1 bound), and
         ``beta``; with free bits also ``kl_objective``, the floored KL term; with IWAE
         ``iwae`` (the bound) and ``ess``.
+
+        ``trace=True`` returns a fourth element, a :class:`npvae.trace.Trace` of every named
+        forward value and backward gradient of the step, computed through the readable
+        building blocks (ELBO objective, no free bits); see :mod:`npvae.trace`.
         """
         x = self._check_x(x)
         beta = finite_float(beta, "beta", min_value=0.0)
@@ -274,6 +278,11 @@ class VAE:
             shape = (n_samples, x.shape[0], self.n_latent)
             return estimators.iwae_loss_and_grad(self, x, self._noise(shape, eps, rng), out)
         eps = self._noise((x.shape[0], self.n_latent), eps, rng)
+        if trace:
+            if free_bits or out is not None:
+                raise ValueError("trace=True supports the plain ELBO step (no free_bits, no out=)")
+            from .trace import traced_loss_and_grad
+            return traced_loss_and_grad(self, x, eps, beta)
         return self._loss_and_grad(x, eps, beta, free_bits, out)
 
     def _loss_and_grad(self, x, eps, beta, free_bits, out):
