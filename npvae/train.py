@@ -21,6 +21,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import data as data_mod
+from . import diagnostics as diag_mod
 from . import kernels, threads
 from .estimators import iwae_loss_and_grad
 from .model import check_objective
@@ -83,7 +84,9 @@ class History:
         return text
 
     def to_csv(self, path=None) -> str:
-        cols = self.columns
+        """One row per epoch; nested values (the diagnostics) are left to ``to_json``."""
+        cols = [c for c in self.columns
+                if not any(isinstance(r.get(c), (dict, list)) for r in self.records)]
         lines = [",".join(cols)]
         for r in self.records:
             lines.append(",".join("" if r.get(c) is None else repr(r[c]) for c in cols))
@@ -195,7 +198,7 @@ def _progress_bar(total, epoch, epochs, enabled, initial=0):
 def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epochs=10,
         batch_size=128, beta=1.0, seed=0, binarize=None, checkpoint_dir=None, resume=False,
         callbacks=(), progress=True, free_bits=0.0, early_stopping=None, restore_best=True,
-        keep_checkpoints=2, objective="elbo", n_samples=1) -> History:
+        keep_checkpoints=2, objective="elbo", n_samples=1, diagnostics=None) -> History:
     """Train ``model`` in place on ``x_train`` (n, D) and return the History.
 
     * ``optimizer``: an :class:`npvae.SGD`, :class:`npvae.Adam` or :class:`npvae.AdamW`.
@@ -209,6 +212,10 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     * ``early_stopping``: stop when the validation ELBO has not improved for that many
       epochs; with ``restore_best`` the best parameters are put back.
     * ``callbacks``: ``cb(record, model)`` after every epoch; returning True stops training.
+    * ``diagnostics``: an array of inputs (a few hundred rows) on which every epoch records
+      active units, KL per dimension, activation statistics, per-layer gradient norms and
+      update-to-weight ratios of the epoch's last step (``record["diagnostics"]``, and
+      ``record["active_units"]``); a posterior collapse at the end warns.
     * ``objective="iwae"`` with ``n_samples=K`` trains on the importance-weighted bound
       (Burda et al. 2015) instead of the ELBO; it takes β = 1 and no free bits.
     * Ctrl-C finishes the current step, saves a checkpoint (with ``checkpoint_dir``) and
@@ -249,6 +256,9 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
         if binarize == "static":
             x = data_mod.binarize(x, np.random.default_rng([seed, 2]))
     model.likelihood.check_targets(x, "x_train")
+    if diagnostics is not None:
+        diagnostics = as_float_array(diagnostics, "diagnostics", dtype=model.dtype,
+                                     shape=(None, model.n_inputs))
     if x_val is not None:
         x_val = as_float_array(x_val, "x_val", dtype=model.dtype, shape=(None, model.n_inputs))
         if binarize is not None:
@@ -327,6 +337,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                     i = run["step_in_epoch"]
                     idx = perm[i * batch_size:(i + 1) * batch_size]
                     b = beta_schedule(run["global_step"], steps_per_epoch)
+                    if diagnostics is not None and i == steps_per_epoch - 1:
+                        before = {k: v.copy() for k, v in model.params.items()}
                     loss, parts, bad = step(x, idx, rng, b)
                     if bad is not None:
                         raise DivergenceError(epoch, run["global_step"] + 1, i + 1, bad)
@@ -371,6 +383,10 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                 else:
                     run["bad_epochs"] += 1
                 history.best_epoch = run["best_epoch"]
+            if diagnostics is not None:
+                diag = diag_mod.summary(model, diagnostics, grads=step.grads, before=before)
+                record["active_units"] = diag["active_units"]
+                record["diagnostics"] = diag
             record["time"] = run["epoch_time"]
             history.append(record)
             run["epoch"], run["step_in_epoch"] = epoch, 0
@@ -392,6 +408,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     if history.stopped_early and restore_best and best_params is not None:
         for k in model.params:
             model.params[k][...] = best_params[k]
+    if diagnostics is not None and len(history) and not history.interrupted:
+        diag_mod.check_posterior_collapse(model, diagnostics)
     return history
 
 
