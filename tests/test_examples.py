@@ -1,0 +1,37 @@
+"""The examples and docs stay true: each runs (quickly) and says what the docs quote."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run(name, *args):
+    return subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True,
+                          text=True, check=True, timeout=300).stdout
+
+
+def test_quickstart_runs_and_learns():
+    out = run("quickstart.py")
+    assert "loss" in out and "yes" in out
+    elbos = [float(line.split("ELBO(all data, beta=1)")[1].split()[0]) for line in out.splitlines()
+             if "ELBO(all data" in line]
+    assert elbos[-1] > elbos[0] + 5
+
+
+def test_gradient_flow_example_prints_the_documented_numbers():
+    out = run("gradient_flow.py")
+    doc = (EXAMPLES.parent / "docs" / "gradient_flow.md").read_text()
+    for value in ("0.383175", "-0.550479", "-0.144157", "1.196795"):
+        assert value in out
+        assert value.replace("-", "−") in doc or value in doc
+
+
+def test_custom_layer_example_and_its_property_test():
+    out = run("custom_layer.py")
+    assert "largest relative error" in out and "NO" not in out
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(EXAMPLES / "custom_layer.py")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout
