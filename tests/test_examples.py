@@ -35,3 +35,17 @@ def test_custom_layer_example_and_its_property_test():
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(EXAMPLES / "custom_layer.py")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout
+
+
+def test_ising_example_smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPVAE_CACHE", str(tmp_path / "cache"))
+    env_out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "ising.py"), "--L", "6", "--n-per-T", "20",
+                           "--epochs", "2", "--out", str(env_out), "--quiet"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "NPVAE_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+    result = json.loads((env_out / "result.json").read_text())
+    assert len(result["spearman_latent_m"]) == 2 and result["test_elbo"] < 0
+    assert (env_out / "model.npz").exists()
