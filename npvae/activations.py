@@ -84,7 +84,8 @@ def _tanh(a):
 
 
 def _tanh_backward(dy, y):
-    return dy * (1 - y * y)
+    # (1 − y)(1 + y) rather than 1 − y²: no cancellation as |y| → 1, and no FMA-dependent rounding
+    return dy * ((1 - y) * (1 + y))
 
 
 def _sigmoid_backward(dy, y):

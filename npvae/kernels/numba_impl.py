@@ -88,7 +88,7 @@ def act_derivative(y, act):
     if act == 3:
         return 1.0 if y > 0 else y + 1.0
     if act == 4:
-        return 1.0 - y * y
+        return (1.0 - y) * (1.0 + y)
     if act == 5:
         return y * (1.0 - y)
     return -math.expm1(-y)
@@ -206,7 +206,8 @@ def _act_bwd_rows(dy, y, act, partial, r0, r1):
     elif act == 4:
         for i in range(r0, r1):
             for j in range(H):
-                d = dy[i, j] * (1 - y[i, j] * y[i, j])
+                yv = y[i, j]
+                d = dy[i, j] * ((1 - yv) * (1 + yv))
                 dy[i, j] = d
                 partial[j] += d
     else:
