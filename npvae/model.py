@@ -193,30 +193,29 @@ class VAE:
             self._ws[B] = ws
         return ws
 
-    def _encode_into(self, P, x, ws):
-        """μ and v = ln σ² of q(z|x) into ws["mu"], ws["lv"]; hidden outputs into ws["enc"]."""
-        enc, _ = self._layers()
-        h = x
-        for (name, act), buf in zip(enc, ws["enc"]):
+    @staticmethod
+    def _dense_chain(P, layers, h, bufs):
+        """h through dense layers (prefix, activation code), each output into its buffer."""
+        for (name, act), buf in zip(layers, bufs):
             np.matmul(h, P[f"{name}.W"], out=buf)
             kernels.bias_act_(buf, P[f"{name}.b"], act)
             h = buf
-        for head, buf in (("mu", ws["mu"]), ("logvar", ws["lv"])):
-            np.matmul(h, P[f"encoder.{head}.W"], out=buf)
-            kernels.bias_act_(buf, P[f"encoder.{head}.b"], 0)
+        return h
+
+    def _encode_into(self, P, x, ws):
+        """μ and v = ln σ² of q(z|x) into ws["mu"], ws["lv"]; hidden outputs into ws["enc"]."""
+        enc, _ = self._layers()
+        h = self._dense_chain(P, enc, x, ws["enc"])
+        self._dense_chain(P, [("encoder.mu", 0)], h, [ws["mu"]])
+        self._dense_chain(P, [("encoder.logvar", 0)], h, [ws["lv"]])
         return h
 
     def _decode_into(self, P, z, ws):
         """The likelihood's output heads for z into ws["out"]; hidden outputs into ws["dec"]."""
         _, dec = self._layers()
-        h = z
-        for (name, act), buf in zip(dec, ws["dec"]):
-            np.matmul(h, P[f"{name}.W"], out=buf)
-            kernels.bias_act_(buf, P[f"{name}.b"], act)
-            h = buf
+        h = self._dense_chain(P, dec, z, ws["dec"])
         for head, buf in zip(self.likelihood.heads, ws["out"]):
-            np.matmul(h, P[f"decoder.{head}.W"], out=buf)
-            kernels.bias_act_(buf, P[f"decoder.{head}.b"], 0)
+            self._dense_chain(P, [(f"decoder.{head}", 0)], h, [buf])
         return h
 
     def _backward_chain(self, P, G, layers, inputs, outputs, grads_in, d, need_dx_first):
