@@ -17,21 +17,9 @@ import numpy as np
 
 import npvae
 from npvae import ising
+from npvae.metrics import spearman
 
 TEMPERATURES = tuple(np.round(np.linspace(1.0, 3.5, 11), 3))
-
-
-def spearman(a, b):
-    """Rank correlation (no ties expected for continuous a; average ranks for b's ties)."""
-    def ranks(v):
-        order = np.argsort(v, kind="mergesort")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
-        sums = np.bincount(inv, weights=r)
-        return (sums / counts)[inv]
-    ra, rb = ranks(np.asarray(a)), ranks(np.asarray(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def main(argv=None):

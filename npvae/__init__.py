@@ -5,8 +5,8 @@
     >>> loss, grads, parts = model.loss_and_grad(x, rng=np.random.default_rng(0))
     >>> history = npvae.fit(model, x, epochs=10, beta=npvae.LinearBeta(5))
 """
-from . import (activations, data, diagnostics, distributions, estimators, layers, likelihoods, ops,
-               optim, schedules, testing, trace)
+from . import (activations, data, diagnostics, distributions, estimators, layers, likelihoods, metrics,
+               ops, optim, schedules, testing, trace)
 from .checkpoint import CheckpointError, load
 from .model import VAE
 from .optim import SGD, Adam, AdamW, clip_grad_norm
@@ -20,6 +20,6 @@ __all__ = [
     "VAE", "fit", "load", "set_backend", "get_backend", "set_threads", "get_threads", "History", "DivergenceError", "CheckpointError",
     "SGD", "Adam", "AdamW", "clip_grad_norm",
     "Constant", "StepDecay", "Cosine", "Warmup", "ConstantBeta", "LinearBeta", "CyclicalBeta",
-    "activations", "data", "diagnostics", "estimators", "testing", "trace", "distributions", "layers", "likelihoods", "ops", "optim", "schedules",
+    "activations", "data", "diagnostics", "metrics", "estimators", "testing", "trace", "distributions", "layers", "likelihoods", "ops", "optim", "schedules",
 ]
 __version__ = "0.1.0"

@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from . import ops
-from .validation import as_float_array, generator, positive_int
+from .validation import generator, positive_int
 
 
 def _log_px_rows(model, x_rows, z_rows, ws_dec):
@@ -150,7 +150,3 @@ def iwae_loss_and_grad(model, x, eps, out=None):
     parts = {"iwae": dt(bound.mean()), "reconstruction": dt(rec), "kl": dt(kl.mean()),
              "elbo": dt(-(rec + float(kl.mean()))), "beta": 1.0, "ess": ess}
     return loss, G, parts
-
-
-def check_noise(model, eps, B, K):
-    return as_float_array(eps, "eps", dtype=model.dtype, shape=(K, B, model.n_latent))

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generate  # noqa: E402
 
 import npvae  # noqa: E402
+from npvae import metrics  # noqa: E402
 
 LOG_FEATURES = [i for i, f in enumerate(generate.FEATURES)
                 if f.endswith(("_pt", "_mass", "_trimmed_mass", "_n_constituents")) or f == "mjj"]
@@ -35,23 +36,8 @@ def preprocess(x):
     return x
 
 
-def roc_auc(bkg, sig):
-    """P(score_sig > score_bkg) (ties count ½), by ranks (Mann-Whitney U)."""
-    scores = np.concatenate([bkg, sig])
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    _, inv, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ranks = (np.bincount(inv, weights=ranks) / counts)[inv]
-    r_sig = ranks[len(bkg):].sum()
-    return float((r_sig - len(sig) * (len(sig) + 1) / 2) / (len(sig) * len(bkg)))
-
-
-def rejection_at(bkg, sig, efficiency=0.3):
-    """1/ε_B at the cut that keeps ``efficiency`` of the signal (higher score = signal)."""
-    cut = np.quantile(sig, 1 - efficiency)
-    eps_b = np.mean(bkg >= cut)
-    return float(1 / eps_b) if eps_b > 0 else float("inf")
+roc_auc = metrics.roc_auc
+rejection_at = metrics.rejection_at
 
 
 def roc_curve(bkg, sig, n=200):
