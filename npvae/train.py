@@ -270,6 +270,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     directory = None if checkpoint_dir is None else Path(checkpoint_dir)
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob(".ckpt-*.npz.tmp-*"):  # left by a writer that was killed
+            stale.unlink(missing_ok=True)
 
     run = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "sums": {}, "epoch_time": 0.0,
            "best_val": None, "best_epoch": None, "bad_epochs": 0, "history": [],
