@@ -71,7 +71,7 @@ def test_log_likelihood(x, n):
         MODEL.log_likelihood(x, n_samples=n)
 
 
-@settings(max_examples=max(10, FUZZ // 5))
+@settings(max_examples=FUZZ)
 @given(x=st.one_of(st.just(np.full((6, 4), 0.5)), bad_arrays((6, 4))),
        kw=st.fixed_dictionaries({}, optional={"epochs": bad_scalars, "batch_size": bad_scalars, "beta": bad_scalars,
                                               "seed": bad_scalars, "binarize": bad_scalars, "free_bits": bad_scalars,
