@@ -35,11 +35,11 @@ CHECKPOINT_GLOB = "ckpt-*.npz"
 class DivergenceError(FloatingPointError):
     """Training produced a NaN or inf; names the epoch, the step and the culprit."""
 
-    def __init__(self, epoch: int, step: int, step_in_epoch: int, what: str):
+    def __init__(self, epoch: int, step: int, step_in_epoch: int, what: str, hint: str = ""):
         self.epoch, self.step, self.step_in_epoch, self.what = epoch, step, step_in_epoch, what
         super().__init__(
             f"training diverged in epoch {epoch}, at step {step} (step {step_in_epoch} of the "
-            f"epoch): {what}. The last good checkpoint, if any, is untouched.")
+            f"epoch): {what}. The last good checkpoint, if any, is untouched.{hint}")
 
 
 class History:
@@ -343,7 +343,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                         before = {k: v.copy() for k, v in model.params.items()}
                     loss, parts, bad = step(x, idx, rng, b)
                     if bad is not None:
-                        raise DivergenceError(epoch, run["global_step"] + 1, i + 1, bad)
+                        raise DivergenceError(epoch, run["global_step"] + 1, i + 1, bad,
+                                              _divergence_hint(x, optimizer))
                     lr = optimizer.learning_rate(opt_state)
                     optimizer.update(model.params, step.grads, opt_state, grad_norm=step.grad_norm)
                     w = len(idx) / n
@@ -413,6 +414,17 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     if diagnostics is not None and len(history) and not history.interrupted:
         diag_mod.check_posterior_collapse(model, diagnostics)
     return history
+
+
+def _divergence_hint(x, optimizer) -> str:
+    """A likely cause, when one is visible from the data or the optimizer."""
+    scale = float(np.max(np.abs(x)))
+    if scale > 100:
+        return (f" The data reaches |x| = {scale:.3g}: standardise it first "
+                f"(npvae.data.Standardizer), so the encoder's log-variance cannot overflow.")
+    if optimizer.clip_norm is None:
+        return " Gradient clipping (clip_norm=...) or a smaller learning rate may help."
+    return ""
 
 
 def _check_fit_objective(objective, n_samples, free_bits):
