@@ -64,7 +64,7 @@ def act_forward(a, act):
     if act == 0:
         return a
     if act == 1:
-        return a if a > 0 else 0.0 * a
+        return a if a > 0 else 0.0  # +0.0, as np.maximum(a, 0)
     if act == 2:
         return a if a > 0 else a * LEAKY_SLOPE
     if act == 3:
