@@ -25,8 +25,11 @@ LOG_2 = math.log(2.0)
 # Work below this many elements runs on one thread: waking the pool costs more.
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
-jit = njit(cache=True, fastmath=FASTMATH, nogil=True)
-jit_par = njit(cache=True, fastmath=FASTMATH, parallel=True, nogil=True)
+# error_model="numpy": a float division by zero gives inf / nan as in NumPy instead of a
+# Python ZeroDivisionError check per element, which also blocked SIMD vectorisation of
+# every loop with a division (measured: Adam over 0.65 M float32 1.24 ms -> 0.36 ms).
+jit = njit(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
+jit_par = njit(cache=True, fastmath=FASTMATH, parallel=True, nogil=True, error_model="numpy")
 
 
 def n_chunks(rows: int, size: int) -> int:
@@ -477,13 +480,15 @@ def binarize_(x, u):
 
 @jit
 def _adam_rows(p, g, m, v, lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2, r0, r1):
-    for i in range(r0, r1):
-        gi = g[i] + l2 * p[i]
-        mi = beta1 * m[i] + ob1 * gi
-        vi = beta2 * v[i] + ob2 * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] = p[i] * decay - lr_c1 * mi / (np.sqrt(vi * inv_c2) + eps)
+    # slices first: a loop from 0 over fixed bases is what LLVM vectorises (~3x here)
+    P, G, M, V = p[r0:r1], g[r0:r1], m[r0:r1], v[r0:r1]
+    for i in range(P.shape[0]):
+        gi = G[i] + l2 * P[i]
+        mi = beta1 * M[i] + ob1 * gi
+        vi = beta2 * V[i] + ob2 * gi * gi
+        M[i] = mi
+        V[i] = vi
+        P[i] = P[i] * decay - lr_c1 * mi / (math.sqrt(vi * inv_c2) + eps)
 
 
 @jit_par
