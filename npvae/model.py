@@ -167,12 +167,17 @@ class VAE:
     # The engine: forward and backward over reusable workspaces, through npvae.kernels
     # ------------------------------------------------------------------------------------
     def _layers(self):
-        """The dense layers in forward order: (prefix, activation code)."""
+        """The dense layers in forward order, each (weight key, bias key, activation code),
+        as (encoder, decoder, encoder heads μ and v, decoder output heads); the keys are
+        built once, not every step."""
         if self._layer_plan is None:
             act = ACT_CODES[self.activation]
-            enc = [(f"encoder.{i}", act) for i in range(len(self.hidden))]
-            dec = [(f"decoder.{i}", act) for i in range(len(self.hidden))]
-            self._layer_plan = (enc, dec)
+            layer = lambda prefix, a: (f"{prefix}.W", f"{prefix}.b", a)
+            enc = [layer(f"encoder.{i}", act) for i in range(len(self.hidden))]
+            dec = [layer(f"decoder.{i}", act) for i in range(len(self.hidden))]
+            enc_heads = [layer("encoder.mu", 0), layer("encoder.logvar", 0)]
+            dec_heads = [layer(f"decoder.{head}", 0) for head in self.likelihood.heads]
+            self._layer_plan = (enc, dec, enc_heads, dec_heads)
         return self._layer_plan
 
     def _workspace(self, B):
@@ -195,39 +200,45 @@ class VAE:
 
     @staticmethod
     def _dense_chain(P, layers, h, bufs):
-        """h through dense layers (prefix, activation code), each output into its buffer."""
-        for (name, act), buf in zip(layers, bufs):
-            np.matmul(h, P[f"{name}.W"], out=buf)
-            kernels.bias_act_(buf, P[f"{name}.b"], act)
+        """h through dense layers (weight key, bias key, activation code), each output into
+        its buffer."""
+        for (wk, bk, act), buf in zip(layers, bufs):
+            np.matmul(h, P[wk], out=buf)
+            kernels.bias_act_(buf, P[bk], act)
             h = buf
         return h
 
+    @staticmethod
+    def _dense_heads(P, heads, h, bufs):
+        """Identity-activation heads, each from the same input h."""
+        for (wk, bk, _), buf in zip(heads, bufs):
+            np.matmul(h, P[wk], out=buf)
+            kernels.bias_act_(buf, P[bk], 0)
+
     def _encode_into(self, P, x, ws):
         """μ and v = ln σ² of q(z|x) into ws["mu"], ws["lv"]; hidden outputs into ws["enc"]."""
-        enc, _ = self._layers()
+        enc, _, enc_heads, _ = self._layers()
         h = self._dense_chain(P, enc, x, ws["enc"])
-        self._dense_chain(P, [("encoder.mu", 0)], h, [ws["mu"]])
-        self._dense_chain(P, [("encoder.logvar", 0)], h, [ws["lv"]])
+        self._dense_heads(P, enc_heads, h, (ws["mu"], ws["lv"]))
         return h
 
     def _decode_into(self, P, z, ws):
         """The likelihood's output heads for z into ws["out"]; hidden outputs into ws["dec"]."""
-        _, dec = self._layers()
+        _, dec, _, dec_heads = self._layers()
         h = self._dense_chain(P, dec, z, ws["dec"])
-        for head, buf in zip(self.likelihood.heads, ws["out"]):
-            self._dense_chain(P, [(f"decoder.{head}", 0)], h, [buf])
+        self._dense_heads(P, dec_heads, h, ws["out"])
         return h
 
     def _backward_chain(self, P, G, layers, inputs, outputs, grads_in, d, need_dx_first):
         """Back through dense layers (in reverse): d holds dL/dy of the last layer's output;
         each step turns it into da in place, fills G[W], G[b], and returns dL/d(input)."""
         for k in range(len(layers) - 1, -1, -1):
-            name, act = layers[k]
-            kernels.act_backward_bias_grad_(d, outputs[k], act, G[f"{name}.b"])
-            np.matmul(inputs[k].T, d, out=G[f"{name}.W"])
+            wk, bk, act = layers[k]
+            kernels.act_backward_bias_grad_(d, outputs[k], act, G[bk])
+            np.matmul(inputs[k].T, d, out=G[wk])
             if k > 0 or need_dx_first:
                 nxt = grads_in[k]
-                np.matmul(d, P[f"{name}.W"].T, out=nxt)
+                np.matmul(d, P[wk].T, out=nxt)
                 d = nxt
         return d
 
@@ -328,26 +339,26 @@ class VAE:
 
     def _decoder_backward(self, P, G, ws, z, h_dec):
         """From the likelihood's gradient (written over ws["out"]) back to dL/dz (ws["dz"])."""
-        _, dec = self._layers()
+        _, dec, _, dec_heads = self._layers()
         dh = None
-        for head, d in zip(self.likelihood.heads, ws["out"]):
-            kernels.act_backward_bias_grad_(d, d, 0, G[f"decoder.{head}.b"])
-            np.matmul(h_dec.T, d, out=G[f"decoder.{head}.W"])
+        for (wk, bk, _), d in zip(dec_heads, ws["out"]):
+            kernels.act_backward_bias_grad_(d, d, 0, G[bk])
+            np.matmul(h_dec.T, d, out=G[wk])
             if dh is None:
                 dh = ws["dec_d"][-1] if self.hidden else ws["dz"]
-                np.matmul(d, P[f"decoder.{head}.W"].T, out=dh)
+                np.matmul(d, P[wk].T, out=dh)
             else:
-                np.matmul(d, P[f"decoder.{head}.W"].T, out=ws["tmp_h"])
+                np.matmul(d, P[wk].T, out=ws["tmp_h"])
                 dh += ws["tmp_h"]
         return self._backward_chain(P, G, dec, [z] + ws["dec"][:-1], ws["dec"],
                                     [ws["dz"]] + ws["dec_d"][:-1], dh, True)
 
     def _encoder_backward(self, P, G, ws, x, h_enc):
         """From dL/dμ, dL/dv (ws["dmu"], ws["dlv"]) back through the encoder."""
-        enc, _ = self._layers()
-        for head, d in (("mu", ws["dmu"]), ("logvar", ws["dlv"])):
-            kernels.act_backward_bias_grad_(d, d, 0, G[f"encoder.{head}.b"])
-            np.matmul(h_enc.T, d, out=G[f"encoder.{head}.W"])
+        enc, _, enc_heads, _ = self._layers()
+        for (wk, bk, _), d in zip(enc_heads, (ws["dmu"], ws["dlv"])):
+            kernels.act_backward_bias_grad_(d, d, 0, G[bk])
+            np.matmul(h_enc.T, d, out=G[wk])
         if self.hidden:
             dh = ws["enc_d"][-1]
             np.matmul(ws["dmu"], P["encoder.mu.W"].T, out=dh)
