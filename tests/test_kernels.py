@@ -175,6 +175,16 @@ def test_adam(dtype, data, step, decoupled, wd):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_division_follows_numpy(dtype):
+    """The kernels use NumPy's error model (error_model="numpy", which lets LLVM vectorise
+    loops with a division): Adam with eps = 0 on a zero gradient and zero moments computes
+    0/0 and gives NaN, as the reference does, instead of raising ZeroDivisionError."""
+    z = np.zeros(5, dtype)
+    (a1, _), (a2, _) = both("adam_", np.ones(5, dtype), z, z, z, 1, 1e-3, 0.9, 0.999, 0.0, 0.0, False)
+    assert np.isnan(a1[0]).all() and np.isnan(a2[0]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @given(data=st.data(), momentum=st.sampled_from([0.0, 0.9]), nesterov=st.booleans())
 def test_sgd(dtype, data, momentum, nesterov):
     n = data.draw(st.integers(1, 300))
