@@ -69,6 +69,8 @@ def main(argv=None):
     ap.add_argument("--latent", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--realistic", action="store_true", help="multi-parton interactions on")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="Pythia threads (PythiaParallel when > 1, fast; 1 is exactly reproducible)")
     ap.add_argument("--out", default="runs/hep")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -76,7 +78,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
 
     t = time.perf_counter()
-    raw = {s: generate.load(s, n, seed=args.seed, realistic=args.realistic, verbose=not args.quiet)
+    raw = {s: generate.load(s, n, seed=args.seed, realistic=args.realistic,
+                                threads=args.threads, verbose=not args.quiet)
            for s, n in (("qcd", args.qcd), ("wprime", args.signal), ("ttbar", args.signal))}
     gen_seconds = time.perf_counter() - t
     feats = {s: preprocess(v) for s, v in raw.items()}
