@@ -219,9 +219,10 @@ def load_array(path, *, key=None, dtype=np.float32) -> np.ndarray:
         arr = arr.reshape(len(arr), -1)
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataError(f"{path} holds no data (shape {arr.shape})")
-    arr = arr.astype(dtype)
+    with np.errstate(over="ignore"):  # values beyond the dtype's range become inf: refused below
+        arr = arr.astype(dtype)
     if not np.isfinite(arr).all():
-        raise DataError(f"{path} contains NaN or infinite values")
+        raise DataError(f"{path} contains NaN or infinite values (or values beyond {np.dtype(dtype).name}'s range)")
     return arr
 
 

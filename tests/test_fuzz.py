@@ -1,5 +1,7 @@
 """Bad arguments, generated: every public entry point answers a ValueError or TypeError that
 names the argument, and nothing else escapes (no IndexError from deep inside, no silent NaN).
+Valid values in odd layouts (non-contiguous, read-only, byte-swapped, unaligned, float32)
+are not errors: they give exactly the result of a contiguous copy.
 
 The normal profile runs FUZZ_EXAMPLES cases per entry point (default 100); the long profile
 (HYPOTHESIS_PROFILE=long NPVAE_FUZZ_EXAMPLES=1000) runs 1000.
@@ -19,9 +21,40 @@ bad_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(
                         st.text(max_size=4), st.just([1, 2]), st.just(object()), st.just(np.float64(np.nan)))
 
 
+# ----------------------------------------------------------------------------------------
+# Valid values in unusual layouts: non-contiguous, read-only, byte-swapped, unaligned,
+# another float width.  These are not errors: each entry point gives exactly the result of a
+# plain C-contiguous copy, and never writes into the caller's array.
+# ----------------------------------------------------------------------------------------
+def _unaligned(a):
+    buf = np.zeros(a.nbytes + 1, np.uint8)[1:]
+    out = buf.view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+def _strided(a):
+    big = np.zeros((a.shape[0] * 2, a.shape[1] * 3), a.dtype)
+    big[::2, ::3] = a
+    return big[::2, ::3]
+
+
+def _read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+LAYOUTS = {"fortran": np.asfortranarray, "strided": _strided, "reversed": lambda a: a[::-1].copy()[::-1],
+           "read-only": _read_only, "big-endian": lambda a: a.astype(a.dtype.newbyteorder(">")),
+           "unaligned": _unaligned, "float32": lambda a: a.astype(np.float32)}
+
+
 def bad_arrays(good_shape, bad_values=(np.nan, np.inf, -np.inf, 1.5, -0.1)):
     """Arrays that are wrong in one way: shape, rank, dtype, values (1.5 and −0.1 are outside
-    Bernoulli's support), emptiness, raggedness."""
+    Bernoulli's support; also in non-contiguous, read-only and byte-swapped arrays),
+    emptiness, raggedness."""
     n, d = good_shape
     return st.one_of(
         st.tuples(st.integers(0, 4), st.integers(0, 7)).filter(lambda s: s != (n, d) and s[1] != d)
@@ -29,6 +62,8 @@ def bad_arrays(good_shape, bad_values=(np.nan, np.inf, -np.inf, 1.5, -0.1)):
         st.just(np.full((n,), 0.5)), st.just(np.full((n, d, 1), 0.5)), st.just(np.float64(0.5)),
         st.sampled_from([np.int64, np.bool_, np.complex128, object]).map(lambda t: np.ones((n, d), dtype=t)),
         st.sampled_from(bad_values).map(lambda v: np.where(np.eye(n, d) > 0, v, 0.5)),
+        st.tuples(st.sampled_from(bad_values), st.sampled_from(["strided", "read-only", "fortran", "big-endian"]))
+        .map(lambda t: LAYOUTS[t[1]](np.where(np.eye(n, d) > 0, t[0], 0.5))),
         st.just(np.zeros((0, d))), st.just("not an array"), st.just([[0.5] * d] * (n - 1) + [[0.5]]),
     )
 
@@ -82,6 +117,62 @@ def test_fit(x, kw):
         npvae.fit(npvae.VAE(4, 2, hidden=(3,)), x, progress=False, **{"epochs": 1, **kw})
     except (ValueError, TypeError) as exc:
         assert str(exc)
+
+
+layouts = st.sampled_from(sorted(LAYOUTS))
+
+
+def odd(a, layout):
+    out = LAYOUTS[layout](a)
+    assert np.array_equal(out, a) or layout == "float32"
+    return out
+
+
+def same(r1, r2):
+    if isinstance(r1, dict):
+        assert r1.keys() == r2.keys()
+        for k in r1:
+            same(r1[k], r2[k])
+    elif isinstance(r1, (tuple, list)):
+        for a, b in zip(r1, r2):
+            same(a, b)
+    else:
+        assert np.array_equal(np.asarray(r1), np.asarray(r2)), (r1, r2)
+
+
+LAYOUT_X = np.random.default_rng(5).random((5, 4))
+LAYOUT_EPS = np.random.default_rng(6).standard_normal((5, 2))
+
+
+@settings(max_examples=FUZZ)
+@given(lx=layouts, le=layouts)
+def test_layouts_give_the_contiguous_result(lx, le):
+    x, eps = odd(LAYOUT_X, lx), odd(LAYOUT_EPS, le)
+    x_ref = np.ascontiguousarray(x, dtype=np.float64)
+    eps_ref = np.ascontiguousarray(eps, dtype=np.float64)
+    before = x.copy()
+    m = MODEL
+    same(m.loss_and_grad(x, eps=eps), m.loss_and_grad(x_ref, eps=eps_ref))
+    same(m.encode(x), m.encode(x_ref))
+    same(m.reconstruct(x), m.reconstruct(x_ref))
+    same(m.decode(eps), m.decode(eps_ref))
+    same(m.elbo(x, rng=np.random.default_rng(0)), m.elbo(x_ref, rng=np.random.default_rng(0)))
+    same(m.log_likelihood(x, n_samples=7, rng=np.random.default_rng(0)),
+         m.log_likelihood(x_ref, n_samples=7, rng=np.random.default_rng(0)))
+    assert np.array_equal(x, before)
+
+
+@settings(max_examples=max(FUZZ // 10, 5), deadline=None)
+@given(lx=layouts, lv=layouts)
+def test_fit_takes_any_layout(lx, lv):
+    x, xv = odd(LAYOUT_X, lx), odd(LAYOUT_X[:3], lv)
+    runs = []
+    for a, b in ((x, xv), (np.ascontiguousarray(x, np.float64), np.ascontiguousarray(xv, np.float64))):
+        model = npvae.VAE(4, 2, hidden=(3,), seed=1)
+        npvae.fit(model, a, x_val=b, epochs=2, batch_size=2, progress=False, seed=3)
+        runs.append(model.params)
+    same(runs[0], runs[1])
+    assert np.array_equal(x, LAYOUT_X) or lx == "float32"
 
 
 @settings(max_examples=FUZZ)
