@@ -52,9 +52,13 @@ def test_aggressive_training_is_finite_or_stops_cleanly(case, tmp_path):
 def test_divergence_on_unstandardised_data_says_what_to_do(tmp_path):
     x = np.random.default_rng(0).normal(size=(256, 10)).astype(np.float32) * 1e4
     model = npvae.VAE(10, 2, hidden=(16,), likelihood="gaussian", sigma="learned")
+    before = {k: v.copy() for k, v in model.params.items()}
     with pytest.raises(npvae.DivergenceError, match=r"reaches \|x\| = .*standardise it first"):
         npvae.fit(model, x, epochs=3, batch_size=32, optimizer=npvae.Adam(lr=1e-2, clip_norm=10.0),
                   checkpoint_dir=tmp_path, progress=False)
+    # nothing was applied and nothing non-finite was written
+    assert all(np.array_equal(before[k], v) for k, v in model.params.items())
+    assert not list(tmp_path.glob("ckpt-*"))
     z = npvae.data.Standardizer().fit(x).transform(x)
     model = npvae.VAE(10, 2, hidden=(16,), likelihood="gaussian", sigma="learned")
     h = npvae.fit(model, z, epochs=3, batch_size=32, optimizer=npvae.Adam(lr=1e-2, clip_norm=10.0),
