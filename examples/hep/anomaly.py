@@ -11,7 +11,8 @@ The protocol uses QCD alone to make every choice: the QCD sample is split into f
 validation (14 %) and test (30 %) parts; six VAEs (hidden 64-32 or 128-64, latent 2, 4 or 8)
 are trained on the fit part with early stopping on the validation ELBO, and the one with the
 highest validation ln p(x) is the one scored.  The −ELBO AUCs of the others are reported
-afterwards, for the record.
+afterwards, for the record.  The VAE sees the 15 features that are not ratios of others
+(``--vae-inputs all`` gives it all 19); the baselines always see all 19.
 
 Run:  pip install --only-binary=:all: ".[hep]"
       python examples/hep/anomaly.py [--qcd 20000] [--signal 5000] [--threads 2] [--out runs/hep]
@@ -82,8 +83,21 @@ def train_vae(x_fit, x_val, hidden, latent, args):
     return model
 
 
-def score_all(model, xs):
-    scores = {s: vae_scores(model, xs[s]) for s in ("qcd", "wprime", "ttbar")}
+# τ21 = τ2/τ1 and τ32 = τ3/τ2 are functions of other features: with them the features lie on
+# a 15-dimensional surface in 19 dimensions, where a density (and so ln p(x) and the ELBO)
+# is degenerate (a learned variance can shrink towards zero along it without bound).  The
+# VAE gets the 15 other features; the baselines keep all 19.
+RATIOS = ("j1_tau21", "j1_tau32", "j2_tau21", "j2_tau32")
+
+
+def vae_columns(inputs):
+    if inputs == "all":
+        return list(range(len(generate.FEATURES)))
+    return [i for i, f in enumerate(generate.FEATURES) if f not in RATIOS]
+
+
+def score_all(model, xs, cols):
+    scores = {s: vae_scores(model, xs[s][:, cols]) for s in ("qcd", "wprime", "ttbar")}
     pca = pca_scores(xs["qcd_train"], xs["qcd"], xs["wprime"], xs["ttbar"])
     for s, p in zip(scores, pca):
         scores[s]["PCA (3) reconstruction error"] = p
@@ -99,6 +113,8 @@ def main(argv=None):
                     help="only this latent size (default: choose from 2, 4, 8 on QCD validation data)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--realistic", action="store_true", help="multi-parton interactions on")
+    ap.add_argument("--vae-inputs", choices=("independent", "all"), default="independent",
+                    help="the VAE's inputs: the 15 features that are not ratios of others (default), or all 19")
     ap.add_argument("--threads", type=int, default=2,
                     help="Pythia threads (PythiaParallel when > 1, fast; 1 is exactly reproducible)")
     ap.add_argument("--out", default="runs/hep")
@@ -123,20 +139,22 @@ def main(argv=None):
           "ttbar": std.transform(feats["ttbar"])}
     xs = {k: v.astype(np.float32) for k, v in xs.items()}
 
+    cols = vae_columns(args.vae_inputs)
     grid = GRID if args.latent is None else [(h, args.latent) for h in sorted({h for h, _ in GRID})]
     models = []
     for hidden, latent in grid:
-        model = train_vae(xs["qcd_train"], xs["qcd_val"], hidden, latent, args)
-        val = float(np.mean(model.log_likelihood(xs["qcd_val"], n_samples=100, rng=np.random.default_rng(2))))
+        model = train_vae(xs["qcd_train"][:, cols], xs["qcd_val"][:, cols], hidden, latent, args)
+        val = float(np.mean(model.log_likelihood(xs["qcd_val"][:, cols], n_samples=100, rng=np.random.default_rng(2))))
         models.append({"hidden": list(hidden), "latent": latent, "qcd_val_log_px": val, "model": model})
         if not args.quiet:
-            print(f"  VAE 19-{'-'.join(map(str, hidden))}-{latent}: QCD validation ln p(x) {val:.4f}")
+            print(f"  VAE {len(cols)}-{'-'.join(map(str, hidden))}-{latent}: QCD validation ln p(x) {val:.4f}")
     chosen = max(models, key=lambda m: m["qcd_val_log_px"])  # QCD only: no signal seen yet
 
     results = {"events": {s: len(v) for s, v in raw.items()}, "generation_seconds": gen_seconds,
-               "threads": args.threads, "selection": "highest QCD validation ln p(x) (K = 100)",
+               "threads": args.threads, "vae_inputs": [generate.FEATURES[i] for i in cols],
+               "selection": "highest QCD validation ln p(x) (K = 100)",
                "chosen": {k: chosen[k] for k in ("hidden", "latent", "qcd_val_log_px")}, "signals": {}, "grid": []}
-    scores = score_all(chosen["model"], xs)
+    scores = score_all(chosen["model"], xs, cols)
     for sig in ("wprime", "ttbar"):
         res = {}
         for name in scores["qcd"]:
@@ -151,13 +169,13 @@ def main(argv=None):
         results["signals"][sig] = res
     # every grid point's −ELBO AUC, for the record (the choice above was made before these)
     for m in models:
-        sc = {s: -m["model"].elbo(xs[s], n_samples=16, rng=np.random.default_rng(0)).astype(np.float64)
+        sc = {s: -m["model"].elbo(xs[s][:, cols], n_samples=16, rng=np.random.default_rng(0)).astype(np.float64)
               for s in ("qcd", "wprime", "ttbar")}
         results["grid"].append({"hidden": m["hidden"], "latent": m["latent"], "qcd_val_log_px": m["qcd_val_log_px"],
                                 "auc_-ELBO": {sig: roc_auc(sc["qcd"], sc[sig]) for sig in ("wprime", "ttbar")},
                                 "chosen": m is chosen})
     (out / "result.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\nchosen on QCD validation ln p(x): 19-{'-'.join(map(str, chosen['hidden']))}-{chosen['latent']}")
+    print(f"\nchosen on QCD validation ln p(x): {len(cols)}-{'-'.join(map(str, chosen['hidden']))}-{chosen['latent']}")
     for sig, res in results["signals"].items():
         print(f"\n{sig}: {'score':42s} {'ROC AUC':>8s} {'1/eps_B @ 30%':>14s}")
         for name, r in res.items():
