@@ -172,7 +172,10 @@ class VAE:
         built once, not every step."""
         if self._layer_plan is None:
             act = ACT_CODES[self.activation]
-            layer = lambda prefix, a: (f"{prefix}.W", f"{prefix}.b", a)
+
+            def layer(prefix, a):
+                return f"{prefix}.W", f"{prefix}.b", a
+
             enc = [layer(f"encoder.{i}", act) for i in range(len(self.hidden))]
             dec = [layer(f"decoder.{i}", act) for i in range(len(self.hidden))]
             enc_heads = [layer("encoder.mu", 0), layer("encoder.logvar", 0)]
