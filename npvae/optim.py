@@ -54,8 +54,9 @@ class _FlatCache:
     def bases(self, *groups):
         groups = [list(g) for g in groups]
         key = [a for g in groups for a in g]
-        # the identity check runs every step: map/all keep it in C (~1 µs for 60 arrays)
-        if len(key) != len(self._key) or not all(map(operator.is_, map(operator.call, self._key), key)):
+        # the identity check runs every step: map/all keep it in C (~1 µs for 60 arrays);
+        # weakref.ref.__call__ rather than operator.call, which needs Python 3.11
+        if len(key) != len(self._key) or not all(map(operator.is_, map(weakref.ref.__call__, self._key), key)):
             self._key = tuple(weakref.ref(a) for a in key)
             self._bases = tuple(flat_base(g) for g in groups)
         return self._bases
