@@ -96,12 +96,10 @@ INVISIBLE_IDS = (12, 14, 16)  # neutrinos: the only invisible final states of th
 def _rap_phi(px, py, pz, e):
     """FastJet's rapidity y = ∓½ ln((pT² + max(m², 0)) / (E + |pz|)²) (sign of pz) and
     φ ∈ [0, 2π), elementwise on NumPy or awkward arrays."""
-    import awkward as ak
-
     pt2 = px * px + py * py
     m2 = np.maximum(e * e - pt2 - pz * pz, 0.0)
     half_log = 0.5 * np.log((pt2 + m2) / (e + np.abs(pz)) ** 2)
-    rap = ak.where(pz >= 0, -half_log, half_log) if isinstance(px, ak.Array) else np.where(pz >= 0, -half_log, half_log)
+    rap = half_log * (1 - 2 * (pz >= 0))  # −half_log where pz ≥ 0: the same code for both array kinds
     phi = np.arctan2(py, px)
     phi = phi + 2 * math.pi * (phi < 0)
     return rap, phi
