@@ -24,6 +24,19 @@ def test_pca_baseline_is_zero_on_its_own_subspace():
     assert np.max(err) < 1e-20 * np.sum(x ** 2)
 
 
+def test_best_single_feature_looks_both_ways():
+    """A signal below the background (like τ21 for two-prong jets) is a cut too: the baseline
+    must find it, with AUC 1 − AUC(x), not only features where the signal sits higher."""
+    rng = np.random.default_rng(0)
+    bkg, sig = rng.normal(size=(2000, 3)), rng.normal(size=(1000, 3))
+    sig[:, 1] -= 2.0
+    sig[:, 2] += 0.5
+    i, sgn, auc = anomaly.best_single_feature(bkg, sig)
+    assert (i, sgn) == (1, -1)
+    assert auc == anomaly.roc_auc(-bkg[:, 1], -sig[:, 1]) == 1 - anomaly.roc_auc(bkg[:, 1], sig[:, 1])
+    assert auc > 0.9
+
+
 def test_preprocess_log_coordinates():
     rng = np.random.default_rng(0)
     x = rng.uniform(0.01, 500, size=(50, len(generate.FEATURES)))
