@@ -48,6 +48,20 @@ def test_bootstrap_aucs_are_paired():
     assert abs(np.mean(boot["a"]) - auc) < 0.01 and 0.005 < np.std(boot["a"]) < 0.02
 
 
+def test_mixture_log_likelihood():
+    """ln (1/M) Σ_k p_k(x): M copies of one model give that model's ln p(x); two different
+    models give the log of the mean of their densities."""
+    import npvae
+    x = np.random.default_rng(5).normal(size=(30, 4))
+    a = npvae.VAE(4, 2, hidden=(8,), likelihood="gaussian", sigma="learned", seed=1, dtype=np.float64)
+    b = npvae.VAE(4, 2, hidden=(8,), likelihood="gaussian", sigma="learned", seed=2, dtype=np.float64)
+    la = a.log_likelihood(x, n_samples=20, rng=np.random.default_rng(1))
+    lb = b.log_likelihood(x, n_samples=20, rng=np.random.default_rng(1))
+    np.testing.assert_allclose(anomaly.mixture_log_likelihood([a, a, a], x, n_samples=20), la, rtol=1e-12)
+    np.testing.assert_allclose(anomaly.mixture_log_likelihood([a, b], x, n_samples=20),
+                               np.log((np.exp(la) + np.exp(lb)) / 2), rtol=1e-10)
+
+
 def test_preprocess_log_coordinates():
     rng = np.random.default_rng(0)
     x = rng.uniform(0.01, 500, size=(50, len(generate.FEATURES)))
@@ -153,12 +167,13 @@ def test_parallel_generation_runs():
 def test_anomaly_pipeline_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("NPVAE_CACHE", str(tmp_path / "cache"))
     res = anomaly.main(["--qcd", "400", "--signal", "150", "--epochs", "3", "--out", str(tmp_path / "run"),
-                        "--quiet", "--threads", "1"])
+                        "--quiet", "--threads", "1", "--ensemble", "2"])
     for sig in ("wprime", "ttbar"):
         assert {"-ELBO", "reconstruction error", "KL", "PCA (3) reconstruction error", anomaly.COMBINED,
                 *anomaly.LIKELIHOOD_SCORES} <= set(res["signals"][sig])
         assert isinstance(res["target_met"][sig], bool)
         assert len(res["margin"][sig]) == 2 and all(m["std"] > 0 for m in res["margin"][sig].values())
         assert all(0 <= r["auc"] <= 1 for r in res["signals"][sig].values())
+    assert res["ensemble"]["members"] == 2 and np.isfinite(res["ensemble"]["qcd_val_log_px"])
     assert (tmp_path / "run" / "result.json").exists()
     assert list((tmp_path / "cache" / "hep").glob("qcd-*.npy"))
