@@ -48,6 +48,14 @@ def test_bootstrap_aucs_are_paired():
     assert abs(np.mean(boot["a"]) - auc) < 0.01 and 0.005 < np.std(boot["a"]) < 0.02
 
 
+def test_bad_ensemble_size_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NPVAE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit):
+        anomaly.main(["--ensemble", "0", "--out", str(tmp_path / "run")])
+    assert "--ensemble must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
 def test_mixture_log_likelihood():
     """ln (1/M) Σ_k p_k(x): M copies of one model give that model's ln p(x); two different
     models give the log of the mean of their densities."""

@@ -183,11 +183,11 @@ def vae_columns(inputs):
     return [i for i, f in enumerate(generate.FEATURES) if f not in RATIOS]
 
 
-def score_all(model, xs, cols, log_jacs):
+def score_all(models, xs, cols, log_jacs):
     """Every score for held-out QCD and both signals, plus the baselines; the combined score
-    is calibrated on the QCD validation events."""
+    is calibrated on the QCD validation events.  ``models``: one VAE or a list (a mixture)."""
     sets = ("qcd_val", "qcd", "wprime", "ttbar")
-    scores = {s: vae_scores(model, xs[s][:, cols], log_jacs[s]) for s in sets}
+    scores = {s: vae_scores(models, xs[s][:, cols], log_jacs[s]) for s in sets}
     for s in sets[1:]:
         scores[s][COMBINED] = fisher_combination(
             *(tail_probability(scores["qcd_val"][k], scores[s][k]) for k in LIKELIHOOD_SCORES))
@@ -219,6 +219,8 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/hep")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.ensemble < 1:
+        ap.error(f"--ensemble must be at least 1, got {args.ensemble}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -253,8 +255,6 @@ def main(argv=None):
         if not args.quiet:
             print(f"  VAE {len(cols)}-{'-'.join(map(str, hidden))}-{latent}: QCD validation ln p(x) {val:.4f}")
     chosen = max(models, key=lambda m: m["qcd_val_log_px"])  # QCD only: no signal seen yet
-    if args.ensemble < 1:
-        raise ValueError(f"--ensemble must be at least 1, got {args.ensemble}")
     members = [chosen["model"]] + [
         train_vae(xs["qcd_train"][:, cols], xs["qcd_val"][:, cols], tuple(chosen["hidden"]), chosen["latent"],
                   args, seed=args.seed + 1000 * k) for k in range(1, args.ensemble)]
