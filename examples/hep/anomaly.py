@@ -13,8 +13,9 @@ are trained on the fit part with early stopping on the validation ELBO, and the 
 highest validation ln p(x) is chosen.  Four more VAEs of that size are trained with other
 seeds, and the equal-weight mixture of the five is scored (``--ensemble``, default 5; the
 mixture is itself a density, with a higher validation ln p(x) than its members).  The
-single models' AUCs are reported afterwards, for the record.  The VAE sees the 15 features that are not ratios of others
-(``--vae-inputs all`` gives it all 19); the baselines always see all 19.
+single models' AUCs are reported afterwards, for the record.  The VAE sees the 15 features
+that are not ratios of others (``--vae-inputs all`` gives it all 19); the baselines always
+see all 19.
 
 Coordinates and scores.  Momenta, masses and counts enter as log(1 + ·), the τ_N as ln τ_N
 (``--tau-coords linear`` keeps them as they are), then everything is standardised.  A
