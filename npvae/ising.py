@@ -20,11 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
-from numba import njit
+
+from .kernels.jit import jit, npvae_cache_root
 
 T_CRITICAL = 2.0 / math.log(1.0 + math.sqrt(2.0))
 WOLFF_WINDOW = 0.6  # Wolff updates for |T − T_c| < WOLFF_WINDOW
@@ -38,7 +38,7 @@ def onsager_magnetisation(T):
     return np.where(T < T_CRITICAL, np.clip(inner, 0, None) ** 0.125, 0.0)
 
 
-@njit(cache=True)
+@jit()
 def metropolis_sweep(spins, T, u):
     """One checkerboard sweep of the L×L lattice in place; u: (L, L) uniforms in [0, 1)."""
     L = spins.shape[0]
@@ -54,7 +54,7 @@ def metropolis_sweep(spins, T, u):
                     spins[i, j] = -s
 
 
-@njit(cache=True)
+@jit()
 def wolff_update(spins, T, u):
     """One Wolff cluster flip in place.  u: uniforms, at least 2 + 4 L² of them (the seed
     site, then one per bond tried).  Returns the cluster size."""
@@ -94,7 +94,7 @@ def wolff_update(spins, T, u):
     return size
 
 
-@njit(cache=True)
+@jit()
 def energy_per_spin(spins):
     L = spins.shape[0]
     e = 0
@@ -155,8 +155,7 @@ def simulate(L=16, temperatures=(1.5, 2.0, 2.269, 2.5, 3.0, 4.0), n_per_T=200, n
 
 def cache_dir() -> Path:
     """Where generated data sets are cached: $NPVAE_CACHE, else ~/.cache/npvae."""
-    root = os.environ.get("NPVAE_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "npvae"
+    return npvae_cache_root()
 
 
 def load(L=16, temperatures=(1.5, 2.0, 2.269, 2.5, 3.0, 4.0), n_per_T=200, n_therm=500,

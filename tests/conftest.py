@@ -12,3 +12,10 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Subprocesses that point NPVAE_CACHE at a temporary folder (for their data) still share the
+# compiled kernels of this run, instead of compiling them again each time.
+if not os.environ.get("NUMBA_CACHE_DIR"):
+    from npvae.kernels.jit import npvae_cache_root
+
+    os.environ["NUMBA_CACHE_DIR"] = str(npvae_cache_root() / "kernels")

@@ -6,9 +6,8 @@ the chosen implementation, so no caller ever imports numba.  The backend is chos
 (read at import); numba is the default.  Every kernel works in place on C-contiguous arrays
 and has the same signature in both backends (see numpy_impl for their documentation).
 
-Compiled kernels are cached on disk by numba (``cache=True``): in ``__pycache__`` next to
-``numba_impl.py``, or, when that folder is not writable, in numba's user cache folder; set
-``NUMBA_CACHE_DIR`` to put them elsewhere.
+Compiled kernels are cached on disk in npvae's cache folder, never inside the installed
+package (:mod:`npvae.kernels.jit` says where, and what happens when it is read-only).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The numba backend of :mod:`npvae.kernels`: compiled twins of numpy_impl, same signatures.
 
 Each kernel is written once as plain Python over a range of rows (``*_rows``), compiled
-with ``cache=True`` so a second process loads it from disk.  Large arrays are split into
+and cached on disk (:mod:`npvae.kernels.jit` says where) so a second process loads it.  Large arrays are split into
 row chunks run in parallel by a ``*_par`` driver (``prange`` over chunks); reductions over
 the batch (bias gradients, the learned Gaussian variance) write one partial sum per chunk
 and add them afterwards, so no two threads ever write the same element.  Under
@@ -16,7 +16,9 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from .jit import jit as cached_jit
 
 FASTMATH = {"contract", "nsz", "arcp", "reassoc"}
 LEAKY_SLOPE = 0.01
@@ -28,8 +30,8 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 # error_model="numpy": a float division by zero gives inf / nan as in NumPy instead of a
 # Python ZeroDivisionError check per element, which also blocked SIMD vectorisation of
 # every loop with a division (measured: Adam over 0.65 M float32 1.24 ms -> 0.37 ms).
-jit = njit(cache=True, fastmath=FASTMATH, nogil=True, error_model="numpy")
-jit_par = njit(cache=True, fastmath=FASTMATH, parallel=True, nogil=True, error_model="numpy")
+jit = cached_jit(fastmath=FASTMATH, nogil=True, error_model="numpy")
+jit_par = cached_jit(fastmath=FASTMATH, parallel=True, nogil=True, error_model="numpy")
 
 
 def n_chunks(rows: int, size: int) -> int:

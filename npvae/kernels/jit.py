@@ -1,0 +1,108 @@
+"""numba's ``njit`` with npvae's on-disk cache: where compiled kernels live, and whether
+they are there yet.
+
+numba's own default caches next to the source, in ``__pycache__``.  For an installed
+package that is ``site-packages/npvae/kernels/__pycache__``: ``pip uninstall`` does not know
+those files and leaves the folder behind, where it later shadows an editable install of the
+same package as an empty namespace package.  So npvae keeps its compiled kernels in its own
+cache folder instead, chosen once at import:
+
+1. ``$NUMBA_CACHE_DIR`` when set (numba's own setting, honoured as numba does);
+2. else ``$NPVAE_CACHE/kernels`` when ``NPVAE_CACHE`` is set;
+3. else ``~/.cache/npvae/kernels`` (``$XDG_CACHE_HOME/npvae/kernels`` where that is set).
+
+When that folder cannot be created or written (a read-only home, a locked-down node), the
+kernels are compiled in memory for this process and nothing is written anywhere: slower to
+start, never an error.  Two processes compiling at once is safe: numba writes each cache
+file under a temporary name and renames it into place.  A cache written by another numba
+version or for an edited source file is ignored and rewritten (numba keys each entry on
+its version and the source file's hash).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from numba import njit
+from numba.core import config as numba_config
+from numba.core.caching import UserProvidedCacheLocator
+
+
+def npvae_cache_root() -> Path:
+    """npvae's cache folder: ``$NPVAE_CACHE``, else ``$XDG_CACHE_HOME/npvae``, else
+    ``~/.cache/npvae`` (generated data sets live here too)."""
+    root = os.environ.get("NPVAE_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "npvae"
+
+
+def _writable_folder(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return False
+    return True
+
+
+def _choose_kernel_cache() -> Path | None:
+    user = os.environ.get("NUMBA_CACHE_DIR")
+    path = Path(user) if user else npvae_cache_root() / "kernels"
+    return path if _writable_folder(path) else None
+
+
+KERNEL_CACHE: Path | None = _choose_kernel_cache()
+"""Where compiled kernels are kept for this process; None when they are compiled in memory."""
+
+
+@contextlib.contextmanager
+def _numba_cache_dir(path: Path):
+    # numba picks a function's cache folder once, when caching is enabled for it: setting its
+    # CACHE_DIR just for that moment steers npvae's kernels without touching anyone else's.
+    old = numba_config.CACHE_DIR
+    numba_config.CACHE_DIR = str(path)
+    try:
+        yield
+    finally:
+        numba_config.CACHE_DIR = old
+
+
+def jit(**options):
+    """``numba.njit(**options)`` whose compiled code is cached in :data:`KERNEL_CACHE`.
+
+    Used as ``@jit(fastmath=..., parallel=True)``; ``cache`` is not an option here, it is
+    decided once for the package.  Under ``NUMBA_DISABLE_JIT=1`` it returns the plain Python
+    function, as njit does.
+    """
+    if "cache" in options:
+        raise TypeError("npvae's jit chooses the cache itself; do not pass cache=")
+
+    def decorate(fn):
+        dispatcher = njit(**options)(fn)
+        if KERNEL_CACHE is not None and hasattr(dispatcher, "enable_caching"):
+            with _numba_cache_dir(KERNEL_CACHE):
+                dispatcher.enable_caching()
+        return dispatcher
+    return decorate
+
+
+def cache_is_warm(module_file) -> bool:
+    """True when the kernel cache already holds compiled code for the module at
+    ``module_file`` (its ``.nbi`` index files), so importing and running it will not compile."""
+    if numba_config.DISABLE_JIT:
+        return True
+    if KERNEL_CACHE is None:
+        return False
+    folder = KERNEL_CACHE / UserProvidedCacheLocator.get_suitable_cache_subpath(str(module_file))
+    stem = Path(module_file).stem
+    try:
+        return any(p.name.startswith(stem + ".") for p in folder.glob("*.nbi"))
+    except OSError:
+        return False
+
+
+__all__ = ["jit", "KERNEL_CACHE", "cache_is_warm", "npvae_cache_root"]

@@ -1,0 +1,92 @@
+"""Where compiled kernels are cached: never inside the installed package; a clean fallback
+when the cache folder cannot be written; two processes compiling at once."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import npvae
+from npvae.kernels import jit
+
+PACKAGE = Path(npvae.__file__).parent
+PROBE = textwrap.dedent("""
+    import json, numpy as np, npvae
+    from npvae.kernels import jit
+    m = npvae.VAE(30, 3, hidden=(20,), seed=1)
+    x = np.random.default_rng(0).random((256, 30)).astype(np.float32)
+    h = npvae.fit(m, x, epochs=2, batch_size=64, binarize="dynamic", progress=False)
+    print(json.dumps({"cache": None if jit.KERNEL_CACHE is None else str(jit.KERNEL_CACHE),
+                      "loss": h[-1]["loss"], "w": float(m.params["decoder.out.W"].sum())}))
+""")
+
+
+def files_under(folder):
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def run_probe(env_extra, drop=("NUMBA_CACHE_DIR",)):
+    env = {k: v for k, v in os.environ.items() if k not in drop and k != "NUMBA_DISABLE_JIT"}
+    env.update(env_extra)
+    return subprocess.Popen([sys.executable, "-c", PROBE], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def result(proc):
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_kernels_are_cached_in_npvae_cache_and_never_in_the_package(tmp_path):
+    before = files_under(PACKAGE)
+    res = result(run_probe({"NPVAE_CACHE": str(tmp_path / "cache")}))
+    assert res["cache"] == str(tmp_path / "cache" / "kernels")
+    assert any((tmp_path / "cache" / "kernels").rglob("numba_impl.*.nbi"))
+    written = {p for p in files_under(PACKAGE) - before if "__pycache__" not in p.parts or
+               p.suffix in (".nbi", ".nbc")}
+    assert not written, f"files written into the installed package: {sorted(written)[:5]}"
+
+
+def test_numba_cache_dir_is_honoured(tmp_path):
+    res = result(run_probe({"NUMBA_CACHE_DIR": str(tmp_path / "mine")}, drop=()))
+    assert res["cache"] == str(tmp_path / "mine")
+    assert any((tmp_path / "mine").rglob("*.nbi"))
+
+
+def test_an_unwritable_cache_folder_compiles_in_memory_without_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # mkdir below a file fails, even as root
+    before = files_under(PACKAGE)
+    res = result(run_probe({"NPVAE_CACHE": str(blocker / "cache")}))
+    assert res["cache"] is None
+    assert not {p for p in files_under(PACKAGE) - before if p.suffix in (".nbi", ".nbc")}
+    reference = result(run_probe({"NPVAE_CACHE": str(tmp_path / "ok")}))
+    assert res["loss"] == reference["loss"] and res["w"] == reference["w"]
+
+
+def test_two_processes_compiling_into_one_empty_cache_at_once(tmp_path):
+    env = {"NPVAE_CACHE": str(tmp_path / "shared")}
+    a, b = run_probe(env), run_probe(env)
+    ra, rb = result(a), result(b)
+    assert ra == rb
+    assert result(run_probe(env)) == ra  # and a third process reads what they wrote
+
+
+def test_cache_is_warm_after_a_run(tmp_path):
+    env = {"NPVAE_CACHE": str(tmp_path / "c")}
+    code = ("import npvae; from npvae.kernels import jit; "
+            "print(jit.cache_is_warm(npvae.kernels.implementation('numba').__file__))")
+    check = lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                   env={**{k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"},
+                                        **env}).stdout.strip()
+    assert check() == "False"
+    result(run_probe(env))
+    assert check() == "True"
+
+
+def test_jit_refuses_a_cache_option():
+    import pytest
+    with pytest.raises(TypeError, match="cache"):
+        jit.jit(cache=True)
