@@ -3,7 +3,7 @@
 Forwards return (value, backprop).  The arithmetic is in :mod:`npvae.ops`; this module gives
 it the layer interface and the densities used by the estimators.
 
-ERRATA 7: the encoder outputs v = ln σ², so σ = exp(v/2).  A sampler that used exp(v) as σ
+correction L7: the encoder outputs v = ln σ², so σ = exp(v/2).  A sampler that used exp(v) as σ
 would pass every finite-difference check and still optimise the wrong objective; the tests
 check the sampler's moments and a Monte Carlo KL to catch exactly that.
 """

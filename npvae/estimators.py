@@ -3,9 +3,9 @@
 With K samples z_k = μ + σ ⊙ ε_k from q(z|x), the log importance weights are
 
     ln w_k = ln p(x|z_k) + ln p(z_k) − ln q(z_k|x),
-    ln q(z_k|x) = ln N(ε_k; 0, I) − Σ_j ln σ_j             (ERRATA 7)
+    ln q(z_k|x) = ln N(ε_k; 0, I) − Σ_j ln σ_j             (correction L7)
 
-and the importance-weighted bound (Burda, Grosse & Salakhutdinov 2015; ERRATA 8)
+and the importance-weighted bound (Burda, Grosse & Salakhutdinov 2015; correction L8)
 
     L_K(x) = ln (1/K) Σ_k w_k  ≤  ln p(x),                  L_1 = a one-sample ELBO,
 
@@ -60,14 +60,14 @@ def log_weights(model, x, eps):
 
 
 def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, return_ess=False,
-                   max_elements=1 << 22):
+                   max_elements=1 << 22, progress=False):
     """Importance-sampled ln p(x) ≈ ln (1/K) Σ_k p(x, z_k)/q(z_k|x) per example, in nats.
 
     Samples are drawn in chunks so that memory stays bounded however large K is (at most
     ``max_elements`` decoder outputs at a time); the log-sum-exp is carried across chunks
     (running maximum and rescaled sums), in float64.  ``rng=None`` uses default_rng(0).
     With ``return_ess`` also returns the effective sample size (Σ w)² / Σ w² per example,
-    which lies in [1, K].
+    which lies in [1, K].  ``progress=True`` shows a bar with an ETA on a terminal (tqdm).
     """
     x = model._check_x(x)
     K = positive_int(n_samples, "n_samples")
@@ -78,6 +78,10 @@ def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, retur
     batch_size = positive_int(batch_size, "batch_size")
     ll = np.empty(x.shape[0])
     ess = np.empty(x.shape[0])
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=x.shape[0], desc=f"ln p(x), K={K}", unit="ex", leave=False, disable=None)
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size]
         B = xb.shape[0]
@@ -96,6 +100,10 @@ def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, retur
             m = new_m
         ll[start:start + B] = m + np.log(s1) - math.log(K)
         ess[start:start + B] = s1 ** 2 / s2
+        if bar is not None:
+            bar.update(B)
+    if bar is not None:
+        bar.close()
     return (ll, ess) if return_ess else ll
 
 

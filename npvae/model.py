@@ -3,10 +3,10 @@ likelihood, with the whole loss and its gradient written out by hand.
 
 Per example, with ε ~ N(0, I) and z = μ(x) + exp(v(x)/2) ⊙ ε,
 
-    loss(x) = −ln p(x|z) + β KL(N(μ, diag e^v) || N(0, I))        (ERRATA 2: C = Σ F = −Σ ELBO)
+    loss(x) = −ln p(x|z) + β KL(N(μ, diag e^v) || N(0, I))        (correction L2: C = Σ F = −Σ ELBO)
 
 and ``loss_and_grad`` returns the batch mean and its exact gradient for the given ε.  At β = 1
-the negative loss is a one-sample estimate of the ELBO (ERRATA 9).
+the negative loss is a one-sample estimate of the ELBO (correction L9).
 """
 from __future__ import annotations
 
@@ -261,7 +261,7 @@ class VAE:
         Backward (per example, weight 1/B):
             d out = ∂(−ln p)/∂out               (likelihood)
             dz    = decoder backward of d out
-            dμ    = dz + β μ,   dv = ½ σ ε ⊙ dz + β ½ (e^v − 1)     (ERRATA 6, 7)
+            dμ    = dz + β μ,   dv = ½ σ ε ⊙ dz + β ½ (e^v − 1)     (corrections L6, L7)
 
         Free bits (Kingma et al. 2016): with ``free_bits`` = λ > 0 the KL term becomes
         Σ_j max(λ, KL̄_j), KL̄_j the batch-mean KL of latent dimension j, so a dimension whose
@@ -411,13 +411,15 @@ class VAE:
         z, _ = distributions.reparametrize(mu, lv, generator(rng).standard_normal(mu.shape, dtype=self.dtype))
         return self.decode(z)
 
-    def log_likelihood(self, x, *, n_samples=5000, rng=None, batch_size=None, return_ess=False):
-        """Importance-sampled ln p(x) per example in nats, shape (B,) (ERRATA 8):
+    def log_likelihood(self, x, *, n_samples=5000, rng=None, batch_size=None, return_ess=False,
+                       progress=False):
+        """Importance-sampled ln p(x) per example in nats, shape (B,) (correction L8):
         ln (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), by log-sum-exp, with memory
         bounded however large K is.  ``return_ess=True`` adds the effective sample size.
         ``rng=None`` uses default_rng(0).  See :func:`npvae.estimators.log_likelihood`."""
         return estimators.log_likelihood(self, x, n_samples=n_samples, rng=rng,
-                                         batch_size=batch_size, return_ess=return_ess)
+                                         batch_size=batch_size, return_ess=return_ess,
+                                         progress=progress)
 
     def elbo(self, x, *, rng=None, n_samples=1, batch_size=1024):
         """The per-example ELBO at β = 1 in nats, shape (B,):

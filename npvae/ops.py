@@ -44,10 +44,10 @@ def bias_grad(d: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------
-# Gaussian posterior q(z|x) = N(μ, diag e^v) and its KL from N(0, I)   (ERRATA 6 and 7)
+# Gaussian posterior q(z|x) = N(μ, diag e^v) and its KL from N(0, I)   (corrections L6 and L7)
 # ----------------------------------------------------------------------------------------
 def reparametrize(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray):
-    """z = μ + σ ⊙ ε with σ = exp(v/2) (v = ln σ², ERRATA 7: *not* exp(v)).
+    """z = μ + σ ⊙ ε with σ = exp(v/2) (v = ln σ², correction L7: *not* exp(v)).
 
     Shapes: mu, logvar (B, J); eps (..., B, J) broadcasts (several samples per example).
     Returns (z, std) with std = exp(v/2), shape (B, J), kept for the backward.
@@ -69,7 +69,7 @@ def reparametrize_backward(dz: np.ndarray, eps: np.ndarray, std: np.ndarray):
 def kl_normal(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     """KL(N(μ, diag e^v) || N(0, I)) = ½ Σ_j (μ_j² + e^{v_j} − 1 − v_j) per example (B,).
 
-    ERRATA 6: the lecture's ``+ σ²`` inside −KL is a slip; this form is ≥ 0, and 0 exactly
+    correction L6: the lecture's ``+ σ²`` inside −KL is a slip; this form is ≥ 0, and 0 exactly
     at μ = 0, v = 0.  ``expm1(v) − v`` keeps full precision for small v.
     """
     return kl_normal_per_dim(mu, logvar).sum(axis=-1)
@@ -82,7 +82,7 @@ def kl_normal_per_dim(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
 
 
 def kl_normal_backward(mu: np.ndarray, logvar: np.ndarray, dkl: np.ndarray):
-    """∂KL/∂μ_j = μ_j and ∂KL/∂v_j = ½ (e^{v_j} − 1)  (ERRATA 6).
+    """∂KL/∂μ_j = μ_j and ∂KL/∂v_j = ½ (e^{v_j} − 1)  (correction L6).
 
     ``dkl`` is the upstream weight of each example's KL, (B,) or (B, J) for per-dimension
     weights (free bits).  Returns (dμ, dv), shape (B, J).

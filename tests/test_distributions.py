@@ -1,7 +1,7 @@
 """The Gaussian posterior, prior and KL: gradients, and the intended mathematics.
 
 The property checks below are written as functions of the implementation so that the
-"slipped" versions from the lecture (ERRATA 6 and 7) can be fed to them: those must fail.
+"slipped" versions from the lecture (corrections L6 and L7) can be fed to them: those must fail.
 """
 import math
 
@@ -65,7 +65,7 @@ def test_kl_nonnegative_for_drawn_values(data):
     assert np.all(ops.kl_normal(mu, lv) >= 0)
 
 
-# ERRATA 6 and 7: the lecture's slips, written out, must be caught by the checks above.
+# corrections L6 and L7: the lecture's slips, written out, must be caught by the checks above.
 def _lecture_kl(mu, lv):  # −KL = ½ Σ (1 + ln σ² − μ² + σ²)
     return -0.5 * np.sum(1 + lv - mu**2 + np.exp(lv), axis=-1)
 
@@ -74,17 +74,17 @@ def _exp_v_as_sigma(mu, lv, eps):  # numpy-ml's slip: σ = exp(v)
     return mu + np.exp(lv) * eps, np.exp(lv)
 
 
-def test_errata_6_lecture_kl_would_be_caught():
+def test_correction_l6_lecture_kl_would_be_caught():
     assert not kl_is_a_divergence(_lecture_kl)
     assert not mc_kl_ok(lambda m, v, e: distributions.reparametrize(m, v, e), _lecture_kl)
 
 
-def test_errata_7_exp_v_as_sigma_would_be_caught():
+def test_correction_l7_exp_v_as_sigma_would_be_caught():
     assert not sampler_moments_ok(_exp_v_as_sigma)
     assert not mc_kl_ok(_exp_v_as_sigma, ops.kl_normal)
 
 
-def test_errata_4_and_5_entropy_and_cross_term():
+def test_corrections_l4_l5_entropy_and_cross_term():
     """E_q[ln q] = −(J/2) ln 2π − ½ Σ (1 + v);  E_q[ln p] = −(J/2) ln 2π − ½ Σ (μ² + e^v)."""
     J = MU.shape[1]
     eps = np.random.default_rng(4).standard_normal((N, J))
@@ -100,7 +100,7 @@ def test_errata_4_and_5_entropy_and_cross_term():
     assert abs(log_p.mean() - (-J / 2 * math.log(2 * math.pi) - 0.5 * np.sum(1 + np.exp(LOGVAR)))) > 0.5
 
 
-def test_errata_7_change_of_variables():
+def test_correction_l7_change_of_variables():
     """ln q(z|x) = ln N(ε; 0, I) − Σ_j ln σ_j exactly, for z = μ + σ ε."""
     eps = np.random.default_rng(6).standard_normal((10, 4))
     z, _ = distributions.reparametrize(MU, LOGVAR, eps)

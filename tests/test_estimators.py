@@ -91,7 +91,7 @@ def test_chunking_does_not_change_the_estimate():
 
 
 def linear_gaussian_log_px(model, x, sigma):
-    """ln N(x; b, WᵀW + σ²I): the exact marginal of the linear-Gaussian decoder (ERRATA 1)."""
+    """ln N(x; b, WᵀW + σ²I): the exact marginal of the linear-Gaussian decoder (correction L1)."""
     W, b = model.params["decoder.out.W"], model.params["decoder.out.b"]
     cov = W.T @ W + sigma ** 2 * np.eye(W.shape[1])
     r = x - b

@@ -82,7 +82,7 @@ def test_linear_model_with_no_hidden_layers():
     np.testing.assert_allclose(model.decode(z), z @ P["decoder.out.W"] + P["decoder.out.b"])
 
 
-def test_loss_is_minus_elbo_at_beta_one():  # ERRATA 2: the cost is F = −ELBO
+def test_loss_is_minus_elbo_at_beta_one():  # correction L2: the cost is F = −ELBO
     model = npvae.VAE(6, 2, hidden=(5,), dtype=np.float64)
     x = np.random.default_rng(0).random((9, 6))
     eps = np.random.default_rng(1).normal(size=(9, 2))
@@ -95,7 +95,7 @@ def test_loss_is_minus_elbo_at_beta_one():  # ERRATA 2: the cost is F = −ELBO
 
 
 def test_gradient_descent_raises_the_elbo():
-    """Following −grads must improve the ELBO: the sign of the cost is right (ERRATA 2)."""
+    """Following −grads must improve the ELBO: the sign of the cost is right (correction L2)."""
     rng = np.random.default_rng(0)
     x = (rng.random((64, 12)) < 0.3).astype(np.float64)
     model = npvae.VAE(12, 2, hidden=(16,), dtype=np.float64)

@@ -33,7 +33,7 @@ def test_trace_names_and_hand_checks():
                  "grad.decoder.0.out", "grad.z", "grad.mu", "grad.logvar", "grad.encoder.0.out"):
         assert name in T
     mu, v, sig, z = T["mu"], T["logvar"], T["sigma"], T["z"]
-    # the numbers a student checks by hand (ERRATA 6 and 7)
+    # the numbers a student checks by hand (corrections L6 and L7)
     np.testing.assert_allclose(sig, np.exp(v / 2))
     np.testing.assert_allclose(z, mu + sig * eps)
     np.testing.assert_allclose(T["kl"], 0.5 * (mu**2 + np.exp(v) - 1 - v).sum(1))
