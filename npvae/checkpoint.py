@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
+
 FORMAT_VERSION = 1
 MAGIC = "npvae-checkpoint"
 
@@ -36,14 +38,16 @@ def _text(s: str) -> np.ndarray:
     return np.array(s)  # a unicode array: loads without pickle
 
 
-def atomic_savez(path, arrays: dict) -> Path:
-    """Write ``arrays`` to ``path`` (.npz, uncompressed) via a temporary file and a rename."""
+def atomic_write(path, write) -> Path:
+    """Create ``path`` by ``write(f)`` on a temporary file in the same folder, flushed to disk
+    and renamed over the target: a crash, a signal or a full disk mid-write leaves the
+    previous file as it was (and no temporary file behind, where the process survives)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -64,6 +68,21 @@ def atomic_savez(path, arrays: dict) -> Path:
     return path
 
 
+def atomic_savez(path, arrays: dict) -> Path:
+    """Write ``arrays`` to ``path`` (.npz, uncompressed), atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def atomic_save_npy(path, array) -> Path:
+    """Write one array to ``path`` (.npy), atomically."""
+    return atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write UTF-8 text to ``path``, atomically."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def model_arrays(model, kind: str = "model") -> dict:
     arrays = {"__npvae__": _text(MAGIC), "__version__": np.array(FORMAT_VERSION),
               "__kind__": _text(kind), "config": _text(json.dumps(model.config()))}
@@ -79,9 +98,14 @@ def save_model(model, path) -> Path:
 
 def read(path) -> dict:
     """Every array of a checkpoint, after checking its header; raises CheckpointError."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        path = files.regular_file(path, "checkpoint")
+        kind = files.sniff(path)
+    except (files.FileFormatError, OSError) as exc:
+        raise CheckpointError(str(exc)) from None
+    if kind != "zip":
+        raise CheckpointError(f"{path} is not an npvae checkpoint: it is {files.describe(kind)}, "
+                              "and a checkpoint is an .npz (zip) archive")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -7,11 +7,14 @@ named by the environment variable ``NPVAE_DATA``.  Nothing is ever downloaded.
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .validation import as_float_array, generator, positive_int
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -109,35 +112,48 @@ def train_val_split(x, val_fraction: float = 0.1, seed: int = 0, *arrays):
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path) -> np.ndarray:
-    """Read an IDX file (the MNIST format), raw or gzipped, checking its header and size."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+MAX_IDX_BYTES = 1 << 32  # 4 GiB of pixels: far beyond any MNIST-format data set
+
+
+def read_idx(path, *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Read an IDX file (the MNIST format), raw or gzipped, told apart by their first bytes.
+
+    The header (magic, element type, dimensions) is read and checked first; the data size it
+    declares must be below ``max_bytes`` and is the most that is ever read or inflated, and
+    the file must hold exactly that much."""
     try:
+        path = files.regular_file(path, "IDX file")
+        opener = gzip.open if files.sniff(path) == "gzip" else open
         with opener(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise DataError(f"IDX file {path} does not exist") from None
-    except (OSError, EOFError) as exc:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise DataError(f"{path} is not an IDX file: bad magic number {head.hex()}")
+            code, ndim = head[2], head[3]
+            if code not in _IDX_TYPES:
+                raise DataError(f"{path}: unknown IDX element type 0x{code:02x}")
+            if ndim == 0:
+                raise DataError(f"{path}: IDX file with 0 dimensions")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header")
+            shape = tuple(int.from_bytes(dims[4 * i:4 * i + 4], "big") for i in range(ndim))
+            dtype = np.dtype(_IDX_TYPES[code])
+            expected = math.prod(shape) * dtype.itemsize
+            if expected > max_bytes:
+                raise DataError(f"{path}: IDX header declares shape {shape} ({expected:.3g} bytes), "
+                                f"more than npvae reads ({max_bytes:.3g})")
+            raw = f.read(expected)
+            extra = f.read(1)
+    except files.FileFormatError as exc:
+        raise DataError(str(exc)) from None
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"IDX file {path} cannot be read: {exc}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path} is not an IDX file: bad magic number {raw[:4].hex()}")
-    code, ndim = raw[2], raw[3]
-    if code not in _IDX_TYPES:
-        raise DataError(f"{path}: unknown IDX element type 0x{code:02x}")
-    if ndim == 0:
-        raise DataError(f"{path}: IDX file with 0 dimensions")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_TYPES[code])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
+    if len(raw) != expected or extra:
+        held = f"{len(raw)}" if not extra else f"more than {expected}"
         raise DataError(
             f"{path}: IDX header says shape {shape} ({expected} bytes) but the file holds "
-            f"{len(raw) - header} bytes of data")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+            f"{held} bytes of data")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _find_fashion_mnist(path=None) -> Path:
@@ -184,35 +200,43 @@ def load_fashion_mnist(split: str = "train", path=None, *, dtype=np.float32, lab
     return x, y.astype(np.int64)
 
 
+MAX_CSV_BYTES = 1 << 30
+
+
 def load_array(path, *, key=None, dtype=np.float32) -> np.ndarray:
-    """A 2-D float array from .npy, .npz (``key``, or the only array) or .csv (numbers only;
-    a header line is skipped when it is not numeric)."""
+    """A 2-D float array (rows are examples) from .npy, .npz (``key``, or the only array) or
+    .csv (numbers only, comma-separated; a first line that is not numeric is taken as a
+    header; a UTF-8 byte-order mark is allowed).  A 1-D array is one feature per row.
+
+    The format is told by the file's first bytes, and every size is checked before memory is
+    allocated (:mod:`npvae.files`); anything wrong raises :class:`DataError`."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"data file {path} does not exist")
     suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz", ".csv"):
+        raise DataError(f"{path}: unsupported data format {suffix!r} (use .npy, .npz or .csv)")
     try:
+        files.regular_file(path, "data file")
         if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            arr = files.load_npy(path, what="data file")
         elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as f:
+            with files.NpzReader(path, what="data file") as f:
                 if key is None:
-                    if len(f.files) != 1:
-                        raise DataError(f"{path} holds arrays {f.files}: pass key= to choose one")
-                    key = f.files[0]
-                if key not in f.files:
-                    raise DataError(f"{path} has no array {key!r} (it has {f.files})")
+                    if len(f.names) != 1:
+                        raise DataError(f"{path} holds arrays {f.names}: pass key= to choose one")
+                    key = f.names[0]
+                if key not in f:
+                    raise DataError(f"{path} has no array {key!r} (it has {f.names})")
                 arr = f[key]
-        elif suffix == ".csv":
-            arr = _read_csv(path)
         else:
-            raise DataError(f"{path}: unsupported data format {suffix!r} (use .npy, .npz or .csv)")
-    except DataError:
-        raise
-    except (ValueError, OSError, EOFError) as exc:
+            arr = _read_csv(path)
+    except files.FileFormatError as exc:
+        raise DataError(str(exc)) from None
+    except OSError as exc:
         raise DataError(f"{path} cannot be read: {exc}") from None
     if arr.dtype.kind not in "fiub":
         raise DataError(f"{path}: data must be numeric, got dtype {arr.dtype}")
+    if arr.ndim == 0:
+        raise DataError(f"{path} holds a single number (a 0-d array), not rows of examples")
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
@@ -227,27 +251,33 @@ def load_array(path, *, key=None, dtype=np.float32) -> np.ndarray:
 
 
 def _read_csv(path) -> np.ndarray:
-    with open(path, encoding="utf-8") as f:
-        lines = [ln.strip() for ln in f if ln.strip()]
-    if not lines:
+    """Line numbers in messages are the file's own (1 = the first line, blank lines counted)."""
+    if os.path.getsize(path) > MAX_CSV_BYTES:
+        raise DataError(f"{path} is larger than {MAX_CSV_BYTES} bytes: use .npy for data this large")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            numbered = [(i, ln.strip()) for i, ln in enumerate(f, start=1) if ln.strip()]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text: {exc}") from None
+    if not numbered:
         raise DataError(f"{path} is empty")
 
-    def numeric(line):
-        try:
-            [float(v) for v in line.split(",")]
-            return True
-        except ValueError:
-            return False
+    def parse(line):
+        return [float(v) for v in line.split(",")]
 
-    if not numeric(lines[0]):
-        lines = lines[1:]
+    try:
+        parse(numbered[0][1])
+    except ValueError:
+        numbered = numbered[1:]  # a header
+        if not numbered:
+            raise DataError(f"{path} has a header line and no data") from None
     rows = []
-    for i, line in enumerate(lines):
+    for lineno, line in numbered:
         try:
-            rows.append([float(v) for v in line.split(",")])
+            rows.append(parse(line))
         except ValueError:
-            raise DataError(f"{path}: line {i + 1} is not numeric: {line[:60]!r}") from None
-    widths = {len(r) for r in rows}
-    if len(widths) > 1:
-        raise DataError(f"{path}: rows have different numbers of columns {sorted(widths)}")
+            raise DataError(f"{path}: line {lineno} is not comma-separated numbers: {line[:60]!r}") from None
+        if len(rows[-1]) != len(rows[0]):
+            raise DataError(f"{path}: line {lineno} has {len(rows[-1])} columns, the first data line "
+                            f"{numbered[0][0]} has {len(rows[0])}")
     return np.array(rows, dtype=np.float64)

@@ -60,9 +60,23 @@ def test_idx_bad_files(tmp_path):
     with pytest.raises(data.DataError, match="does not exist"):
         data.read_idx(tmp_path / "nope.idx")
     bad_gz = tmp_path / "b.idx.gz"
-    bad_gz.write_bytes(b"not gzip at all")
-    with pytest.raises(data.DataError, match="cannot be read"):
+    bad_gz.write_bytes(b"not gzip at all")  # the format is told by the bytes, not the name
+    with pytest.raises(data.DataError, match="not an IDX file"):
         data.read_idx(bad_gz)
+    broken_gz = tmp_path / "c.idx.gz"
+    import gzip
+    broken_gz.write_bytes(gzip.compress(write_idx(tmp_path / "ok.idx", arr).read_bytes())[:-12])
+    with pytest.raises(data.DataError, match="cannot be read|holds"):
+        data.read_idx(broken_gz)
+
+
+def test_gzip_idx_declaring_a_huge_shape_is_refused_before_inflating(tmp_path):
+    import gzip
+    head = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (60000, 2800, 2800))
+    p = tmp_path / "bomb.idx.gz"
+    p.write_bytes(gzip.compress(head + bytes(1000)))
+    with pytest.raises(data.DataError, match="more than npvae reads"):
+        data.read_idx(p)
 
 
 def test_fashion_mnist_from_path_and_env(tmp_path, monkeypatch):
@@ -151,16 +165,16 @@ def test_load_array_formats(tmp_path):
 
 def test_load_array_errors(tmp_path):
     (tmp_path / "bad.csv").write_text("1,2\n3\n")
-    with pytest.raises(data.DataError, match="different numbers of columns"):
+    with pytest.raises(data.DataError, match="line 2 has 1 columns, the first data line 1 has 2"):
         data.load_array(tmp_path / "bad.csv")
     (tmp_path / "txt.csv").write_text("a,b\n1,x\n")
-    with pytest.raises(data.DataError, match="line 1 is not numeric"):
+    with pytest.raises(data.DataError, match="line 2 is not comma-separated numbers"):  # the file's own line
         data.load_array(tmp_path / "txt.csv")
     (tmp_path / "nan.csv").write_text("1,nan\n")
     with pytest.raises(data.DataError, match="NaN"):
         data.load_array(tmp_path / "nan.csv")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))  # np.save pickles objects
-    with pytest.raises(data.DataError, match="cannot be read"):
+    with pytest.raises(data.DataError, match="Python objects"):
         data.load_array(tmp_path / "obj.npy")
     with pytest.raises(data.DataError, match="unsupported data format"):
         (tmp_path / "x.txt").write_text("1")

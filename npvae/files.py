@@ -1,0 +1,159 @@
+"""Reading files that have not been checked yet: regular files only, formats told by their
+first bytes (not their names), sizes checked against what headers declare before anything is
+allocated, ``.npz`` members read one at a time, and never a pickle.
+
+Every function raises :class:`FileFormatError` (a ValueError) with the path and the problem.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+MAX_ARRAY_BYTES = 8 << 30   # one array read from a file: 8 GiB
+MAX_MEMBERS = 10_000        # arrays in one .npz
+MAX_HEADER_BYTES = 1 << 16  # an .npy header (NumPy writes under 100 bytes; it allows 2**32)
+MAGIC = {b"PK\x03\x04": "zip", b"PK\x05\x06": "zip", b"\x93NUMPY": "npy", b"\x1f\x8b": "gzip"}
+
+
+class FileFormatError(ValueError):
+    """A file is missing, not a regular file, of another format, or inconsistent."""
+
+
+def regular_file(path, what: str = "file") -> Path:
+    """``path`` after checking that it exists and is a regular file (a FIFO, a device or a
+    folder would hang or mislead a reader)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileFormatError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise FileFormatError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise FileFormatError(f"{what} {path} is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise FileFormatError(f"{what} {path} is not a regular file (a pipe, socket or device)")
+    return path
+
+
+def sniff(path) -> str:
+    """The format told by the first bytes: "zip" (.npz), "npy", "gzip", "empty" or "other"."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head:
+        return "empty"
+    for magic, kind in MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return "other"
+
+
+def describe(kind: str) -> str:
+    return {"zip": "a zip archive (.npz)", "npy": "a NumPy .npy array", "gzip": "a gzip file",
+            "empty": "empty", "other": "not a NumPy file (text, or another format)"}[kind]
+
+
+def read_npy(f, name, *, available: int | None = None, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+    """One array from an open ``.npy`` stream, its header checked first: a pickled (object)
+    dtype is refused, and the data size the header declares must fit ``max_bytes`` and, when
+    ``available`` (the bytes in the stream) is known, match it exactly."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unknown .npy version {version}")
+        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                  else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = reader(f, max_header_size=MAX_HEADER_BYTES)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise FileFormatError(f"{name}: not a valid .npy array ({exc})") from None
+    if dtype.hasobject:
+        raise FileFormatError(f"{name} holds Python objects (a pickle), which npvae never loads")
+    if any(int(d) < 0 for d in shape):
+        raise FileFormatError(f"{name}: negative dimension in shape {shape}")
+    count = 1
+    for d in shape:
+        count *= int(d)
+    nbytes = count * dtype.itemsize
+    if nbytes > max_bytes:
+        raise FileFormatError(f"{name}: its header declares shape {shape} of {dtype} "
+                              f"({nbytes:.3g} bytes), more than npvae reads ({max_bytes:.3g})")
+    if available is not None:
+        header = f.tell()
+        if available - header != nbytes:
+            raise FileFormatError(f"{name}: its header declares {nbytes} bytes of data (shape "
+                                  f"{shape}, {dtype}) but the file holds {available - header}")
+    raw = f.read(nbytes)
+    if len(raw) != nbytes:
+        raise FileFormatError(f"{name} is truncated: {len(raw)} of {nbytes} bytes of data")
+    arr = np.frombuffer(raw, dtype=dtype, count=count)
+    arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    return arr.copy() if not arr.flags.writeable else arr
+
+
+def load_npy(path, *, max_bytes: int = MAX_ARRAY_BYTES, what: str = "file") -> np.ndarray:
+    """The array in an ``.npy`` file, checked as :func:`read_npy` does."""
+    path = regular_file(path, what)
+    kind = sniff(path)
+    if kind != "npy":
+        raise FileFormatError(f"{what} {path} is {describe(kind)}, not an .npy array")
+    with open(path, "rb") as f:
+        return read_npy(f, str(path), available=os.fstat(f.fileno()).st_size, max_bytes=max_bytes)
+
+
+class NpzReader:
+    """The arrays of an ``.npz`` file, read one at a time and only when asked for.
+
+    ``names`` lists them (without the ``.npy`` suffix); ``reader[name]`` reads one, after
+    checking the size its zip entry declares.  A compressed member is inflated only up to the
+    size its own .npy header declares (zip-bomb safe)."""
+
+    def __init__(self, path, *, what: str = "file", max_bytes: int = MAX_ARRAY_BYTES):
+        self.path = regular_file(path, what)
+        self.max_bytes = max_bytes
+        kind = sniff(self.path)
+        if kind != "zip":
+            raise FileFormatError(f"{what} {self.path} is {describe(kind)}, not an .npz archive")
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+            infos = self._zip.infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+            raise FileFormatError(f"{what} {self.path} is a damaged zip archive: {exc}") from None
+        if len(infos) > MAX_MEMBERS:
+            self.close()
+            raise FileFormatError(f"{what} {self.path} holds {len(infos)} members, more than {MAX_MEMBERS}")
+        self._infos = {i.filename[:-4]: i for i in infos if i.filename.endswith(".npy")}
+        self.names = list(self._infos)
+
+    def __contains__(self, name):
+        return name in self._infos
+
+    def __getitem__(self, name) -> np.ndarray:
+        info = self._infos.get(name)
+        if info is None:
+            raise KeyError(name)
+        label = f"{self.path} [{name}]"
+        if info.file_size > self.max_bytes + MAX_HEADER_BYTES:
+            raise FileFormatError(f"{label}: declares {info.file_size:.3g} bytes, more than npvae reads")
+        try:
+            with self._zip.open(info) as f:
+                return read_npy(f, label, available=info.file_size, max_bytes=self.max_bytes)
+        except FileFormatError:
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+            raise FileFormatError(f"{label} is damaged: {exc}") from None
+
+    def close(self):
+        z = getattr(self, "_zip", None)
+        if z is not None:
+            z.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
