@@ -58,6 +58,24 @@ def test_posterior_collapse_warning():
         assert not diagnostics.check_posterior_collapse(model_with_one_active_unit(), x)
 
 
+def test_a_narrow_but_informative_latent_is_not_a_collapse():
+    """μ spread over ±0.05 (Var < 0.01: 'inactive' by the unit count) with σ = 0.001 carries
+    several nats: no warning (the old criterion warned here)."""
+    model = npvae.VAE(3, 1, hidden=(), dtype=np.float64)
+    model.params["encoder.mu.W"][...] = 0.0
+    model.params["encoder.mu.W"][0, 0] = 0.1
+    model.params["encoder.mu.b"][...] = -0.05
+    model.params["encoder.logvar.W"][...] = 0.0
+    model.params["encoder.logvar.b"][...] = 2 * np.log(1e-3)
+    x = np.random.default_rng(0).random((200, 3))
+    n_active, var = diagnostics.active_units(model, x)
+    assert n_active == 0 and var[0] < 0.01
+    assert diagnostics.kl_per_dim(model, x)[0] > 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not diagnostics.check_posterior_collapse(model, x)
+
+
 def test_fit_records_diagnostics(tmp_path):
     x = (np.random.default_rng(0).random((400, 16)) < 0.3).astype(np.float32)
     model = npvae.VAE(16, 3, hidden=(12,))
