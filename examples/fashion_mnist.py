@@ -8,7 +8,7 @@ With ``--log-likelihood K`` (default 5000) it also reports the test ln p(x), imp
 sampled with K samples per image, and with ``--iwae k`` it trains a second model on the
 importance-weighted bound with k samples and reports it alongside.
 
-Run:  python examples/fashion_mnist.py [--epochs 10] [--data DIR] [--out runs/fashion_mnist]
+Run:  python examples/fashion_mnist.py [--epochs 10] [--data DIR] [--out runs/examples/fashion_mnist]
           [--log-likelihood 5000] [--test-images 10000] [--iwae 5]
 Needs Fashion-MNIST: apt-get install -y dataset-fashion-mnist (or --data / NPVAE_DATA).
 """
@@ -39,7 +39,7 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=None, help="folder with the Fashion-MNIST IDX files")
-    ap.add_argument("--out", default="runs/fashion_mnist", help="run directory")
+    ap.add_argument("--out", default="runs/examples/fashion_mnist", help="run directory")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--log-likelihood", type=int, default=5000, metavar="K",
                     help="importance samples for the final test ln p(x) (0: skip)")
@@ -51,7 +51,7 @@ def main(argv=None):
 
     x_train = npvae.data.load_fashion_mnist("train", args.data)
     x_test = test_set(args.data)
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     runs = [("elbo", 1)] + ([("iwae", args.iwae)] if args.iwae else [])

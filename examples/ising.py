@@ -5,7 +5,7 @@ spins mapped to {0, 1} with a Bernoulli likelihood, a held-out test set, the tru
 (β = 1) on it, and a number for the claim: the Spearman rank correlation between the best
 latent coordinate and the magnetisation m (and |m|) on held-out configurations.
 
-Run:  python examples/ising.py [--L 16] [--epochs 40] [--out runs/ising]
+Run:  python examples/ising.py [--L 16] [--epochs 40] [--out runs/examples/ising]
 Writes the run directory with the model, the history, result.json and (with matplotlib,
 the `plot` extra) latent_vs_temperature.png.
 """
@@ -29,10 +29,10 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--latent", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="runs/ising")
+    ap.add_argument("--out", default="runs/examples/ising")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     data = ising.load(L=args.L, temperatures=TEMPERATURES, n_per_T=args.n_per_T, seed=args.seed)

@@ -26,7 +26,7 @@ these log coordinates, and −ln p(x) = −ln p(z) − ln |det ∂z/∂x| in the
 the QCD validation events: −ln p_log − ln p_units.
 
 Run:  pip install --only-binary=:all: ".[hep]"
-      python examples/hep/anomaly.py [--qcd 20000] [--signal 5000] [--threads 2] [--out runs/hep]
+      python examples/hep/anomaly.py [--qcd 20000] [--signal 5000] [--threads 2] [--out runs/examples/hep]
 """
 from __future__ import annotations
 
@@ -214,12 +214,12 @@ def main(argv=None):
                     help="the N-subjettiness values in log coordinates (default) or as they are")
     ap.add_argument("--threads", type=int, default=2,
                     help="Pythia threads (PythiaParallel when > 1, fast; 1 is exactly reproducible)")
-    ap.add_argument("--out", default="runs/hep")
+    ap.add_argument("--out", default="runs/examples/hep")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if args.ensemble < 1:
         ap.error(f"--ensemble must be at least 1, got {args.ensemble}")
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     t = time.perf_counter()
