@@ -1,111 +1,47 @@
 """The ``npvae`` command: train, evaluate, sample, gradcheck.
 
     npvae train                       # the built-in 2D Ising data, into runs/ising
-    npvae train --data fashion-mnist --epochs 10 --latent 20 --hidden 400
-    npvae train --data my.npz --config run.toml
-    npvae evaluate runs/ising         # test ELBO and ln p(x) on the run's held-out split
-    npvae sample runs/ising           # an image grid of prior samples
+    npvae train --data fashion-mnist --epochs 10
+    npvae train --data my.npz --data-key x --config run.toml
+    npvae evaluate runs/ising         # held-out ELBO and ln p(x) of the run
+    npvae sample runs/ising           # draws x ~ p(x|z), z ~ N(0, I), as a figure
     npvae gradcheck --likelihood gaussian --sigma learned
 
-Settings come from the defaults, then a TOML file (``--config``; keys as the long flags,
-with underscores), then the flags.  A run directory holds config.toml, checkpoints/,
-model.npz, history.csv, history.json, and the plots (with the ``plot`` extra).
+Settings come from the defaults, then a TOML file (``--config``), then the flags; the rules
+live in :mod:`npvae.settings`.  A run directory holds config.toml, checkpoints/, model.npz,
+history.csv, history.json, and the plots (with the ``plot`` extra).  Every mistake in the
+arguments, a file or the settings ends with one line saying what is allowed, and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-DEFAULTS = {
-    "data": "ising", "data_key": None, "out": None, "epochs": 30, "batch_size": 64,
-    "latent": 2, "hidden": "256", "activation": "relu", "likelihood": None, "sigma": None,
-    "lr": 1e-3, "beta": 1.0, "beta_warmup": 5.0, "seed": 0, "binarize": None,
-    "objective": "elbo", "n_samples": 1, "val_fraction": 0.2, "free_bits": 0.0,
-    "ising_L": 16, "ising_n_per_T": 200, "plots": True, "resume": False,
-}
-CHOICES = {
-    "activation": ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "identity"),
-    "likelihood": ("bernoulli", "gaussian", "continuous_bernoulli"),
-    "binarize": ("none", "static", "dynamic"),
-    "objective": ("elbo", "iwae"),
-}
+from . import settings as S
+from .settings import SettingsError
+
 ISING_TEMPERATURES = tuple(np.round(np.linspace(1.0, 3.5, 11), 3))
+FASHION_SHAPE = (28, 28)
 
 
 class UsageError(Exception):
     """A bad flag, config file or data path: printed without a traceback, exit code 2."""
 
 
-# ----------------------------------------------------------------------------------------
-# Configuration
-# ----------------------------------------------------------------------------------------
-def read_config(path) -> dict:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise UsageError("--config needs Python 3.11+ (tomllib) or 'pip install tomli'") from None
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"config file {path} does not exist")
-    try:
-        with open(path, "rb") as f:
-            cfg = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
-    cfg = cfg.get("train", cfg)
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise UsageError(f"config file {path}: unknown keys {unknown}; allowed: {sorted(DEFAULTS)}")
-    return cfg
-
-
-def write_config(cfg: dict, path) -> None:
-    lines = ["# npvae train: the effective settings of this run", "[train]"]
-    for k, v in cfg.items():
-        if v is None:
-            continue
-        lines.append(f"{k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}")
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def resolve(args) -> dict:
-    cfg = dict(DEFAULTS)
-    if args.config:
-        cfg.update(read_config(args.config))
-    for k in DEFAULTS:
-        v = getattr(args, k, None)
-        if v is not None:
-            cfg[k] = v
-    for k, allowed in CHOICES.items():
-        if cfg[k] is not None and cfg[k] not in allowed:
-            raise UsageError(f"{k} must be one of {', '.join(allowed)}; got {cfg[k]!r}")
-    try:
-        cfg["hidden_layers"] = tuple(int(h) for h in str(cfg["hidden"]).split(",") if h.strip())
-    except ValueError:
-        raise UsageError(f"hidden must be comma-separated widths such as 400 or 256,128; got {cfg['hidden']!r}") from None
-    for k in ("epochs", "batch_size", "latent", "n_samples", "ising_L", "ising_n_per_T"):
-        if not isinstance(cfg[k], int) or cfg[k] < 1:
-            raise UsageError(f"{k} must be a positive integer; got {cfg[k]!r}")
-    if not 0 < float(cfg["val_fraction"]) < 1:
-        raise UsageError(f"val_fraction must lie in (0, 1); got {cfg['val_fraction']!r}")
-    if cfg["out"] is None:
-        name = cfg["data"] if cfg["data"] in ("ising", "fashion-mnist") else Path(cfg["data"]).stem
-        cfg["out"] = str(Path("runs") / name)
-    return cfg
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------
 def load_data(cfg):
-    """(x, labels, label_name, default likelihood, default binarize) for the configured data."""
+    """(x, labels or None, label name, default likelihood, default binarize, image shape)."""
     import npvae
     from npvae import ising
 
@@ -113,72 +49,118 @@ def load_data(cfg):
     if name == "ising":
         d = ising.load(L=cfg["ising_L"], temperatures=ISING_TEMPERATURES, n_per_T=cfg["ising_n_per_T"],
                        seed=cfg["seed"])
-        return ising.as_bernoulli(d["spins"]), d["T"], "temperature", "bernoulli", "none"
+        L = cfg["ising_L"]
+        return ising.as_bernoulli(d["spins"]), d["T"], "temperature", "bernoulli", "none", (L, L)
     if name == "fashion-mnist":
         try:
             x, y = npvae.data.load_fashion_mnist("train", labels=True)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, npvae.data.DataError) as exc:
             raise UsageError(str(exc)) from None
-        return x, y, "class", "bernoulli", "dynamic"
-    path = Path(name)
-    if not path.exists():
-        raise UsageError(f"--data must be 'ising', 'fashion-mnist' or a .npy/.npz/.csv file; "
-                         f"{path} does not exist")
+        return x, y, "class", "bernoulli", "dynamic", FASHION_SHAPE
     try:
-        x = npvae.data.load_array(path, key=cfg["data_key"])
+        x = npvae.data.load_array(name, key=cfg["data_key"])
     except npvae.data.DataError as exc:
-        raise UsageError(str(exc)) from None
+        msg = str(exc).replace("pass key= to choose one", "choose one with --data-key")
+        raise UsageError(msg) from None
+    shape = S.parse_image_shape(cfg["image_shape"])
+    if shape is not None and shape[0] * shape[1] != x.shape[1]:
+        raise UsageError(f"--image-shape {cfg['image_shape']} has {shape[0] * shape[1]} pixels, but "
+                         f"the rows of {name} have {x.shape[1]} values")
     in_unit = float(x.min()) >= 0 and float(x.max()) <= 1
-    return x, np.arange(len(x)), "index", ("bernoulli" if in_unit else "gaussian"), "none"
+    return x, None, None, ("bernoulli" if in_unit else "gaussian"), "none", shape
 
 
 def split(cfg, x, labels):
     import npvae
-    return npvae.data.train_val_split(x, float(cfg["val_fraction"]), cfg["seed"], labels)
+    n_val = int(round(len(x) * cfg["val_fraction"]))
+    if n_val < 1 or len(x) - n_val < 1:
+        raise UsageError(f"val_fraction {cfg['val_fraction']:g} of {len(x)} examples leaves "
+                         f"{len(x) - n_val} for training and {n_val} for validation; both need at least 1")
+    arrays = () if labels is None else (labels,)
+    parts = npvae.data.train_val_split(x, cfg["val_fraction"], cfg["seed"], *arrays)
+    return (parts[0], parts[1], None, None) if labels is None else parts
+
+
+def _fill_data_defaults(cfg, explicit, lik_default, bin_default):
+    cfg["likelihood"] = cfg["likelihood"] or lik_default
+    cfg["binarize"] = cfg["binarize"] or bin_default
+    if cfg["likelihood"] == "gaussian" and cfg["binarize"] == "dynamic" and "binarize" not in explicit:
+        cfg["binarize"] = "none"
+    if cfg["likelihood"] != "gaussian" and "sigma" not in explicit:
+        cfg["sigma"] = None
+    try:
+        S.check_combination(cfg, explicit)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _compile_notice():
+    from npvae.kernels import get_backend, implementation, jit
+    if get_backend() != "numba" or jit.cache_is_warm(implementation("numba").__file__):
+        return
+    where = (f"kept in {jit.KERNEL_CACHE} for later runs" if jit.KERNEL_CACHE is not None else
+             "no writable cache folder, so every run compiles; set NUMBA_CACHE_DIR to keep them")
+    _say(f"npvae: compiling the training kernels for this machine, once (about 10 s; {where})")
 
 
 # ----------------------------------------------------------------------------------------
 # Commands
 # ----------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    import time
+
     import npvae
 
-    cfg = resolve(args)
-    x, labels, label_name, lik_default, bin_default = load_data(cfg)
-    likelihood = cfg["likelihood"] or lik_default
-    binarize = cfg["binarize"] or bin_default
-    cfg.update(likelihood=likelihood, binarize=binarize)
+    flags = {k: getattr(args, k, None) for k in S.SETTINGS}
+    try:
+        cfg, explicit = S.resolve(flags, args.config)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
+    x, labels, label_name, lik_default, bin_default, image_shape = load_data(cfg)
+    _fill_data_defaults(cfg, explicit, lik_default, bin_default)
+    likelihood, binarize = cfg["likelihood"], cfg["binarize"]
+    if binarize != "none" and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise UsageError(f"--binarize {binarize} needs data in [0, 1]; {cfg['data']} spans "
+                         f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")
+    try:
+        S.check_model_size(x.shape[1], cfg)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
     standardizer = None
     if likelihood == "gaussian":
         standardizer = npvae.data.Standardizer().fit(x)
         x = standardizer.transform(x)
     x_train, x_val, _, labels_val = split(cfg, x, labels)
-    out = Path(cfg["out"])
+    if cfg["out"] is None:
+        name = cfg["data"] if cfg["data"] in S.BUILT_IN else Path(cfg["data"]).stem
+        cfg["out"] = str(Path("runs") / name)
+    out = Path(cfg["out"]).expanduser().resolve()
+    cfg["out"] = str(out)
+    try:
+        model = npvae.VAE(x.shape[1], cfg["latent"], hidden=S.parse_widths(cfg["hidden"]),
+                          activation=cfg["activation"], likelihood=likelihood, seed=cfg["seed"],
+                          **({"sigma": cfg["sigma"] or 1.0} if likelihood == "gaussian" else {}))
+        warmup = cfg["beta_warmup"] if cfg["objective"] == "elbo" else 0.0
+        beta = npvae.LinearBeta(warmup, stop=cfg["beta"]) if warmup > 0 else cfg["beta"]
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
-    write_config({k: v for k, v in cfg.items() if k != "hidden_layers"}, out / "config.toml")
+    npvae.checkpoint.atomic_write_text(out / "config.toml", S.toml_text(cfg))
     if standardizer is not None:
         standardizer.save(out / "standardizer.npz")
-    sigma = cfg["sigma"]
-    if isinstance(sigma, str) and sigma not in ("learned", "per_example"):
-        try:
-            sigma = float(sigma)
-        except ValueError:
-            raise UsageError(f"sigma must be a number, 'learned' or 'per_example'; got {sigma!r}") from None
+    _compile_notice()
+    t0 = time.perf_counter()
     try:
-        model = npvae.VAE(x.shape[1], cfg["latent"], hidden=cfg["hidden_layers"],
-                          activation=cfg["activation"], likelihood=likelihood, seed=cfg["seed"],
-                          **({"sigma": sigma} if likelihood == "gaussian" and sigma is not None else {}))
-        beta = (npvae.LinearBeta(float(cfg["beta_warmup"])) if float(cfg["beta_warmup"]) > 0
-                and cfg["objective"] == "elbo" else float(cfg["beta"]))
-        history = npvae.fit(model, x_train, x_val=x_val, optimizer=npvae.Adam(lr=float(cfg["lr"])),
+        history = npvae.fit(model, x_train, x_val=x_val, optimizer=npvae.Adam(lr=cfg["lr"]),
                             epochs=cfg["epochs"], batch_size=cfg["batch_size"], beta=beta,
                             seed=cfg["seed"], binarize=None if binarize == "none" else binarize,
-                            checkpoint_dir=out / "checkpoints", resume=bool(cfg["resume"]),
-                            progress=not args.quiet, free_bits=float(cfg["free_bits"]),
+                            checkpoint_dir=out / "checkpoints", resume=cfg["resume"],
+                            progress=not args.quiet, free_bits=cfg["free_bits"],
                             objective=cfg["objective"], n_samples=cfg["n_samples"],
                             diagnostics=x_val[:500])
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
+    wall = time.perf_counter() - t0
     model.save(out / "model.npz")
     history.to_csv(out / "history.csv")
     history.to_json(out / "history.json")
@@ -186,24 +168,35 @@ def cmd_train(args) -> int:
     if cfg["plots"]:
         try:
             from npvae import plots
-            written = plots.write_all(model, history, x_val[:2000], labels_val[:2000], out, label_name)
+            written = plots.write_all(
+                model, history, x_val[:2000], None if labels_val is None else labels_val[:2000], out,
+                label_name, image_shape=image_shape,
+                to_data_units=None if standardizer is None else standardizer.inverse,
+                ising_L=cfg["ising_L"] if cfg["data"] == "ising" else None, seed=cfg["seed"])
         except ImportError as exc:
-            print(f"no plots: {exc}", file=sys.stderr)
+            _say(f"no plots: {exc}")
     last = history[-1] if len(history) else {}
-    print(f"trained {len(history)} epochs; validation ELBO {last.get('val_elbo', float('nan')):.3f} nats; "
-          f"run written to {out}" + (f" ({len(written)} plots)" if written else ""))
+    val = last.get("val_elbo")
+    val_txt = f"validation ELBO {val:.3f} nats" if val is not None else "no validation ELBO"
+    print(f"trained {len(history)} epochs in {npvae.train.format_seconds(wall)}; {val_txt}; run written to {out}"
+          + (f" ({len(written)} plots)" if written else ""))
     return 130 if history.interrupted else 0
 
 
-def _load_run(run):
+def load_run(run):
+    """(run path, settings, model) of a run directory, every file checked."""
     import npvae
-    run = Path(run)
-    if not (run / "model.npz").exists() or not (run / "config.toml").exists():
+    run = Path(run).expanduser().resolve()
+    if not (run / "model.npz").is_file() or not (run / "config.toml").is_file():
         raise UsageError(f"{run} is not an npvae run directory (no model.npz and config.toml); "
                          f"make one with 'npvae train --out {run}'")
-    cfg = dict(DEFAULTS)
-    cfg.update(read_config(run / "config.toml"))
-    cfg["hidden_layers"] = tuple(int(h) for h in str(cfg["hidden"]).split(",") if h.strip())
+    try:
+        saved = S.read_toml(run / "config.toml")
+        cfg = {k: S.check_value(k, saved.get(k)) for k in S.SETTINGS}
+    except SettingsError as exc:
+        raise UsageError(f"{run / 'config.toml'}: {exc}") from None
+    kind = S.data_kind(cfg["data"] or "ising")
+    cfg = {k: v if v is not None else S.default_for(k, kind) for k, v in cfg.items()}
     try:
         model = npvae.load(run / "model.npz")
     except npvae.CheckpointError as exc:
@@ -211,41 +204,96 @@ def _load_run(run):
     return run, cfg, model
 
 
+def _standardizer(run):
+    import npvae
+    path = run / "standardizer.npz"
+    if not path.exists():
+        return None
+    try:
+        return npvae.data.Standardizer.load(path)
+    except (ValueError, OSError, KeyError) as exc:
+        raise UsageError(f"{path} cannot be read: {exc}") from None
+
+
+def _finite_or_none(v):
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
 def cmd_evaluate(args) -> int:
     import npvae
-    run, cfg, model = _load_run(args.run)
+    run, cfg, model = load_run(args.run)
     x, labels, *_ = load_data(cfg)
-    if (run / "standardizer.npz").exists():
-        x = npvae.data.Standardizer.load(run / "standardizer.npz").transform(x)
+    if x.shape[1] != model.n_inputs:
+        raise UsageError(f"{cfg['data']} has {x.shape[1]} features per example, the model in {run} "
+                         f"takes {model.n_inputs}")
+    standardizer = _standardizer(run)
+    if standardizer is not None:
+        x = standardizer.transform(x)
     _, x_val, _, _ = split(cfg, x, labels)
     if cfg.get("binarize") in ("static", "dynamic"):
         x_val = npvae.data.binarize(x_val, np.random.default_rng([cfg["seed"], 3]))
     x_val = x_val[:args.max_examples]
+    _compile_notice()
     elbo = float(model.elbo(x_val, rng=np.random.default_rng(0)).mean())
     ll, ess = model.log_likelihood(x_val, n_samples=args.n_samples, rng=np.random.default_rng(1),
-                                   return_ess=True)
-    res = {"examples": len(x_val), "test_elbo": elbo, "test_log_px": float(ll.mean()),
-           "K": args.n_samples, "mean_ess": float(ess.mean())}
-    (run / "evaluation.json").write_text(json.dumps(res, indent=1) + "\n")
-    print(f"held-out examples: {len(x_val)}\nELBO (β = 1):      {elbo:.3f} nats\n"
-          f"ln p(x) (K={args.n_samples}): {res['test_log_px']:.3f} nats (mean ESS {res['mean_ess']:.1f})")
+                                   return_ess=True, progress=not args.quiet)
+    res = {"examples": len(x_val), "test_elbo": _finite_or_none(elbo),
+           "test_log_px": _finite_or_none(float(ll.mean())), "K": args.n_samples,
+           "mean_ess": _finite_or_none(float(ess.mean())),
+           "non_finite_log_px": int(np.count_nonzero(~np.isfinite(ll)))}
+    if standardizer is not None:
+        res["units"] = "standardised features (add Σ ln σ_j of standardizer.npz for data units)"
+    from .checkpoint import atomic_write_text
+    atomic_write_text(run / "evaluation.json", json.dumps(res, indent=1, allow_nan=False) + "\n")
+    fmt = lambda v: "not finite" if v is None else f"{v:.3f} nats"
+    print(f"held-out examples: {len(x_val)}\nELBO (β = 1):      {fmt(res['test_elbo'])}\n"
+          f"ln p(x) (K={args.n_samples}): {fmt(res['test_log_px'])} (mean ESS "
+          f"{res['mean_ess'] if res['mean_ess'] is None else round(res['mean_ess'], 1)})\n"
+          f"written to {run / 'evaluation.json'}")
+    if res["non_finite_log_px"] or res["test_elbo"] is None:
+        _say(f"npvae evaluate: {res['non_finite_log_px']} of {len(x_val)} examples have a non-finite "
+             "ln p(x) or ELBO: the model has diverged (see history.csv)")
+        return 1
     return 0
 
 
 def cmd_sample(args) -> int:
-    run, cfg, model = _load_run(args.run)
-    imgs = model.sample(args.n, np.random.default_rng(args.seed))
-    out = Path(args.out) if args.out else run / "samples.png"
-    from npvae import plots
-    shape = plots.image_shape_for(model.n_inputs)
-    if out.suffix == ".npy" or shape is None:
-        out = out.with_suffix(".npy")
-        np.save(out, imgs)
-    else:
+    run, cfg, model = load_run(args.run)
+    standardizer = _standardizer(run)
+    to_data_units = None if standardizer is None else standardizer.inverse
+    out = Path(args.out).expanduser().resolve() if args.out else run / "samples.png"
+    if out.suffix.lower() not in (".png", ".npy"):
+        raise UsageError(f"--out must end in .png (a figure) or .npy (the samples); got {out.name}")
+    rng = np.random.default_rng(args.seed)
+    if out.suffix.lower() == ".npy":
+        draws = model.sample(args.n, rng, mean=args.mean)
+        if to_data_units is not None:
+            draws = to_data_units(draws)
+        from .checkpoint import atomic_save_npy
+        atomic_save_npy(out, draws)
+        what = "decoder means" if args.mean else "draws x ~ p(x|z)"
+        print(f"{args.n} {what} written to {out}")
+        return 0
+    try:
+        from npvae import plots
+    except ImportError as exc:
+        raise UsageError(f"{exc} (or write the samples as .npy with --out samples.npy)") from None
+    x_ref = None
+    if cfg["data"] not in S.BUILT_IN and Path(cfg["data"]).exists() or cfg["data"] in S.BUILT_IN:
         try:
-            plots.prior_samples(model, shape, out, n=args.n, seed=args.seed)
-        except ImportError as exc:
-            raise UsageError(f"{exc} (or write the samples as .npy with --out samples.npy)") from None
+            x_ref, *_ = load_data(cfg)
+            if standardizer is not None:
+                x_ref = standardizer.transform(x_ref)
+        except UsageError:
+            x_ref = None  # the figure just lacks the data for comparison
+    image_shape = ((cfg["ising_L"],) * 2 if cfg["data"] == "ising" else FASHION_SHAPE
+                   if cfg["data"] == "fashion-mnist" else S.parse_image_shape(cfg["image_shape"]))
+    try:
+        plots.samples(model, out, n=args.n, seed=args.seed,
+                      data=None if x_ref is None else x_ref[:5000], to_data_units=to_data_units,
+                      image_shape=image_shape)
+    except ImportError as exc:
+        raise UsageError(f"{exc} (or write the samples as .npy with --out samples.npy)") from None
     print(f"{args.n} samples written to {out}")
     return 0
 
@@ -254,13 +302,20 @@ def cmd_gradcheck(args) -> int:
     import npvae
     from npvae.testing import check_gradients
 
-    sigma = args.sigma
-    if sigma not in (None, "learned", "per_example"):
-        try:
-            sigma = float(sigma)
-        except ValueError:
-            raise UsageError(f"--sigma must be a number, 'learned' or 'per_example'; got {sigma!r}") from None
-    hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
+    try:
+        sigma = S.check_value("sigma", args.sigma)
+    except SettingsError as exc:
+        raise UsageError(f"--sigma {exc}") from None
+    try:
+        hidden = S.parse_widths(args.hidden)
+    except SettingsError as exc:
+        raise UsageError(f"--hidden {exc}") from None
+    if sigma is not None and args.likelihood != "gaussian":
+        raise UsageError("--sigma applies to --likelihood gaussian only")
+    if args.objective == "elbo" and args.n_samples != 1:
+        raise UsageError("--n-samples is the iwae objective's K: add --objective iwae")
+    if args.objective == "iwae" and args.beta != 1.0:
+        raise UsageError("--beta must be 1 with --objective iwae (a bound on ln p(x))")
     try:
         model = npvae.VAE(args.inputs, args.latent, hidden=hidden, activation=args.activation,
                           likelihood=args.likelihood, dtype=np.float64, seed=args.seed,
@@ -269,6 +324,8 @@ def cmd_gradcheck(args) -> int:
         raise UsageError(str(exc)) from None
     rng = np.random.default_rng(args.seed)
     x = rng.random((args.batch, args.inputs))
+    if args.likelihood == "gaussian":
+        x = rng.standard_normal((args.batch, args.inputs))
     eps = rng.standard_normal((args.n_samples, args.batch, args.latent) if args.objective == "iwae"
                               else (args.batch, args.latent))
     fn = lambda p: model.loss_and_grad(x, eps=eps, beta=args.beta, objective=args.objective,
@@ -284,65 +341,106 @@ def cmd_gradcheck(args) -> int:
 # ----------------------------------------------------------------------------------------
 # Parser
 # ----------------------------------------------------------------------------------------
+def _bounded(kind, lo, hi=None):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {'whole number' if kind is int else 'number'}: {text!r}")
+        if not (lo <= v and (hi is None or v <= hi)) or (kind is float and not math.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"must lie in [{lo}, {hi if hi is not None else '∞'}]; got {text}")
+        return v
+    return parse
+
+
+def _help(key):
+    d = S.describe_default(key)
+    if key == "sigma":
+        d = "1.0 for images read as Gaussian, per_example for tables"
+    return S.SETTINGS[key].help + (f" (default: {d})" if d is not None else "")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30, width=100)
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="npvae", description="A VAE in NumPy with hand-derived gradients.")
+    from npvae import __version__
+    p = argparse.ArgumentParser(prog="npvae", formatter_class=_Formatter,
+                                description="A variational autoencoder in NumPy with hand-derived, "
+                                            "verified gradients.",
+                                epilog="Run 'npvae COMMAND --help' for a command's flags and defaults.")
+    p.add_argument("--version", action="version", version=f"npvae {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,sample,gradcheck}")
 
-    t = sub.add_parser("train", help="train a VAE (default: the built-in Ising data)")
-    t.add_argument("--config", help="a TOML file of settings (keys as the flags, with underscores)")
-    t.add_argument("--data", help="'ising' (default), 'fashion-mnist', or a .npy/.npz/.csv file")
-    t.add_argument("--data-key", dest="data_key", help="the array to use in an .npz file")
-    t.add_argument("--out", help="the run directory (default: runs/<data>)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", dest="batch_size", type=int)
-    t.add_argument("--latent", type=int)
-    t.add_argument("--hidden", help="comma-separated widths, e.g. 400 or 256,128")
-    t.add_argument("--activation", choices=CHOICES["activation"])
-    t.add_argument("--likelihood", choices=CHOICES["likelihood"])
-    t.add_argument("--sigma", help="Gaussian: a number, 'learned' or 'per_example'")
-    t.add_argument("--lr", type=float)
-    t.add_argument("--beta", type=float, help="a constant β (used when --beta-warmup is 0)")
-    t.add_argument("--beta-warmup", dest="beta_warmup", type=float,
-                   help="epochs of linear β warm-up from 0 to 1 (default 5; 0 for constant β)")
-    t.add_argument("--free-bits", dest="free_bits", type=float)
-    t.add_argument("--objective", choices=CHOICES["objective"])
-    t.add_argument("--n-samples", dest="n_samples", type=int, help="IWAE samples")
-    t.add_argument("--binarize", choices=CHOICES["binarize"])
-    t.add_argument("--val-fraction", dest="val_fraction", type=float)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--ising-L", dest="ising_L", type=int, help="Ising lattice size (default 16)")
-    t.add_argument("--ising-n-per-T", dest="ising_n_per_T", type=int,
-                   help="Ising configurations per temperature (default 200)")
-    t.add_argument("--no-plots", dest="plots", action="store_false", default=None)
-    t.add_argument("--resume", action="store_true", default=None, help="continue from the run's checkpoints")
-    t.add_argument("--quiet", action="store_true")
+    t = sub.add_parser("train", formatter_class=_Formatter, help="train a VAE (default: the built-in Ising data)",
+                       description="Train a VAE and write a run directory (config.toml, checkpoints/, "
+                                   "model.npz, history.csv/.json, plots).\nDefaults marked 'ising: …, "
+                                   "fashion-mnist: …, tables: …' depend on --data; tables' defaults "
+                                   "were chosen by measurement\n(benchmarks/tabular_defaults.md). "
+                                   "A flag that does nothing in the chosen setting is refused.")
+    t.add_argument("--config", metavar="FILE", help="a TOML file of settings (keys as the flags, with "
+                                                    "underscores, at the top level or under [train])")
+    flag_types = {"int": int, "float": float}
+    for key, s in S.SETTINGS.items():
+        flag = "--" + key.replace("_", "-")
+        if key == "plots":
+            t.add_argument("--no-plots", dest="plots", action="store_false", default=None,
+                           help="do not write the plots (default: plots on)")
+            continue
+        if key == "resume":
+            t.add_argument("--resume", action="store_true", default=None, help=_help(key) + " (default: off)")
+            continue
+        kw = {"dest": key, "help": _help(key)}
+        if s.kind in flag_types:
+            kw["type"] = flag_types[s.kind]
+            kw["metavar"] = "N" if s.kind == "int" else "X"
+        if s.kind == "choice":
+            kw["choices"] = s.choices
+        t.add_argument(flag, **kw)
+    t.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="held-out ELBO and importance-sampled ln p(x) of a run")
-    e.add_argument("run")
-    e.add_argument("--n-samples", dest="n_samples", type=int, default=1000)
-    e.add_argument("--max-examples", dest="max_examples", type=int, default=2000)
+    e = sub.add_parser("evaluate", formatter_class=_Formatter,
+                       help="held-out ELBO and importance-sampled ln p(x) of a run",
+                       description="The run's held-out split: the ELBO at β = 1 and ln p(x) by importance "
+                                   "sampling, written to RUN/evaluation.json.")
+    e.add_argument("run", help="a run directory made by 'npvae train'")
+    e.add_argument("--n-samples", dest="n_samples", type=_bounded(int, 1, 1_000_000), default=1000,
+                   metavar="K", help="importance samples per example (default: 1000)")
+    e.add_argument("--max-examples", dest="max_examples", type=_bounded(int, 1), default=2000,
+                   metavar="N", help="evaluate the first N held-out examples (default: 2000)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("sample", help="write samples from the prior as an image grid")
-    s.add_argument("run")
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", help="a .png (default RUN/samples.png) or .npy path")
+    s = sub.add_parser("sample", formatter_class=_Formatter, help="draw from a trained model",
+                       description="Draw x ~ p(x|z), z ~ N(0, I), in the data's own units: a figure "
+                                   "(images, or feature marginals and pairs against the data) or an .npy array.")
+    s.add_argument("run", help="a run directory made by 'npvae train'")
+    s.add_argument("--n", type=_bounded(int, 1, 100_000), default=64, help="how many samples (default: 64)")
+    s.add_argument("--seed", type=_bounded(int, 0, 2**63 - 1), default=0, help="seeds the draws (default: 0)")
+    s.add_argument("--mean", action="store_true",
+                   help="with an .npy --out: the decoder means E[x|z] instead of draws (default: draws)")
+    s.add_argument("--out", help="a .png (a figure) or .npy (the samples) path (default: RUN/samples.png)")
     s.set_defaults(func=cmd_sample)
 
-    g = sub.add_parser("gradcheck", help="finite-difference check of a configuration")
-    g.add_argument("--inputs", type=int, default=6)
-    g.add_argument("--latent", type=int, default=2)
-    g.add_argument("--hidden", default="5")
-    g.add_argument("--activation", choices=CHOICES["activation"], default="tanh")
-    g.add_argument("--likelihood", choices=CHOICES["likelihood"], default="bernoulli")
-    g.add_argument("--sigma")
-    g.add_argument("--objective", choices=CHOICES["objective"], default="elbo")
-    g.add_argument("--n-samples", dest="n_samples", type=int, default=1)
-    g.add_argument("--batch", type=int, default=4)
-    g.add_argument("--beta", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
+    g = sub.add_parser("gradcheck", formatter_class=_Formatter,
+                       help="finite-difference check of a model's gradients",
+                       description="Build a small float64 model, and compare every analytic gradient of its "
+                                   "loss with a 4th-order central difference. Exit code 0 when all agree.")
+    g.add_argument("--inputs", type=_bounded(int, 1, 4096), default=6, help="data dimension D (default: 6)")
+    g.add_argument("--latent", type=_bounded(int, 1, 256), default=2, help="latent dimension J (default: 2)")
+    g.add_argument("--hidden", default="5", help="hidden widths, e.g. 5 or 8,4; 'none' for linear (default: 5)")
+    g.add_argument("--activation", choices=S.ACTIVATIONS, default="tanh", help="(default: tanh)")
+    g.add_argument("--likelihood", choices=S.LIKELIHOODS, default="bernoulli", help="(default: bernoulli)")
+    g.add_argument("--sigma", help="gaussian only: a number > 0, 'learned' or 'per_example' (default: 1.0)")
+    g.add_argument("--objective", choices=S.OBJECTIVES, default="elbo", help="(default: elbo)")
+    g.add_argument("--n-samples", dest="n_samples", type=_bounded(int, 1, 64), default=1,
+                   help="the iwae objective's K (default: 1)")
+    g.add_argument("--batch", type=_bounded(int, 1, 256), default=4, help="examples (default: 4)")
+    g.add_argument("--beta", type=_bounded(float, 0.0, 1e6), default=1.0, help="KL weight β (default: 1.0)")
+    g.add_argument("--seed", type=_bounded(int, 0, 2**63 - 1), default=0, help="(default: 0)")
     g.set_defaults(func=cmd_gradcheck)
     return p
 
@@ -353,7 +451,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except UsageError as exc:
-        print(f"npvae {args.command}: error: {exc}", file=sys.stderr)
+        _say(f"npvae {args.command}: error: {exc}")
         return 2
 
 

@@ -389,10 +389,14 @@ class VAE:
         self._encode_into(self.params, x, ws)
         return ws["mu"].copy(), ws["lv"].copy()
 
-    def decode(self, z):
-        """The mean of p(x|z), (B, D): probabilities for Bernoulli, E[x] for the others."""
+    def decode(self, z, *, rng=None):
+        """The mean of p(x|z), (B, D): probabilities for Bernoulli, E[x] for the others; with
+        ``rng``, a draw x ~ p(x|z) instead."""
         z = self._check_z(z)
-        return self.likelihood.mean(self._outputs(z), self._likelihood_params(self.params))
+        outs, lp = self._outputs(z), self._likelihood_params(self.params)
+        if rng is None:
+            return self.likelihood.mean(outs, lp)
+        return self.likelihood.sample(outs, lp, generator(rng))
 
     def sample(self, n, rng, *, mean=True):
         """n draws z ~ N(0, I) decoded: the mean of p(x|z), or with ``mean=False`` x ~ p(x|z)."""

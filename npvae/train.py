@@ -42,6 +42,21 @@ class DivergenceError(FloatingPointError):
             f"epoch): {what}. The last good checkpoint, if any, is untouched.{hint}")
 
 
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def format_seconds(t: float) -> str:
+    """A duration as people read it: 31 ms, 4.2 s, 3.5 min."""
+    return f"{t * 1000:.0f} ms" if t < 1 else f"{t:.1f} s" if t < 120 else f"{t / 60:.1f} min"
+
+
 class History:
     """One record (a dict) per epoch; ``history["loss"]`` is that column as a list."""
 
@@ -76,11 +91,14 @@ class History:
         return cols
 
     def to_json(self, path=None) -> str:
-        text = json.dumps({"records": self.records, "interrupted": self.interrupted,
-                           "stopped_early": self.stopped_early, "best_epoch": self.best_epoch},
-                          indent=1)
+        """The records as strict JSON (written atomically to ``path`` when given).  A NaN or
+        infinite value is kept visible as the string "NaN", "Infinity" or "-Infinity"."""
+        text = json.dumps(_json_safe({"records": self.records, "interrupted": self.interrupted,
+                                      "stopped_early": self.stopped_early,
+                                      "best_epoch": self.best_epoch}),
+                          indent=1, allow_nan=False)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            ckpt.atomic_write_text(path, text + "\n")
         return text
 
     def to_csv(self, path=None) -> str:
@@ -92,7 +110,7 @@ class History:
             lines.append(",".join("" if r.get(c) is None else repr(r[c]) for c in cols))
         text = "\n".join(lines) + "\n"
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            ckpt.atomic_write_text(path, text)
         return text
 
     def __repr__(self):
@@ -191,8 +209,9 @@ def _progress_bar(total, epoch, epochs, enabled, initial=0):
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
+    # disable=None: a bar on a terminal only, nothing in a log file or a pipe
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch}/{epochs}", leave=False,
-                dynamic_ncols=True)
+                dynamic_ncols=True, disable=None)
 
 
 def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epochs=10,
@@ -396,7 +415,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
             if progress:
                 val_txt = f"  val ELBO {record['val_elbo']:.3f}" if "val_elbo" in record else ""
                 print(f"epoch {epoch}/{epochs}  loss {record['loss']:.4f}  KL {record['kl']:.4f}  "
-                      f"beta {record['beta']:.3f}{val_txt}  ({record['time']:.1f} s)", flush=True)
+                      f"beta {record['beta']:.3f}{val_txt}  ({format_seconds(record['time'])})", flush=True)
             if early_stopping is not None and run["bad_epochs"] >= early_stopping:
                 history.stopped_early = True
                 stop = True
