@@ -263,3 +263,75 @@ def test_model_gradients_agree_across_backends(seed):
     assert l1 == pytest.approx(l2, rel=1e-12)
     for k in g1:
         assert rel_err(g1[k], g2[k]) <= 1e-12
+
+
+# ----------------------------------------------------------------------------------------
+# NaN and inf propagate exactly as in the reference, kernel by kernel, on both backends
+# ----------------------------------------------------------------------------------------
+def kernel_calls(dtype, rng):
+    """(kernel name, its arguments, the indices of its array arguments to poison, the indices
+    of its outputs) for every kernel, on small random inputs."""
+    B, H, J = 6, 5, 3
+    r = lambda *s: rng.normal(size=s).astype(dtype)
+    u = lambda *s: rng.random(s).astype(dtype)
+    e = lambda *s: np.empty(s, dtype)
+    calls = [("bias_act_", [r(B, H), r(H), act], [0, 1], [0]) for act in range(len(kernels.ACT_NAMES))]
+    calls += [("act_backward_bias_grad_", [r(B, H), np.abs(r(B, H)) if act == 1 else np.tanh(r(B, H)) if act == 4
+               else u(B, H), act, e(H)], [0, 1], [0, 3]) for act in range(len(kernels.ACT_NAMES))]
+    calls += [
+        ("reparam_kl_", [r(B, J), r(B, J), r(B, J), e(B, J), e(B, J), e(B)], [0, 1, 2], [3, 4, 5]),
+        ("reparam_kl_backward_", [r(B, J), r(B, J), np.exp(r(B, J)), r(B, J), r(B, J), u(B), u(J), e(B, J), e(B, J)],
+         [0, 1, 2, 3, 4], [7, 8]),
+        ("bernoulli_", [r(B, H), u(B, H), u(B), e(B)], [0, 1], [0, 3]),
+        ("continuous_bernoulli_", [r(B, H), u(B, H), u(B), e(B)], [0, 1], [0, 3]),
+        ("gaussian_fixed_", [r(B, H), r(B, H), 0.3, u(B), e(B)], [0, 1], [0, 4]),
+        ("gaussian_learned_", [r(B, H), r(B, H), r(H), u(B), e(B), e(H)], [0, 1, 2], [0, 4, 5]),
+        ("gaussian_per_example_", [r(B, H), r(B, H), r(B, H), u(B), e(B)], [0, 1, 2], [0, 2, 4]),
+        ("adam_", [r(40), r(40), r(40), u(40), 3, 1e-3, 0.9, 0.999, 1e-8, 0.01, False], [0, 1, 2, 3], [0, 2, 3]),
+        ("adam_", [r(40), r(40), r(40), u(40), 3, 1e-3, 0.9, 0.999, 1e-8, 0.01, True], [0, 1, 2, 3], [0, 2, 3]),
+        ("sgd_", [r(40), r(40), r(40), 0.1, 0.9, True, 0.01], [0, 1, 2], [0, 2]),
+        ("sgd_", [r(40), r(40), r(40), 0.1, 0.0, False, 0.0], [0, 1], [0]),
+    ]
+    return calls
+
+
+def poisoned_outputs(impl, name, args, outs):
+    args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    with np.errstate(all="ignore"):
+        result = getattr(impl, name)(*args)
+    return [np.asarray(args[i]) for i in outs], result
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_nan_and_inf_propagate_as_in_the_reference(dtype, bad):
+    """A NaN or inf in any input array reaches the same output elements in both backends, as
+    non-finite values (the numba ReLU once turned a NaN into 0, so a NaN weight passed every
+    divergence check): a kernel never hides a bad value that the reference shows."""
+    rng = np.random.default_rng(7)
+    failures = []
+    for name, args, poison, outs in kernel_calls(dtype, rng):
+        for i in poison:
+            for flat in (0, args[i].size - 1):
+                a = [x.copy() if isinstance(x, np.ndarray) else x for x in args]
+                a[i].reshape(-1)[flat] = bad
+                got, _ = poisoned_outputs(NB, name, a, outs)
+                want, _ = poisoned_outputs(NP, name, a, outs)
+                for k, (g, w) in enumerate(zip(got, want)):
+                    where = f"{name}{args[2:3] if name.startswith(('bias', 'act')) else ''} " \
+                            f"args[{i}].flat[{flat}] = {bad} -> output {outs[k]}"
+                    if not np.array_equal(np.isfinite(g), np.isfinite(w)):
+                        failures.append(where)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_finiteness_checks_see_every_nan(dtype):
+    for impl in (NB, NP):
+        for size in (1, 7, 1000, 100_003):
+            a = np.zeros(size, dtype)
+            for pos in (0, size // 2, size - 1):
+                a[pos] = np.nan
+                assert not impl.all_finite(a) and not np.isfinite(impl.sum_squares(a))
+                a[pos] = 0
+            assert impl.all_finite(a) and impl.sum_squares(a) == 0

@@ -69,7 +69,7 @@ def act_forward(a, act):
     if act == 0:
         return a
     if act == 1:
-        return a if a > 0 else 0.0  # +0.0, as np.maximum(a, 0)
+        return 0.0 if a <= 0 else a  # +0.0 as np.maximum(a, 0); NaN stays NaN, as there
     if act == 2:
         return a if a > 0 else a * LEAKY_SLOPE
     if act == 3:
@@ -114,7 +114,7 @@ def _bias_act_rows(a, b, act, r0, r1):
         for i in range(r0, r1):
             for j in range(H):
                 v = a[i, j] + b[j]
-                a[i, j] = v if v > 0 else 0
+                a[i, j] = 0 if v <= 0 else v  # not "v if v > 0 else 0": that turns NaN into 0
     elif act == 2:
         for i in range(r0, r1):
             for j in range(H):
@@ -485,7 +485,9 @@ def _adam_rows(p, g, m, v, lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2
     # slices first: a loop from 0 over fixed bases is what LLVM vectorises (~3x here)
     P, G, M, V = p[r0:r1], g[r0:r1], m[r0:r1], v[r0:r1]
     for i in range(P.shape[0]):
-        gi = G[i] + l2 * P[i]
+        # L2 only when asked: 0 · p would turn a NaN or inf weight into NaN moments, which the
+        # reference (that never adds the term) keeps finite
+        gi = G[i] + l2 * P[i] if l2 != 0 else G[i]
         mi = beta1 * M[i] + ob1 * gi
         vi = beta2 * V[i] + ob2 * gi * gi
         M[i] = mi
