@@ -47,7 +47,7 @@ DEFAULTS_BY_KIND = {
               "lr": 1e-3, "beta_warmup": 5.0, "sigma": None},
     "fashion-mnist": {"latent": 20, "hidden": "400", "activation": "relu", "epochs": 10,
                       "batch_size": 128, "lr": 1e-3, "beta_warmup": 5.0, "sigma": None},
-    "table": {"latent": 2, "hidden": "256", "activation": "relu", "epochs": 30, "batch_size": 64,
+    "table": {"latent": 8, "hidden": "64,64", "activation": "tanh", "epochs": 200, "batch_size": 64,
               "lr": 1e-3, "beta_warmup": 5.0, "sigma": "per_example"},
 }
 COMMON_DEFAULTS = {
