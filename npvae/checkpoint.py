@@ -51,11 +51,13 @@ def atomic_write(path, write) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             tmp.unlink()
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None:  # say which file could not be written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
@@ -96,35 +98,62 @@ def save_model(model, path) -> Path:
     return atomic_savez(path, model_arrays(model))
 
 
-def read(path) -> dict:
-    """Every array of a checkpoint, after checking its header; raises CheckpointError."""
+HEADER_BYTES = 1 << 16    # __npvae__, __version__, __kind__, config: short texts
+META_BYTES = 64 << 20     # a training checkpoint's meta (holds the history)
+PREFIXES = ("param/", "optim/", "best/")
+SMALL_MODEL = 1 << 20     # parameters: built even when the file holds fewer, to name what is missing
+
+
+def read(path, *, prefixes=PREFIXES) -> dict:
+    """The arrays of a checkpoint that npvae uses, after checking its header; raises
+    CheckpointError.
+
+    Only the header members, ``config``, ``meta``, ``perm`` and the members under
+    ``prefixes`` are read, one at a time; anything else in the archive is never touched.
+    Every member must be stored uncompressed (as npvae writes them), so no member can
+    declare more bytes than the file holds, and each .npy header is checked against its
+    member's size before anything is allocated (:mod:`npvae.files`)."""
     try:
-        path = files.regular_file(path, "checkpoint")
-        kind = files.sniff(path)
-    except (files.FileFormatError, OSError) as exc:
+        kind = files.sniff(files.regular_file(path, "checkpoint"))
+    except files.FileFormatError as exc:
         raise CheckpointError(str(exc)) from None
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from None
     if kind != "zip":
         raise CheckpointError(f"{path} is not an npvae checkpoint: it is {files.describe(kind)}, "
                               "and a checkpoint is an .npz (zip) archive")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, zipfile.LargeZipFile) as exc:
-        msg = str(exc)
-        if "allow_pickle" in msg or "Object arrays" in msg:
-            msg = "it contains pickled objects, which npvae never loads"
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {msg}") from None
-    if "__npvae__" not in arrays or str(arrays["__npvae__"]) != MAGIC:
-        raise CheckpointError(f"{path} is not an npvae checkpoint (no '{MAGIC}' header)")
-    try:
-        version = int(arrays["__version__"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"checkpoint {path} has no readable format version") from None
-    if version != FORMAT_VERSION:
-        newer = "newer than" if version > FORMAT_VERSION else "older than"
-        raise CheckpointError(
-            f"checkpoint {path} has format version {version}, {newer} the version this npvae "
-            f"reads ({FORMAT_VERSION})")
+        with files.NpzReader(path, what="checkpoint") as z:
+            if not z.stored_only():
+                raise CheckpointError(f"checkpoint {path} has compressed members; npvae writes and "
+                                      "reads uncompressed checkpoints only")
+            head = {}
+            for key in ("__npvae__", "__version__", "__kind__"):
+                if key not in z:
+                    what = "has no readable format version" if key == "__version__" else \
+                        f"is not an npvae checkpoint (no '{key}' member)"
+                    raise CheckpointError(f"checkpoint {path} {what}")
+                head[key] = z.read(key, max_bytes=HEADER_BYTES)
+            if head["__npvae__"].dtype.kind != "U" or str(head["__npvae__"]) != MAGIC:
+                raise CheckpointError(f"{path} is not an npvae checkpoint (no '{MAGIC}' header)")
+            try:
+                version = int(head["__version__"])
+            except (TypeError, ValueError):
+                raise CheckpointError(f"checkpoint {path} has no readable format version") from None
+            if version != FORMAT_VERSION:
+                newer = "newer than" if version > FORMAT_VERSION else "older than"
+                raise CheckpointError(
+                    f"checkpoint {path} has format version {version}, {newer} the version this "
+                    f"npvae reads ({FORMAT_VERSION})")
+            arrays = dict(head)
+            for key, limit in (("config", HEADER_BYTES), ("meta", META_BYTES), ("perm", None)):
+                if key in z:
+                    arrays[key] = z.read(key, max_bytes=limit) if limit else z[key]
+            for name in z.names:
+                if name.startswith(tuple(prefixes)):
+                    arrays[name] = z[name]
+    except files.FileFormatError as exc:
+        raise CheckpointError(str(exc)) from None
     return arrays
 
 
@@ -139,15 +168,27 @@ def json_field(arrays: dict, key: str, path) -> dict:
 
 def model_from_arrays(arrays: dict, path):
     """Rebuild a VAE and check that every stored parameter has the expected name, shape and dtype."""
-    from .model import VAE
+    from .model import VAE, parameter_count
 
     cfg = json_field(arrays, "config", path)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("hidden"), list):
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {cfg!r:.200}")
+    stored = {k[len("param/"):] for k in arrays if k.startswith("param/")}
+    # the size the config declares must be the size the file holds, before building anything
+    held = sum(int(arrays[f"param/{k}"].size) for k in stored)
+    try:
+        declared = parameter_count(cfg["n_inputs"], cfg["n_latent"], tuple(cfg["hidden"]),
+                                   cfg.get("likelihood", "bernoulli"), cfg.get("sigma"))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
+    if declared > max(held, SMALL_MODEL):  # small models are built, for the exact message below
+        raise CheckpointError(f"checkpoint {path}: its config declares a model of {declared} "
+                              f"parameters, but the file holds {held}")
     try:
         cfg["hidden"] = tuple(cfg["hidden"])
         model = VAE(**cfg)
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
-    stored = {k[len("param/"):] for k in arrays if k.startswith("param/")}
     missing, extra = set(model.params) - stored, stored - set(model.params)
     if missing or extra:
         raise CheckpointError(
@@ -168,5 +209,5 @@ def model_from_arrays(arrays: dict, path):
 
 def load(path):
     """Load a model (from a model or a training checkpoint) without unpickling anything."""
-    arrays = read(path)
+    arrays = read(path, prefixes=("param/",))
     return model_from_arrays(arrays, path)

@@ -71,7 +71,7 @@ def read_npy(f, name, *, available: int | None = None, max_bytes: int = MAX_ARRA
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise FileFormatError(f"{name}: not a valid .npy array ({exc})") from None
     if dtype.hasobject:
-        raise FileFormatError(f"{name} holds Python objects (a pickle), which npvae never loads")
+        raise FileFormatError(f"{name} holds pickled objects (Python objects), which npvae never loads")
     if any(int(d) < 0 for d in shape):
         raise FileFormatError(f"{name}: negative dimension in shape {shape}")
     count = 1
@@ -121,7 +121,8 @@ class NpzReader:
             self._zip = zipfile.ZipFile(self.path)
             infos = self._zip.infolist()
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
-            raise FileFormatError(f"{what} {self.path} is a damaged zip archive: {exc}") from None
+            raise FileFormatError(f"{what} {self.path} is corrupt or truncated (not a readable zip "
+                                  f"archive: {exc})") from None
         if len(infos) > MAX_MEMBERS:
             self.close()
             raise FileFormatError(f"{what} {self.path} holds {len(infos)} members, more than {MAX_MEMBERS}")
@@ -131,20 +132,30 @@ class NpzReader:
     def __contains__(self, name):
         return name in self._infos
 
+    def stored_only(self) -> bool:
+        """True when no member is compressed (each then holds at most the file's bytes)."""
+        return all(i.compress_type == zipfile.ZIP_STORED for i in self._infos.values())
+
     def __getitem__(self, name) -> np.ndarray:
+        return self.read(name)
+
+    def read(self, name, *, max_bytes: int | None = None) -> np.ndarray:
+        """One member, at most ``max_bytes`` of data (default: the reader's limit)."""
         info = self._infos.get(name)
         if info is None:
             raise KeyError(name)
+        limit = self.max_bytes if max_bytes is None else max_bytes
         label = f"{self.path} [{name}]"
-        if info.file_size > self.max_bytes + MAX_HEADER_BYTES:
-            raise FileFormatError(f"{label}: declares {info.file_size:.3g} bytes, more than npvae reads")
+        if info.file_size > limit + MAX_HEADER_BYTES:
+            raise FileFormatError(f"{label}: declares {info.file_size:.3g} bytes, more than npvae "
+                                  f"reads for it ({limit:.3g})")
         try:
             with self._zip.open(info) as f:
-                return read_npy(f, label, available=info.file_size, max_bytes=self.max_bytes)
+                return read_npy(f, label, available=info.file_size, max_bytes=limit)
         except FileFormatError:
             raise
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-            raise FileFormatError(f"{label} is damaged: {exc}") from None
+            raise FileFormatError(f"{label} is corrupt or truncated: {exc}") from None
 
     def close(self):
         z = getattr(self, "_zip", None)

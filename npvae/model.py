@@ -32,6 +32,24 @@ def check_objective(objective, n_samples, beta, free_bits):
     return objective, n_samples
 
 
+MAX_PARAMETERS = 1 << 30  # 4 GiB of float32 weights: larger models are refused, not attempted
+
+
+def parameter_count(n_inputs: int, n_latent: int, hidden=(), likelihood: str = "bernoulli",
+                    sigma=None) -> int:
+    """The number of parameters of ``VAE(n_inputs, n_latent, hidden, likelihood=..., sigma=...)``,
+    computed without building it: encoder Σ (n_in + 1) n_out, the μ and ln σ² heads, the
+    mirrored decoder, the likelihood's output heads and its own parameters."""
+    lik = likelihoods.make(likelihood, sigma=sigma)
+    enc = (n_inputs, *hidden)
+    dec = (n_latent, *tuple(hidden)[::-1])
+    count = sum((a + 1) * b for a, b in zip(enc[:-1], enc[1:])) + 2 * (enc[-1] + 1) * n_latent
+    count += sum((a + 1) * b for a, b in zip(dec[:-1], dec[1:]))
+    count += len(lik.heads) * (dec[-1] + 1) * n_inputs
+    count += sum(v.size for v in lik.init_params(1, np.float32).values()) * n_inputs
+    return int(count)
+
+
 class VAE:
     """A Gaussian VAE with hand-derived gradients.
 
@@ -62,10 +80,8 @@ class VAE:
         self.n_latent = positive_int(n_latent, "n_latent")
         if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
             hidden = (hidden,)
-        try:
-            hidden = tuple(hidden)
-        except TypeError:
-            raise TypeError(f"hidden must be a sequence of layer widths, got {hidden!r}") from None
+        if not isinstance(hidden, (tuple, list, np.ndarray)):  # not a dict, set, str, generator
+            raise TypeError(f"hidden must be a tuple or list of layer widths, got {hidden!r}")
         self.hidden = tuple(positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
         try:
             self.dtype = np.dtype(dtype)
@@ -77,6 +93,11 @@ class VAE:
         self.activation = activation
         self.likelihood = likelihoods.make(likelihood, sigma=sigma)
         self.likelihood_name = likelihood
+        count = parameter_count(self.n_inputs, self.n_latent, self.hidden, likelihood, sigma)
+        if count > MAX_PARAMETERS:
+            raise ValueError(f"a VAE of widths {(self.n_inputs, *self.hidden, self.n_latent)} has "
+                             f"{count:.3g} parameters, more than npvae builds ({MAX_PARAMETERS:.3g}; "
+                             f"{count * self.dtype.itemsize / 2**30:.1f} GiB of weights alone)")
         if init != "auto" and init not in INITIALISERS:
             raise ValueError(f"init must be 'auto' or one of {sorted(INITIALISERS)}, got {init!r}")
         self.init = init

@@ -134,3 +134,54 @@ def test_atomic_write_keeps_the_previous_file(saved, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
     monkeypatch.undo()
     npvae.load(path)
+
+
+def peak_memory_of(fn):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_small_file_declaring_a_huge_model_is_refused_before_building_it(saved):
+    import json
+    _, path = saved
+    rewrite(path, lambda a: a.update(config=np.array(json.dumps(
+        {**json.loads(str(a["config"])), "n_inputs": 200_000, "hidden": [4000]}))))
+    assert path.stat().st_size < 10_000
+
+    def attempt():
+        with pytest.raises(npvae.CheckpointError, match="declares a model of .* parameters, but the file holds 90"):
+            npvae.load(path)
+    assert peak_memory_of(attempt) < 5_000_000
+
+
+def test_unused_members_are_never_read_and_compressed_members_are_refused(saved, tmp_path):
+    import zipfile
+    _, path = saved
+    with zipfile.ZipFile(path, "a") as z:  # a stored 200 MB member npvae does not use
+        with z.open("junk.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (25_000_000,)})
+            f.write(bytes(200_000_000))
+    assert peak_memory_of(lambda: npvae.load(path)) < 5_000_000
+    bomb = tmp_path / "bomb.npz"
+    with np.load(path.with_name("m.npz"), allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files if k != "junk"}
+    np.savez_compressed(bomb, **arrays, big=np.zeros(50_000_000, np.uint8))
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(npvae.CheckpointError, match="compressed members"):
+        npvae.load(bomb)
+
+
+def test_a_fifo_or_a_folder_is_refused_without_waiting(tmp_path):
+    import os
+    fifo = tmp_path / "ckpt.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(npvae.CheckpointError, match="not a regular file"):
+        npvae.load(fifo)
+    with pytest.raises(npvae.CheckpointError, match="is a folder"):
+        npvae.load(tmp_path)
