@@ -20,12 +20,10 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from . import settings as S
 from .settings import SettingsError
 
-ISING_TEMPERATURES = tuple(np.round(np.linspace(1.0, 3.5, 11), 3))
+ISING_TEMPERATURES = tuple(1.0 + 0.25 * i for i in range(11))  # 1.0, 1.25, ..., 3.5
 FASHION_SHAPE = (28, 28)
 
 
@@ -40,7 +38,7 @@ def _say(msg: str) -> None:
 # ----------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------
-def load_data(cfg):
+def load_data(cfg, progress=False):
     """(x, labels or None, label name, default likelihood, default binarize, image shape)."""
     import npvae
     from npvae import ising
@@ -48,7 +46,7 @@ def load_data(cfg):
     name = cfg["data"]
     if name == "ising":
         d = ising.load(L=cfg["ising_L"], temperatures=ISING_TEMPERATURES, n_per_T=cfg["ising_n_per_T"],
-                       seed=cfg["seed"])
+                       seed=cfg["seed"], progress=progress)
         L = cfg["ising_L"]
         return ising.as_bernoulli(d["spins"]), d["T"], "temperature", "bernoulli", "none", (L, L)
     if name == "fashion-mnist":
@@ -106,17 +104,82 @@ def _compile_notice():
 # ----------------------------------------------------------------------------------------
 # Commands
 # ----------------------------------------------------------------------------------------
-def cmd_train(args) -> int:
-    import time
+RESUMABLE = ("epochs", "plots", "resume", "out")  # what --resume may change or must name
 
-    import npvae
 
+def _run_contents(out: Path) -> list[str]:
+    """What of a run ``out`` already holds (empty for a new or empty folder)."""
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    held = [n for n in ("config.toml", "model.npz", "history.csv", "history.json") if (out / n).exists()]
+    n_ckpt = len(list((out / "checkpoints").glob("ckpt-*.npz"))) if (out / "checkpoints").is_dir() else 0
+    return held + ([f"{n_ckpt} checkpoint(s)"] if n_ckpt else [])
+
+
+def _settings_for(args):
+    """(settings, explicit keys, out) for a new run, or for ``--resume`` the run's own settings
+    with the flags checked against them.  Nothing is written."""
     flags = {k: getattr(args, k, None) for k in S.SETTINGS}
     try:
         cfg, explicit = S.resolve(flags, args.config)
     except SettingsError as exc:
         raise UsageError(str(exc)) from None
-    x, labels, label_name, lik_default, bin_default, image_shape = load_data(cfg)
+    if cfg["out"] is None:
+        name = cfg["data"] if cfg["data"] in S.BUILT_IN else Path(cfg["data"]).stem
+        cfg["out"] = str(Path("runs") / name)
+    out = Path(cfg["out"]).expanduser().resolve()
+    held = _run_contents(out)
+    if not cfg["resume"]:
+        if held:
+            raise UsageError(f"{out} already holds a run ({', '.join(held)}): continue it with "
+                             f"'npvae train --resume --out {out}', or choose another --out")
+        cfg["out"] = str(out)
+        return cfg, explicit, out
+    if "config.toml" not in held:
+        raise UsageError(f"nothing to resume in {out} (no config.toml): train a new run there "
+                         "without --resume")
+    saved = _read_run_settings(out)
+    for key in sorted(explicit - set(RESUMABLE)):
+        if saved.get(key) != cfg[key] and not (key == "data" and S.data_kind(cfg[key]) == "table"
+                                               and saved.get(key) == cfg[key]):
+            raise UsageError(f"--{key.replace('_', '-')} {cfg[key]} conflicts with the run's {key} = "
+                             f"{saved.get(key)!r}: a resumed run keeps its settings (only --epochs "
+                             f"and --no-plots may change); start a new run with another --out instead")
+    resumed = dict(saved, out=str(out), resume=True)
+    for key in ("epochs", "plots"):
+        if key in explicit:
+            resumed[key] = cfg[key]
+    return resumed, set(explicit) & set(RESUMABLE), out
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove a run folder this command created when nothing but lock files and empty
+    folders are in it (a run refused before its first checkpoint leaves no trace)."""
+    for folder in (out / "checkpoints", out):
+        if folder.is_dir() and all(p.name == ".lock" for p in folder.iterdir()):
+            (folder / ".lock").unlink(missing_ok=True)
+            folder.rmdir()
+
+
+def _read_run_settings(run: Path) -> dict:
+    try:
+        saved = S.read_toml(run / "config.toml")
+        cfg = {k: S.check_value(k, saved.get(k)) for k in S.SETTINGS}
+    except SettingsError as exc:
+        raise UsageError(f"{run / 'config.toml'}: {exc}") from None
+    kind = S.data_kind(cfg["data"] or "ising")
+    return {k: v if v is not None else S.default_for(k, kind) for k, v in cfg.items()}
+
+
+def cmd_train(args) -> int:
+    import time
+
+    import npvae
+
+    cfg, explicit, out = _settings_for(args)
+    x, labels, label_name, lik_default, bin_default, image_shape = load_data(cfg, progress=not args.quiet)
     _fill_data_defaults(cfg, explicit, lik_default, bin_default)
     likelihood, binarize = cfg["likelihood"], cfg["binarize"]
     if binarize != "none" and (float(x.min()) < 0 or float(x.max()) > 1):
@@ -128,14 +191,14 @@ def cmd_train(args) -> int:
         raise UsageError(str(exc)) from None
     standardizer = None
     if likelihood == "gaussian":
-        standardizer = npvae.data.Standardizer().fit(x)
-        x = standardizer.transform(x)
+        standardizer = _standardizer(out) if cfg["resume"] else npvae.data.Standardizer().fit(x)
+        if standardizer is None:
+            raise UsageError(f"{out} has no standardizer.npz, which its Gaussian run needs to resume")
+        try:
+            x = standardizer.transform(x)
+        except ValueError as exc:
+            raise UsageError(f"{out / 'standardizer.npz'} does not fit the data: {exc}") from None
     x_train, x_val, _, labels_val = split(cfg, x, labels)
-    if cfg["out"] is None:
-        name = cfg["data"] if cfg["data"] in S.BUILT_IN else Path(cfg["data"]).stem
-        cfg["out"] = str(Path("runs") / name)
-    out = Path(cfg["out"]).expanduser().resolve()
-    cfg["out"] = str(out)
     try:
         model = npvae.VAE(x.shape[1], cfg["latent"], hidden=S.parse_widths(cfg["hidden"]),
                           activation=cfg["activation"], likelihood=likelihood, seed=cfg["seed"],
@@ -144,43 +207,69 @@ def cmd_train(args) -> int:
         beta = npvae.LinearBeta(warmup, stop=cfg["beta"]) if warmup > 0 else cfg["beta"]
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
+
+    # accepted: from here on the run directory is written, by this process alone
+    new_folder = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    npvae.checkpoint.atomic_write_text(out / "config.toml", S.toml_text(cfg))
-    if standardizer is not None:
-        standardizer.save(out / "standardizer.npz")
-    _compile_notice()
-    t0 = time.perf_counter()
+    import filelock
+    lock = filelock.FileLock(str(out / ".lock"), timeout=0)
     try:
-        history = npvae.fit(model, x_train, x_val=x_val, optimizer=npvae.Adam(lr=cfg["lr"]),
-                            epochs=cfg["epochs"], batch_size=cfg["batch_size"], beta=beta,
-                            seed=cfg["seed"], binarize=None if binarize == "none" else binarize,
-                            checkpoint_dir=out / "checkpoints", resume=cfg["resume"],
-                            progress=not args.quiet, free_bits=cfg["free_bits"],
-                            objective=cfg["objective"], n_samples=cfg["n_samples"],
-                            diagnostics=x_val[:500])
-    except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
-    wall = time.perf_counter() - t0
-    model.save(out / "model.npz")
-    history.to_csv(out / "history.csv")
-    history.to_json(out / "history.json")
-    written = []
-    if cfg["plots"]:
+        lock.acquire()
+    except filelock.Timeout:
+        raise UsageError(f"another npvae process is writing {out} (it holds {out / '.lock'}); wait "
+                         "for it to finish, or choose another --out") from None
+    written_now = []
+    try:
+        if not cfg["resume"]:
+            written_now.append(npvae.checkpoint.atomic_write_text(out / "config.toml", S.toml_text(cfg)))
+            if standardizer is not None:
+                written_now.append(standardizer.save(out / "standardizer.npz"))
+        _compile_notice()
+        t0 = time.perf_counter()
         try:
-            from npvae import plots
-            written = plots.write_all(
-                model, history, x_val[:2000], None if labels_val is None else labels_val[:2000], out,
-                label_name, image_shape=image_shape,
-                to_data_units=None if standardizer is None else standardizer.inverse,
-                ising_L=cfg["ising_L"] if cfg["data"] == "ising" else None, seed=cfg["seed"])
-        except ImportError as exc:
-            _say(f"no plots: {exc}")
+            history = npvae.fit(model, x_train, x_val=x_val, optimizer=npvae.Adam(lr=cfg["lr"]),
+                                epochs=cfg["epochs"], batch_size=cfg["batch_size"], beta=beta,
+                                seed=cfg["seed"], binarize=None if binarize == "none" else binarize,
+                                checkpoint_dir=out / "checkpoints", resume=cfg["resume"],
+                                progress=not args.quiet, free_bits=cfg["free_bits"],
+                                objective=cfg["objective"], n_samples=cfg["n_samples"],
+                                diagnostics=x_val[:500])
+        except (ValueError, TypeError, npvae.train.RunLockedError) as exc:
+            if not list((out / "checkpoints").glob("ckpt-*.npz")):
+                for path in written_now:  # refused before training began: leave no trace
+                    Path(path).unlink(missing_ok=True)
+            raise UsageError(str(exc)) from None
+        wall = time.perf_counter() - t0
+        if cfg["resume"]:
+            npvae.checkpoint.atomic_write_text(out / "config.toml", S.toml_text(cfg))
+        model.save(out / "model.npz")
+        history.to_csv(out / "history.csv")
+        history.to_json(out / "history.json")
+        written = []
+        if cfg["plots"] and len(history):
+            try:
+                from npvae import plots
+                written = plots.write_all(
+                    model, history, x_val[:2000], None if labels_val is None else labels_val[:2000], out,
+                    label_name, image_shape=image_shape,
+                    to_data_units=None if standardizer is None else standardizer.inverse,
+                    ising_L=cfg["ising_L"] if cfg["data"] == "ising" else None, seed=cfg["seed"])
+            except ImportError as exc:
+                _say(f"no plots: {exc}")
+    finally:
+        lock.release()
+        if new_folder:
+            _remove_if_empty(out)
     last = history[-1] if len(history) else {}
     val = last.get("val_elbo")
     val_txt = f"validation ELBO {val:.3f} nats" if val is not None else "no validation ELBO"
+    if history.interrupted:
+        print(f"interrupted after {len(history)} full epochs; saved, continue with "
+              f"'npvae train --resume --out {out}'")
+        return 130
     print(f"trained {len(history)} epochs in {npvae.train.format_seconds(wall)}; {val_txt}; run written to {out}"
           + (f" ({len(written)} plots)" if written else ""))
-    return 130 if history.interrupted else 0
+    return 0
 
 
 def load_run(run):
@@ -190,13 +279,7 @@ def load_run(run):
     if not (run / "model.npz").is_file() or not (run / "config.toml").is_file():
         raise UsageError(f"{run} is not an npvae run directory (no model.npz and config.toml); "
                          f"make one with 'npvae train --out {run}'")
-    try:
-        saved = S.read_toml(run / "config.toml")
-        cfg = {k: S.check_value(k, saved.get(k)) for k in S.SETTINGS}
-    except SettingsError as exc:
-        raise UsageError(f"{run / 'config.toml'}: {exc}") from None
-    kind = S.data_kind(cfg["data"] or "ising")
-    cfg = {k: v if v is not None else S.default_for(k, kind) for k, v in cfg.items()}
+    cfg = _read_run_settings(run)
     try:
         model = npvae.load(run / "model.npz")
     except npvae.CheckpointError as exc:
@@ -220,6 +303,8 @@ def _finite_or_none(v):
 
 
 def cmd_evaluate(args) -> int:
+    import numpy as np
+
     import npvae
     run, cfg, model = load_run(args.run)
     x, labels, *_ = load_data(cfg)
@@ -258,6 +343,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    import numpy as np
+
     run, cfg, model = load_run(args.run)
     standardizer = _standardizer(run)
     to_data_units = None if standardizer is None else standardizer.inverse
@@ -299,6 +386,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_gradcheck(args) -> int:
+    import numpy as np
+
     import npvae
     from npvae.testing import check_gradients
 
@@ -453,6 +542,14 @@ def main(argv=None) -> int:
     except UsageError as exc:
         _say(f"npvae {args.command}: error: {exc}")
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before training began (loading data, compiling)
+        _say(f"npvae {args.command}: interrupted; nothing was trained")
+        return 130
+    except OSError as exc:  # a full disk, a read-only folder: the file, and why
+        where = f" {exc.filename}" if exc.filename else ""
+        _say(f"npvae {args.command}: error: cannot write or read{where}: {exc.strerror or exc}. "
+             "The last good checkpoint, if any, is intact.")
+        return 1
 
 
 if __name__ == "__main__":

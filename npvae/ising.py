@@ -113,7 +113,7 @@ def _sweeps(spins, T, n, rng, use_wolff):
 
 
 def simulate(L=16, temperatures=(1.5, 2.0, 2.269, 2.5, 3.0, 4.0), n_per_T=200, n_therm=500,
-             n_decorr=10, seed=0, wolff=True, symmetrize=True):
+             n_decorr=10, seed=0, wolff=True, symmetrize=True, *, progress=False):
     """Configurations at each temperature: ``n_therm`` thermalisation sweeps, then
     ``n_per_T`` samples ``n_decorr`` sweeps apart (a sweep: one checkerboard Metropolis pass,
     plus one Wolff cluster flip when ``wolff`` and |T − T_c| < WOLFF_WINDOW).
@@ -123,7 +123,8 @@ def simulate(L=16, temperatures=(1.5, 2.0, 2.269, 2.5, 3.0, 4.0), n_per_T=200, n
     Each temperature starts from an ordered lattice and has its own stream of the seed.
     Below T_c single-spin dynamics never leaves the + phase, so with ``symmetrize`` every
     stored configuration is multiplied by an independent random global sign (H is symmetric
-    under s → −s): both phases appear equally, as in equilibrium.
+    under s → −s): both phases appear equally, as in equilibrium.  ``progress=True`` shows a
+    bar with an ETA on a terminal (tqdm).
     """
     from .validation import positive_int
     L = positive_int(L, "L")
@@ -137,6 +138,11 @@ def simulate(L=16, temperatures=(1.5, 2.0, 2.269, 2.5, 3.0, 4.0), n_per_T=200, n
         raise ValueError(f"temperatures must be positive numbers, got {temperatures!r}")
     spins_out = np.empty((len(temps) * n_per_T, L, L), dtype=np.int8)
     T_out = np.repeat(np.array(temps), n_per_T)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(temps) * n_per_T, desc=f"Ising {L}x{L} Monte Carlo", unit="cfg",
+                   leave=False, disable=None)
     for t_idx, T in enumerate(temps):
         rng = np.random.default_rng([seed, t_idx])
         spins = np.ones((L, L), dtype=np.int64)
@@ -145,9 +151,13 @@ def simulate(L=16, temperatures=(1.5, 2.0, 2.269, 2.5, 3.0, 4.0), n_per_T=200, n
         for k in range(n_per_T):
             _sweeps(spins, T, n_decorr, rng, use_wolff)
             spins_out[t_idx * n_per_T + k] = spins
+            if bar is not None:
+                bar.update(1)
         if symmetrize:
             signs = np.where(rng.random(n_per_T) < 0.5, -1, 1).astype(np.int8)
             spins_out[t_idx * n_per_T:(t_idx + 1) * n_per_T] *= signs[:, None, None]
+    if bar is not None:
+        bar.close()
     m = spins_out.reshape(len(spins_out), -1).mean(axis=1, dtype=np.float64)
     energy = np.array([energy_per_spin(s.astype(np.int64)) for s in spins_out])
     return {"spins": spins_out, "T": T_out, "m": m, "energy": energy}
@@ -159,7 +169,7 @@ def cache_dir() -> Path:
 
 
 def load(L=16, temperatures=(1.5, 2.0, 2.269, 2.5, 3.0, 4.0), n_per_T=200, n_therm=500,
-         n_decorr=10, seed=0, wolff=True, symmetrize=True, cache=True):
+         n_decorr=10, seed=0, wolff=True, symmetrize=True, cache=True, *, progress=False):
     """``simulate`` with the result cached on disk (an .npz keyed by every argument)."""
     args = dict(L=L, temperatures=[float(t) for t in temperatures], n_per_T=n_per_T,
                 n_therm=n_therm, n_decorr=n_decorr, seed=seed, wolff=bool(wolff),
@@ -172,7 +182,8 @@ def load(L=16, temperatures=(1.5, 2.0, 2.269, 2.5, 3.0, 4.0), n_per_T=200, n_the
                 return {k: f[k] for k in ("spins", "T", "m", "energy")}
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache file is regenerated
-    data = simulate(L, temperatures, n_per_T, n_therm, n_decorr, seed, wolff, symmetrize)
+    data = simulate(L, temperatures, n_per_T, n_therm, n_decorr, seed, wolff, symmetrize,
+                    progress=progress)
     if cache:
         from .checkpoint import atomic_savez
         atomic_savez(path, data)

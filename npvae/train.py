@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -167,17 +168,113 @@ def load_training_checkpoint(path):
     return model, meta, opt_state, arrays["perm"], best
 
 
-def _newest_loadable(directory: Path):
+_META_TYPES = {"epoch": int, "step_in_epoch": int, "global_step": int, "bad_epochs": int,
+               "sums": dict, "history": list, "rng_state": dict, "epoch_time": (int, float)}
+
+
+def check_training_state(path, loaded, n: int, steps_per_epoch: int, opt_state: dict) -> None:
+    """Raise CheckpointError unless a training checkpoint's state can continue this run: meta
+    of the right types and ranges (no negative epoch, a step inside the epoch, a history per
+    epoch), ``perm`` a permutation of the n examples, finite optimizer moments of the
+    optimizer's shapes."""
+    model, meta, saved_opt, perm, best = loaded
+    bad = lambda why: ckpt.CheckpointError(f"checkpoint {path}: {why}")
+    if not isinstance(meta, dict):
+        raise bad("its meta is not a JSON object")
+    for key, kind in _META_TYPES.items():
+        v = meta.get(key)
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise bad(f"meta field {key!r} is {v!r:.80}, not a {getattr(kind, '__name__', 'number')}")
+    epoch, step = meta["epoch"], meta["step_in_epoch"]
+    if epoch < 0 or not 0 <= step < steps_per_epoch or meta["bad_epochs"] < 0:
+        raise bad(f"epoch {epoch}, step {step} of {steps_per_epoch}: not a position in a run")
+    if meta["global_step"] != epoch * steps_per_epoch + step:
+        raise bad(f"global step {meta['global_step']} is not epoch {epoch} × {steps_per_epoch} "
+                  f"+ step {step}")
+    if len(meta["history"]) != epoch or not all(isinstance(r, dict) for r in meta["history"]):
+        raise bad(f"its history holds {len(meta['history'])} records for {epoch} epochs")
+    for v in list(meta["sums"].values()) + [meta["epoch_time"]]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise bad(f"a running sum is {v!r:.40}, not a finite number")
+    best_val, best_epoch = meta.get("best_val"), meta.get("best_epoch")
+    if best_val is not None and (not isinstance(best_val, (int, float)) or not math.isfinite(best_val)):
+        raise bad(f"best_val is {best_val!r:.40}")
+    if best_epoch is not None and (not isinstance(best_epoch, int) or not 1 <= best_epoch <= epoch):
+        raise bad(f"best_epoch is {best_epoch!r:.40}")
+    perm = np.asarray(perm)
+    if perm.dtype.kind not in "iu" or perm.shape != (n,) or \
+            not np.array_equal(np.sort(perm), np.arange(n)):
+        raise bad(f"perm is not a permutation of the {n} training examples")
+    if set(saved_opt) != set(opt_state) or any(saved_opt[k].shape != opt_state[k].shape for k in opt_state):
+        raise bad("its optimizer state does not fit the optimizer")
+    for k, v in saved_opt.items():
+        if v.dtype.kind == "f" and not kernels.all_finite(np.ascontiguousarray(v)):
+            raise bad(f"optimizer state {k!r} holds NaN or inf")
+    for k, v in (best or {}).items():
+        if k not in model.params or v.shape != model.params[k].shape or v.dtype != model.dtype \
+                or not kernels.all_finite(np.ascontiguousarray(v)):
+            raise bad(f"best parameters {k!r} do not fit the model or hold NaN or inf")
+    try:
+        np.random.default_rng().bit_generator.state = meta["rng_state"]
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise bad(f"its random-generator state cannot be restored ({exc})") from None
+
+
+def _newest_loadable(directory: Path, check=None):
+    """The newest checkpoint that loads (and passes ``check``); each one skipped says why."""
     for path in reversed(list_checkpoints(directory)):
         try:
-            return path, load_training_checkpoint(path)
+            loaded = load_training_checkpoint(path)
+            if check is not None:
+                check(path, loaded)
+            return path, loaded
         except ckpt.CheckpointError as exc:
             warnings.warn(f"skipping unreadable checkpoint: {exc}", RuntimeWarning, stacklevel=3)
     return None, None
 
 
+class RunLockedError(RuntimeError):
+    """Another process is training into the same checkpoint folder."""
+
+
+def _lock_run(directory: Path):
+    """An exclusive lock on ``directory/.lock`` (filelock), held while one process trains into
+    it: a second writer is refused at once instead of racing the first."""
+    import filelock
+    lock = filelock.FileLock(str(directory / ".lock"), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise RunLockedError(f"another process is training into {directory} (it holds "
+                             f"{directory / '.lock'}); wait for it, or use another folder") from None
+    return lock
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Delete the temporary files of checkpoint writers that were killed mid-write, and only
+    those: a temporary file is named for its writer's process id, and a live writer's stays."""
+    for tmp in directory.glob(".ckpt-*.npz.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid() and _process_alive(pid):
+            continue
+        tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 # ----------------------------------------------------------------------------------------
-# Ctrl-C: finish the current step, then save and return
+# Ctrl-C or SIGTERM: finish the current step, then save and return
 # ----------------------------------------------------------------------------------------
 class _InterruptFlag:
     def __init__(self):
@@ -190,12 +287,14 @@ class _InterruptFlag:
                 if self.set:  # a second Ctrl-C stops at once
                     raise KeyboardInterrupt
                 self.set = True
-            self._old = signal.signal(signal.SIGINT, handler)
+            # SIGTERM is what batch schedulers (Slurm, PBS) send before killing a job
+            self._old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc):
         if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
         return False
 
 
@@ -287,152 +386,166 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     n = x.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     directory = None if checkpoint_dir is None else Path(checkpoint_dir)
+    lock = None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob(".ckpt-*.npz.tmp-*"):  # left by a writer that was killed
-            stale.unlink(missing_ok=True)
+        lock = _lock_run(directory)
+        try:
+            if not resume and list_checkpoints(directory):
+                raise ValueError(f"{directory} holds checkpoints of an earlier run: pass resume=True "
+                                 "to continue it, or give an empty or new checkpoint_dir")
+            _remove_stale_temporaries(directory)
+        except BaseException:
+            lock.release()
+            raise
 
-    run = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "sums": {}, "epoch_time": 0.0,
-           "best_val": None, "best_epoch": None, "bad_epochs": 0, "history": [],
-           "seed": seed, "batch_size": batch_size, "binarize": binarize, "free_bits": free_bits,
-           "data": _fingerprint(x), "optimizer": optimizer.config(),
-           "objective": objective, "n_samples": n_samples,
-           "beta_schedule": beta_schedule.config()}
-    rng = np.random.default_rng(seed)
-    opt_state = optimizer.init(model.params)
-    perm = np.arange(n)
-    best_params = None
+    try:
+        run = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "sums": {}, "epoch_time": 0.0,
+               "best_val": None, "best_epoch": None, "bad_epochs": 0, "history": [],
+               "seed": seed, "batch_size": batch_size, "binarize": binarize, "free_bits": free_bits,
+               "data": _fingerprint(x), "optimizer": optimizer.config(),
+               "objective": objective, "n_samples": n_samples,
+               "beta_schedule": beta_schedule.config()}
+        rng = np.random.default_rng(seed)
+        opt_state = optimizer.init(model.params)
+        perm = np.arange(n)
+        best_params = None
 
-    if resume:
-        path, loaded = _newest_loadable(directory)
-        if loaded is not None:
-            saved_model, meta, saved_opt, perm, best_params = loaded
-            if saved_model.config() != model.config():
-                raise ValueError(f"cannot resume from {path}: it was made for {saved_model.config()}, "
-                                 f"not {model.config()}")
-            for key in ("seed", "batch_size", "binarize", "data", "free_bits", "objective", "n_samples"):
-                if meta.get(key) != run[key]:
-                    raise ValueError(f"cannot resume from {path}: {key} was {meta.get(key)!r}, "
-                                     f"now {run[key]!r}")
-            if set(saved_opt) != set(opt_state) or any(saved_opt[k].shape != opt_state[k].shape
-                                                       for k in opt_state):
-                raise ValueError(f"cannot resume from {path}: its optimizer state does not fit "
-                                 f"{type(optimizer).__name__}")
-            for k in model.params:
-                model.params[k][...] = saved_model.params[k]
-            opt_state = {k: np.array(v) for k, v in saved_opt.items()}
-            rng.bit_generator.state = meta.pop("rng_state")
-            run.update({k: meta[k] for k in ("epoch", "step_in_epoch", "global_step", "sums",
-                                             "epoch_time", "best_val", "best_epoch",
-                                             "bad_epochs", "history")})
-            perm = np.array(perm)
+        if resume:
+            def same_run_and_sound(path, loaded):
+                # a checkpoint of another run is the caller's mistake (an error); a damaged one
+                # is skipped for an older one (CheckpointError)
+                saved_model, meta = loaded[0], loaded[1]
+                if saved_model.config() != model.config():
+                    raise ValueError(f"cannot resume from {path}: it was made for {saved_model.config()}, "
+                                     f"not {model.config()}")
+                for key in ("seed", "batch_size", "binarize", "data", "free_bits", "objective", "n_samples"):
+                    if isinstance(meta, dict) and meta.get(key) != run[key]:
+                        raise ValueError(f"cannot resume from {path}: {key} was {meta.get(key)!r}, "
+                                         f"now {run[key]!r}")
+                check_training_state(path, loaded, n, steps_per_epoch, opt_state)
 
-    history = History(run["history"])
-    history.best_epoch = run["best_epoch"]
-    val_rng_seed = [seed, 4]
+            path, loaded = _newest_loadable(directory, same_run_and_sound)
+            if loaded is not None:
+                saved_model, meta, saved_opt, perm, best_params = loaded
+                for k in model.params:
+                    model.params[k][...] = saved_model.params[k]
+                opt_state = {k: np.array(v) for k, v in saved_opt.items()}
+                rng.bit_generator.state = meta.pop("rng_state")
+                run.update({k: meta[k] for k in ("epoch", "step_in_epoch", "global_step", "sums",
+                                                 "epoch_time", "best_val", "best_epoch",
+                                                 "bad_epochs", "history")})
+                perm = np.array(perm)
 
-    def save():
-        if directory is not None:
-            run["history"] = history.records
-            _save_training(directory, model, opt_state, run, rng, perm, best_params,
-                           keep_checkpoints)
+        history = History(run["history"])
+        history.best_epoch = run["best_epoch"]
+        val_rng_seed = [seed, 4]
 
-    step = TrainStep(model, dynamic_binarize=binarize == "dynamic", free_bits=free_bits,
-                     objective=objective, n_samples=n_samples)
-    stop = False
-    # Overflow in a step is reported once, as a DivergenceError naming it, not as warnings.
-    with _InterruptFlag() as interrupt, threads.limited(), \
-            np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        while run["epoch"] < epochs and not stop:
-            epoch = run["epoch"] + 1
-            if run["step_in_epoch"] == 0:
-                perm = rng.permutation(n)
-                run["sums"] = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "beta": 0.0,
-                               "grad_norm": 0.0, "lr": 0.0}
-                run["epoch_time"] = 0.0
-            sums = run["sums"]
-            t0 = time.perf_counter()
-            bar = _progress_bar(steps_per_epoch, epoch, epochs, progress, run["step_in_epoch"])
-            try:
-                while run["step_in_epoch"] < steps_per_epoch:
-                    i = run["step_in_epoch"]
-                    idx = perm[i * batch_size:(i + 1) * batch_size]
-                    b = beta_schedule(run["global_step"], steps_per_epoch)
-                    if diagnostics is not None and i == steps_per_epoch - 1:
-                        before = {k: v.copy() for k, v in model.params.items()}
-                    loss, parts, bad = step(x, idx, rng, b)
-                    if bad is not None:
-                        raise DivergenceError(epoch, run["global_step"] + 1, i + 1, bad,
-                                              _divergence_hint(x, optimizer))
-                    lr = optimizer.learning_rate(opt_state)
-                    optimizer.update(model.params, step.grads, opt_state, grad_norm=step.grad_norm)
-                    w = len(idx) / n
-                    sums["loss"] += float(loss) * w
-                    sums["reconstruction"] += float(parts["reconstruction"]) * w
-                    sums["kl"] += float(parts["kl"]) * w
-                    sums["beta"] += b
-                    sums["grad_norm"] += float(opt_state["grad_norm"])
-                    sums["lr"] = lr
-                    run["step_in_epoch"] += 1
-                    run["global_step"] += 1
+        def save():
+            if directory is not None:
+                run["history"] = history.records
+                _save_training(directory, model, opt_state, run, rng, perm, best_params,
+                               keep_checkpoints)
+
+        step = TrainStep(model, dynamic_binarize=binarize == "dynamic", free_bits=free_bits,
+                         objective=objective, n_samples=n_samples)
+        stop = False
+        # Overflow in a step is reported once, as a DivergenceError naming it, not as warnings.
+        with _InterruptFlag() as interrupt, threads.limited(), \
+                np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            while run["epoch"] < epochs and not stop:
+                epoch = run["epoch"] + 1
+                if run["step_in_epoch"] == 0:
+                    perm = rng.permutation(n)
+                    run["sums"] = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "beta": 0.0,
+                                   "grad_norm": 0.0, "lr": 0.0}
+                    run["epoch_time"] = 0.0
+                sums = run["sums"]
+                t0 = time.perf_counter()
+                bar = _progress_bar(steps_per_epoch, epoch, epochs, progress, run["step_in_epoch"])
+                try:
+                    while run["step_in_epoch"] < steps_per_epoch:
+                        i = run["step_in_epoch"]
+                        idx = perm[i * batch_size:(i + 1) * batch_size]
+                        b = beta_schedule(run["global_step"], steps_per_epoch)
+                        if diagnostics is not None and i == steps_per_epoch - 1:
+                            before = {k: v.copy() for k, v in model.params.items()}
+                        loss, parts, bad = step(x, idx, rng, b)
+                        if bad is not None:
+                            raise DivergenceError(epoch, run["global_step"] + 1, i + 1, bad,
+                                                  _divergence_hint(x, optimizer))
+                        lr = optimizer.learning_rate(opt_state)
+                        optimizer.update(model.params, step.grads, opt_state, grad_norm=step.grad_norm)
+                        w = len(idx) / n
+                        sums["loss"] += float(loss) * w
+                        sums["reconstruction"] += float(parts["reconstruction"]) * w
+                        sums["kl"] += float(parts["kl"]) * w
+                        sums["beta"] += b
+                        sums["grad_norm"] += float(opt_state["grad_norm"])
+                        sums["lr"] = lr
+                        run["step_in_epoch"] += 1
+                        run["global_step"] += 1
+                        if bar is not None:
+                            bar.update(1)
+                            if i % 10 == 0 or run["step_in_epoch"] == steps_per_epoch:
+                                bar.set_postfix(loss=f"{float(loss):.3f}", kl=f"{float(parts['kl']):.3f}",
+                                                beta=f"{b:.3f}", refresh=False)
+                        if interrupt.set:
+                            break
+                finally:
                     if bar is not None:
-                        bar.update(1)
-                        if i % 10 == 0 or run["step_in_epoch"] == steps_per_epoch:
-                            bar.set_postfix(loss=f"{float(loss):.3f}", kl=f"{float(parts['kl']):.3f}",
-                                            beta=f"{b:.3f}", refresh=False)
-                    if interrupt.set:
-                        break
-            finally:
-                if bar is not None:
-                    bar.close()
-                run["epoch_time"] += time.perf_counter() - t0
-            if interrupt.set and run["step_in_epoch"] < steps_per_epoch:
-                history.interrupted = True
-                save()
-                break
+                        bar.close()
+                    run["epoch_time"] += time.perf_counter() - t0
+                if interrupt.set and run["step_in_epoch"] < steps_per_epoch:
+                    history.interrupted = True
+                    save()
+                    break
 
-            record = {"epoch": epoch}
-            record.update({k: sums[k] for k in ("loss", "reconstruction", "kl", "lr")})
-            record["beta"] = sums["beta"] / steps_per_epoch
-            record["grad_norm"] = sums["grad_norm"] / steps_per_epoch
-            if x_val is not None:
-                val = float(model.elbo(x_val, rng=np.random.default_rng(val_rng_seed)).mean())
-                record["val_elbo"] = val
-                if run["best_val"] is None or val > run["best_val"]:
-                    run["best_val"], run["best_epoch"], run["bad_epochs"] = val, epoch, 0
-                    if early_stopping is not None:
-                        best_params = {k: v.copy() for k, v in model.params.items()}
-                else:
-                    run["bad_epochs"] += 1
-                history.best_epoch = run["best_epoch"]
-            if diagnostics is not None:
-                diag = diag_mod.summary(model, diagnostics, grads=step.grads, before=before)
-                record["active_units"] = diag["active_units"]
-                record["diagnostics"] = diag
-            record["time"] = run["epoch_time"]
-            history.append(record)
-            run["epoch"], run["step_in_epoch"] = epoch, 0
-            if progress:
-                val_txt = f"  val ELBO {record['val_elbo']:.3f}" if "val_elbo" in record else ""
-                print(f"epoch {epoch}/{epochs}  loss {record['loss']:.4f}  KL {record['kl']:.4f}  "
-                      f"beta {record['beta']:.3f}{val_txt}  ({format_seconds(record['time'])})", flush=True)
-            if early_stopping is not None and run["bad_epochs"] >= early_stopping:
-                history.stopped_early = True
-                stop = True
-            for cb in callbacks:
-                if cb(record, model) is True:
+                record = {"epoch": epoch}
+                record.update({k: sums[k] for k in ("loss", "reconstruction", "kl", "lr")})
+                record["beta"] = sums["beta"] / steps_per_epoch
+                record["grad_norm"] = sums["grad_norm"] / steps_per_epoch
+                if x_val is not None:
+                    val = float(model.elbo(x_val, rng=np.random.default_rng(val_rng_seed)).mean())
+                    record["val_elbo"] = val
+                    if run["best_val"] is None or val > run["best_val"]:
+                        run["best_val"], run["best_epoch"], run["bad_epochs"] = val, epoch, 0
+                        if early_stopping is not None:
+                            best_params = {k: v.copy() for k, v in model.params.items()}
+                    else:
+                        run["bad_epochs"] += 1
+                    history.best_epoch = run["best_epoch"]
+                if diagnostics is not None:
+                    diag = diag_mod.summary(model, diagnostics, grads=step.grads, before=before)
+                    record["active_units"] = diag["active_units"]
+                    record["diagnostics"] = diag
+                record["time"] = run["epoch_time"]
+                history.append(record)
+                run["epoch"], run["step_in_epoch"] = epoch, 0
+                if progress:
+                    val_txt = f"  val ELBO {record['val_elbo']:.3f}" if "val_elbo" in record else ""
+                    print(f"epoch {epoch}/{epochs}  loss {record['loss']:.4f}  KL {record['kl']:.4f}  "
+                          f"beta {record['beta']:.3f}{val_txt}  ({format_seconds(record['time'])})", flush=True)
+                if early_stopping is not None and run["bad_epochs"] >= early_stopping:
+                    history.stopped_early = True
                     stop = True
-            save()
-            if interrupt.set:
-                history.interrupted = True
-                break
+                for cb in callbacks:
+                    if cb(record, model) is True:
+                        stop = True
+                save()
+                if interrupt.set:
+                    history.interrupted = True
+                    break
 
-    if history.stopped_early and restore_best and best_params is not None:
-        for k in model.params:
-            model.params[k][...] = best_params[k]
-    if diagnostics is not None and len(history) and not history.interrupted:
-        diag_mod.check_posterior_collapse(model, diagnostics)
-    return history
+        if history.stopped_early and restore_best and best_params is not None:
+            for k in model.params:
+                model.params[k][...] = best_params[k]
+        if diagnostics is not None and len(history) and not history.interrupted:
+            diag_mod.check_posterior_collapse(model, diagnostics)
+        return history
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _divergence_hint(x, optimizer) -> str:

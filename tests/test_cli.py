@@ -206,9 +206,159 @@ def test_the_first_run_says_that_it_compiles(tmp_path):
     import sys
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT")}
     env.update(NPVAE_CACHE=str(tmp_path / "cache"), NPVAE_BACKEND="numba")
-    run = lambda: subprocess.run([sys.executable, "-m", "npvae.cli", "train", *TINY_ISING, "--no-plots"],
-                                 capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
-    first, second = run(), run()
+    run = lambda out: subprocess.run([sys.executable, "-m", "npvae.cli", "train", *TINY_ISING, "--no-plots",
+                                      "--out", out], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                                     env=env)
+    first, second = run("a"), run("b")
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     assert "compiling the training kernels" in first.stderr
     assert "compiling" not in second.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# A run directory is an honest record
+# ----------------------------------------------------------------------------------------
+def digest(folder):
+    import hashlib
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_a_new_run_into_a_used_folder_is_refused_and_changes_nothing(tmp_path, capsys):
+    assert cli.main(["train", *TINY_ISING, "--no-plots"]) == 0
+    run = tmp_path / "runs" / "ising"
+    before = digest(run)
+    capsys.readouterr()
+    assert cli.main(["train", *TINY_ISING, "--no-plots", "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err
+    assert digest(run) == before
+
+
+def test_resume_keeps_the_runs_settings_and_refuses_a_conflict_before_writing(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32) * 5 + 3
+    np.save(tmp_path / "t.npy", x)
+    common = ["--quiet", "--no-plots", "--hidden", "8", "--latent", "2"]
+    assert cli.main(["train", "--data", "t.npy", "--epochs", "2", *common]) == 0
+    run = tmp_path / "runs" / "t"
+    before = digest(run)
+    for flags, message in [(["--lr", "0.01"], "--lr 0.01 conflicts with the run's lr = 0.001"),
+                           (["--seed", "3"], "--seed 3 conflicts with the run's seed = 0"),
+                           (["--hidden", "16"], "--hidden 16 conflicts")]:
+        assert cli.main(["train", "--data", "t.npy", "--resume", "--epochs", "4", *flags]) == 2
+        assert message in capsys.readouterr().err
+        assert digest(run) == before
+    # no flags again: the run's own settings; --epochs extends it
+    assert cli.main(["train", "--resume", "--out", str(run), "--epochs", "4", "--quiet"]) == 0
+    resumed = json.loads((run / "history.json").read_text())["records"]
+    assert read_toml(run / "config.toml")["epochs"] == 4
+    # the same as four epochs without a stop
+    assert cli.main(["train", "--data", "t.npy", "--epochs", "4", "--out", "straight", *common]) == 0
+    straight = json.loads((tmp_path / "straight" / "history.json").read_text())["records"]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]
+    assert strip(resumed) == strip(straight)
+
+
+def test_resume_with_nothing_to_resume(tmp_path, capsys):
+    assert cli.main(["train", *TINY_ISING, "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_second_writer_is_refused(tmp_path, capsys):
+    import filelock
+    assert cli.main(["train", *TINY_ISING, "--no-plots"]) == 0
+    run = tmp_path / "runs" / "ising"
+    before = digest(run)
+    holder = filelock.FileLock(str(run / ".lock"), timeout=0)
+    holder.acquire()
+    try:
+        assert cli.main(["train", *TINY_ISING, "--resume", "--epochs", "3"]) == 2
+        assert "another npvae process is writing" in capsys.readouterr().err
+    finally:
+        holder.release()
+    assert digest(run) == before
+
+
+def test_a_refused_fit_leaves_no_half_made_run(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32) * 3  # not in [0, 1]
+    np.save(tmp_path / "u.npy", x)
+    assert cli.main(["train", "--data", "u.npy", "--likelihood", "bernoulli", "--out", "o", "--quiet"]) == 2
+    assert "[0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # no config.toml of a run that never started
+
+
+def cli_process(tmp_path, *argv, env_extra=None, **kw):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "NPVAE_CACHE": str(tmp_path / "cache"), **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "npvae.cli", *argv], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def cpu_seconds(pid):
+    import os
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_sigterm_saves_says_one_line_and_resumes(tmp_path):
+    import signal
+    import time
+    proc = cli_process(tmp_path, "train", "--ising-L", "8", "--ising-n-per-T", "200", "--epochs", "500",
+                       "--no-plots", "--out", "r", "--quiet")
+    ckpts = tmp_path / "r" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(ckpts.glob("ckpt-*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted") and "--resume" in lines[0]
+    from npvae.train import list_checkpoints, load_training_checkpoint
+    load_training_checkpoint(list_checkpoints(ckpts)[-1])  # the saved state loads
+    assert cli.main(["train", "--resume", "--out", str(tmp_path / "r"), "--epochs", "3", "--quiet",
+                     "--no-plots"]) in (0, 2)
+
+
+def test_ctrl_c_while_starting_up_gives_no_traceback(tmp_path):
+    import signal
+    import time
+    # cold data: the Monte Carlo of a 48x48 lattice takes many CPU seconds before any training
+    proc = cli_process(tmp_path, "train", "--ising-L", "48", "--ising-n-per-T", "3000", "--out", "r")
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and cpu_seconds(proc.pid) < 2.0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted; nothing was trained" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_full_disk_gives_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A real write error from the kernel: RLIMIT_FSIZE caps every file the process writes, so
+    the checkpoint that outgrows it fails with EFBIG, as on a full disk."""
+    import resource
+    import signal
+    assert cli.main(["train", *TINY_ISING, "--epochs", "1", "--no-plots", "--out", "r"]) == 0
+    ckpts = tmp_path / "r" / "checkpoints"
+    first = sorted(ckpts.glob("ckpt-*.npz"))
+    size = first[-1].stat().st_size
+    saved = {p.name: p.read_bytes() for p in first}
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 200, size + 200))
+    proc = cli_process(tmp_path, "train", "--resume", "--out", "r", "--epochs", "6", "--quiet", "--no-plots",
+                       preexec_fn=limit)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, (out, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot write" in lines[0] and "ckpt-" in lines[0], err
+    for name, raw in saved.items():  # the last good checkpoint is untouched
+        assert (ckpts / name).read_bytes() == raw
+    assert not list(ckpts.glob(".*tmp*")), list(ckpts.iterdir())
