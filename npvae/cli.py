@@ -220,6 +220,10 @@ def cmd_train(args) -> int:
                          "for it to finish, or choose another --out") from None
     written_now = []
     try:
+        # checked again under the lock: another process may have made a run here meanwhile
+        if not cfg["resume"] and _run_contents(out):
+            raise UsageError(f"{out} already holds a run ({', '.join(_run_contents(out))}): continue "
+                             f"it with 'npvae train --resume --out {out}', or choose another --out")
         if not cfg["resume"]:
             written_now.append(npvae.checkpoint.atomic_write_text(out / "config.toml", S.toml_text(cfg)))
             if standardizer is not None:
@@ -234,6 +238,9 @@ def cmd_train(args) -> int:
                                 progress=not args.quiet, free_bits=cfg["free_bits"],
                                 objective=cfg["objective"], n_samples=cfg["n_samples"],
                                 diagnostics=x_val[:500])
+        except npvae.DivergenceError as exc:
+            _say(f"npvae train: error: {exc}")
+            return 1
         except (ValueError, TypeError, npvae.train.RunLockedError) as exc:
             if not list((out / "checkpoints").glob("ckpt-*.npz")):
                 for path in written_now:  # refused before training began: leave no trace
@@ -442,6 +449,12 @@ def _bounded(kind, lo, hi=None):
     return parse
 
 
+def _path(text):
+    if "\x00" in text or not text.strip():
+        raise argparse.ArgumentTypeError(f"not a usable path: {text!r}")
+    return text
+
+
 def _help(key):
     d = S.describe_default(key)
     if key == "sigma":
@@ -469,7 +482,7 @@ def build_parser():
                                    "fashion-mnist: …, tables: …' depend on --data; tables' defaults "
                                    "were chosen by measurement\n(benchmarks/tabular_defaults.md). "
                                    "A flag that does nothing in the chosen setting is refused.")
-    t.add_argument("--config", metavar="FILE", help="a TOML file of settings (keys as the flags, with "
+    t.add_argument("--config", metavar="FILE", type=_path, help="a TOML file of settings (keys as the flags, with "
                                                     "underscores, at the top level or under [train])")
     flag_types = {"int": int, "float": float}
     for key, s in S.SETTINGS.items():
@@ -495,7 +508,7 @@ def build_parser():
                        help="held-out ELBO and importance-sampled ln p(x) of a run",
                        description="The run's held-out split: the ELBO at β = 1 and ln p(x) by importance "
                                    "sampling, written to RUN/evaluation.json.")
-    e.add_argument("run", help="a run directory made by 'npvae train'")
+    e.add_argument("run", type=_path, help="a run directory made by 'npvae train'")
     e.add_argument("--n-samples", dest="n_samples", type=_bounded(int, 1, 1_000_000), default=1000,
                    metavar="K", help="importance samples per example (default: 1000)")
     e.add_argument("--max-examples", dest="max_examples", type=_bounded(int, 1), default=2000,
@@ -506,12 +519,12 @@ def build_parser():
     s = sub.add_parser("sample", formatter_class=_Formatter, help="draw from a trained model",
                        description="Draw x ~ p(x|z), z ~ N(0, I), in the data's own units: a figure "
                                    "(images, or feature marginals and pairs against the data) or an .npy array.")
-    s.add_argument("run", help="a run directory made by 'npvae train'")
+    s.add_argument("run", type=_path, help="a run directory made by 'npvae train'")
     s.add_argument("--n", type=_bounded(int, 1, 100_000), default=64, help="how many samples (default: 64)")
     s.add_argument("--seed", type=_bounded(int, 0, 2**63 - 1), default=0, help="seeds the draws (default: 0)")
     s.add_argument("--mean", action="store_true",
                    help="with an .npy --out: the decoder means E[x|z] instead of draws (default: draws)")
-    s.add_argument("--out", help="a .png (a figure) or .npy (the samples) path (default: RUN/samples.png)")
+    s.add_argument("--out", type=_path, help="a .png (a figure) or .npy (the samples) path (default: RUN/samples.png)")
     s.set_defaults(func=cmd_sample)
 
     g = sub.add_parser("gradcheck", formatter_class=_Formatter,

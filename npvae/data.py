@@ -115,6 +115,17 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 MAX_IDX_BYTES = 1 << 32  # 4 GiB of pixels: far beyond any MNIST-format data set
 
 
+def _read_at_most(f, n: int, chunk: int = 1 << 24) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        part = f.read(min(chunk, n - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 def read_idx(path, *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file (the MNIST format), raw or gzipped, told apart by their first bytes.
 
@@ -142,7 +153,7 @@ def read_idx(path, *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
             if expected > max_bytes:
                 raise DataError(f"{path}: IDX header declares shape {shape} ({expected:.3g} bytes), "
                                 f"more than npvae reads ({max_bytes:.3g})")
-            raw = f.read(expected)
+            raw = _read_at_most(f, expected)  # chunks: memory follows the data, not the header
             extra = f.read(1)
     except files.FileFormatError as exc:
         raise DataError(str(exc)) from None
@@ -237,12 +248,12 @@ def load_array(path, *, key=None, dtype=np.float32) -> np.ndarray:
         raise DataError(f"{path}: data must be numeric, got dtype {arr.dtype}")
     if arr.ndim == 0:
         raise DataError(f"{path} holds a single number (a 0-d array), not rows of examples")
+    if arr.size == 0:
+        raise DataError(f"{path} holds no data (shape {arr.shape})")
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
         arr = arr.reshape(len(arr), -1)
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise DataError(f"{path} holds no data (shape {arr.shape})")
     with np.errstate(over="ignore"):  # values beyond the dtype's range become inf: refused below
         arr = arr.astype(dtype)
     if not np.isfinite(arr).all():
@@ -265,12 +276,22 @@ def _read_csv(path) -> np.ndarray:
     def parse(line):
         return [float(v) for v in line.split(",")]
 
-    try:
-        parse(numbered[0][1])
-    except ValueError:
-        numbered = numbered[1:]  # a header
+    if any("\x00" in line for _, line in numbered):
+        raise DataError(f"{path} contains NUL bytes: a binary file, not comma-separated text")
+
+    def is_number(field):
+        try:
+            float(field)
+        except ValueError:
+            return False
+        return True
+
+    # a header names every column: a first line with any number in it is data (and an error
+    # below if the rest does not parse), never silently dropped
+    if not any(is_number(f) for f in numbered[0][1].split(",")):
+        numbered = numbered[1:]
         if not numbered:
-            raise DataError(f"{path} has a header line and no data") from None
+            raise DataError(f"{path} has a header line and no data")
     rows = []
     for lineno, line in numbered:
         try:

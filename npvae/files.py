@@ -6,6 +6,7 @@ Every function raises :class:`FileFormatError` (a ValueError) with the path and 
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
 import zipfile
@@ -61,14 +62,28 @@ def read_npy(f, name, *, available: int | None = None, max_bytes: int = MAX_ARRA
     """One array from an open ``.npy`` stream, its header checked first: a pickled (object)
     dtype is refused, and the data size the header declares must fit ``max_bytes`` and, when
     ``available`` (the bytes in the stream) is known, match it exactly."""
+    # The preamble is read here, so that a header length is checked before it is read (NumPy
+    # would first ask the file for that many bytes, up to 4 GiB)
+    pre = f.read(8)
+    if len(pre) < 8 or pre[:6] != b"\x93NUMPY":
+        raise FileFormatError(f"{name}: not a valid .npy array (no NumPy magic)")
+    version = (pre[6], pre[7])
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise FileFormatError(f"{name}: not a valid .npy array (unknown version {version})")
+    size_field = f.read(2 if version == (1, 0) else 4)
+    header_len = int.from_bytes(size_field, "little")
+    if len(size_field) < (2 if version == (1, 0) else 4) or header_len > MAX_HEADER_BYTES:
+        raise FileFormatError(f"{name}: not a valid .npy array (header length {header_len})")
+    header = f.read(header_len)
+    if len(header) < header_len:
+        raise FileFormatError(f"{name} is truncated inside its .npy header")
     try:
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0), (3, 0)):
-            raise ValueError(f"unknown .npy version {version}")
+        buf = io.BytesIO(pre + size_field + header)
+        np.lib.format.read_magic(buf)
         reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                   else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = reader(f, max_header_size=MAX_HEADER_BYTES)
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        shape, fortran, dtype = reader(buf, max_header_size=MAX_HEADER_BYTES)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise FileFormatError(f"{name}: not a valid .npy array ({exc})") from None
     if dtype.hasobject:
         raise FileFormatError(f"{name} holds pickled objects (Python objects), which npvae never loads")
@@ -154,7 +169,8 @@ class NpzReader:
                 return read_npy(f, label, available=info.file_size, max_bytes=limit)
         except FileFormatError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
+                RuntimeError) as exc:  # RuntimeError: a member flagged as encrypted
             raise FileFormatError(f"{label} is corrupt or truncated: {exc}") from None
 
     def close(self):

@@ -15,7 +15,7 @@ import numpy as np
 from . import distributions, estimators, kernels, likelihoods, ops
 from .kernels import ACT_CODES
 from .layers import INITIALISERS, MLP, init_dense
-from .validation import as_float_array, finite_float, generator, positive_int
+from .validation import as_float_array, finite_float, generator, gradient_buffers, positive_int
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -40,6 +40,11 @@ def parameter_count(n_inputs: int, n_latent: int, hidden=(), likelihood: str = "
     """The number of parameters of ``VAE(n_inputs, n_latent, hidden, likelihood=..., sigma=...)``,
     computed without building it: encoder Σ (n_in + 1) n_out, the μ and ln σ² heads, the
     mirrored decoder, the likelihood's output heads and its own parameters."""
+    # ints first: a crafted config's "hidden": ["0"] times 5e9 inputs would build a 5 GB string
+    n_inputs, n_latent = positive_int(n_inputs, "n_inputs"), positive_int(n_latent, "n_latent")
+    if not isinstance(hidden, (tuple, list)):
+        raise TypeError(f"hidden must be a tuple or list of layer widths, got {hidden!r:.40}")
+    hidden = tuple(positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
     lik = likelihoods.make(likelihood, sigma=sigma)
     enc = (n_inputs, *hidden)
     dec = (n_latent, *tuple(hidden)[::-1])
@@ -308,6 +313,8 @@ class VAE:
         beta = finite_float(beta, "beta", min_value=0.0)
         free_bits = finite_float(free_bits, "free_bits", min_value=0.0)
         objective, n_samples = check_objective(objective, n_samples, beta, free_bits)
+        if out is not None:
+            out = gradient_buffers(out, self.params)
         if objective == "iwae":
             shape = (n_samples, x.shape[0], self.n_latent)
             return estimators.iwae_loss_and_grad(self, x, self._noise(shape, eps, rng), out)

@@ -443,6 +443,11 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
 
         def save():
             if directory is not None:
+                # the state itself is checked, not only the loss: a checkpoint never holds NaN
+                for name, arr in [*model.params.items(), *opt_state.items()]:
+                    if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not kernels.all_finite(arr):
+                        raise DivergenceError(run["epoch"], run["global_step"], run["step_in_epoch"],
+                                              f"{name!r} holds NaN or inf", "")
                 run["history"] = history.records
                 _save_training(directory, model, opt_state, run, rng, perm, best_params,
                                keep_checkpoints)

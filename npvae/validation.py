@@ -70,3 +70,24 @@ def generator(rng, name: str = "rng") -> np.random.Generator:
             f"{name} must be a numpy.random.Generator (np.random.default_rng(seed)), got {type(rng).__name__}"
         )
     return rng
+
+
+def gradient_buffers(out, params: dict, name: str = "out") -> dict:
+    """``out`` after checking that it can receive the gradients of ``params``: a dict with
+    exactly their keys, each a writeable C-contiguous array of the parameter's shape and dtype
+    (a float64 buffer for a float32 model would silently change the arithmetic)."""
+    if not isinstance(out, dict):
+        raise TypeError(f"{name} must be a dict of gradient arrays keyed like params, got {type(out).__name__}")
+    if set(out) != set(params):
+        missing, extra = sorted(set(params) - set(out)), sorted(set(out) - set(params))
+        raise ValueError(f"{name} must have exactly the keys of params: missing {missing}, unexpected {extra}")
+    for k, p in params.items():
+        g = out[k]
+        if not isinstance(g, np.ndarray) or g.shape != p.shape or g.dtype != p.dtype \
+                or not g.flags.c_contiguous or not g.flags.writeable:
+            what = (f"{type(g).__name__}" if not isinstance(g, np.ndarray) else
+                    f"shape {g.shape}, dtype {g.dtype}, {'C-contiguous' if g.flags.c_contiguous else 'strided'}"
+                    f"{'' if g.flags.writeable else ', read-only'}")
+            raise ValueError(f"{name}[{k!r}] must be a writeable C-contiguous array of shape {p.shape} and "
+                             f"dtype {p.dtype}; got {what}")
+    return out

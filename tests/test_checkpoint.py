@@ -185,3 +185,11 @@ def test_a_fifo_or_a_folder_is_refused_without_waiting(tmp_path):
         npvae.load(fifo)
     with pytest.raises(npvae.CheckpointError, match="is a folder"):
         npvae.load(tmp_path)
+
+
+def test_a_config_with_text_widths_is_refused_without_building_text(saved):
+    import json
+    _, path = saved
+    rewrite(path, lambda a: a.update(config=np.array(json.dumps(
+        {**json.loads(str(a["config"])), "n_inputs": 5_000_000_000, "hidden": ["0"]}))))
+    assert peak_memory_of(lambda: pytest.raises(npvae.CheckpointError, npvae.load, path)) < 5_000_000

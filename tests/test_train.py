@@ -309,3 +309,54 @@ def test_memory_stays_flat_over_epochs():
     finally:
         tracemalloc.stop()
     assert seen[-1] - seen[1] < 20_000, seen  # only the small history records grow
+
+
+def test_a_nan_in_the_state_is_never_saved(tmp_path, monkeypatch):
+    """fit checks the parameters and moments it saves, not only the loss: a NaN that slips
+    into a weight (here injected after the update) stops training before the checkpoint."""
+    x = bars()
+    model = npvae.VAE(25, 2, hidden=(8,))
+    opt = npvae.Adam()
+    real_update = type(opt).update
+
+    def poisoned(self, params, grads, state, **kw):
+        real_update(self, params, grads, state, **kw)
+        if state["step"] == 6:  # the last step of epoch 1: the next thing fit does is save
+            params["decoder.out.b"][0] = np.nan
+    monkeypatch.setattr(type(opt), "update", poisoned)
+    with pytest.raises(npvae.DivergenceError, match="'decoder.out.b' holds NaN"):
+        npvae.fit(model, x, optimizer=opt, epochs=2, batch_size=50, checkpoint_dir=tmp_path, progress=False)
+    assert train.list_checkpoints(tmp_path) == []
+
+
+def test_a_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
+    x = bars()
+    npvae.fit(npvae.VAE(25, 2, hidden=(8,)), x, epochs=1, batch_size=50, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
+        npvae.fit(npvae.VAE(25, 2, hidden=(8,)), x, epochs=1, batch_size=50, checkpoint_dir=tmp_path,
+                  progress=False)
+
+
+def test_stale_temporaries_of_live_writers_are_kept(tmp_path):
+    live = tmp_path / f".ckpt-0000000001.npz.tmp-{os.getppid()}"
+    dead = tmp_path / ".ckpt-0000000001.npz.tmp-999999999"
+    live.write_bytes(b"in flight")
+    dead.write_bytes(b"left by a killed writer")
+    npvae.fit(npvae.VAE(25, 2, hidden=(8,)), bars(), epochs=1, batch_size=50, checkpoint_dir=tmp_path,
+              progress=False)
+    assert live.exists() and not dead.exists()
+
+
+def test_a_second_writer_into_one_folder_is_refused(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import filelock, sys, time
+        lock = filelock.FileLock({str(tmp_path / '.lock')!r}, timeout=0)
+        lock.acquire(); print("held", flush=True); time.sleep(60)""")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(train.RunLockedError, match="another process is training into"):
+            npvae.fit(npvae.VAE(25, 2, hidden=(8,)), bars(), epochs=1, batch_size=50,
+                      checkpoint_dir=tmp_path, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
