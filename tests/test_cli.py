@@ -92,6 +92,8 @@ def test_evaluate_sample_and_gradcheck(tmp_path, capsys):
     (["train", "--data-key", "x"], "--data-key chooses an array in an .npz file"),
     (["train", "--data", "fashion-mnist", "--ising-L", "8"], "--ising-L applies to the built-in Ising data only"),
     (["gradcheck", "--hidden", "abc"], "--hidden must be comma-separated"),
+    (["train", "--beta-warmup", "nan"], "--beta-warmup must be a finite number"),
+    (["train", "--out", "x\x00y"], "must not contain a NUL"),
     (["train", "--config", "missing.toml"], "config file missing.toml does not exist"),
     (["evaluate", "nowhere"], "is not an npvae run directory"),
     (["gradcheck", "--sigma", "wide", "--likelihood", "gaussian"], "--sigma must be"),
