@@ -29,7 +29,7 @@ def run_pytest(env_extra, *files):
 @inside_subrun
 def test_model_suite_on_the_numpy_backend():
     run_pytest({"NPVAE_BACKEND": "numpy"}, "test_model.py", "test_train.py", "test_optim.py",
-               "test_likelihoods.py", "test_checkpoint.py")
+               "test_likelihoods.py", "test_checkpoint.py", "test_engine_reference.py")
 
 
 @inside_subrun
