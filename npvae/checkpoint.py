@@ -166,9 +166,10 @@ def json_field(arrays: dict, key: str, path) -> dict:
         raise CheckpointError(f"checkpoint {path}: field {key!r} is not valid JSON ({exc})") from None
 
 
-def model_from_arrays(arrays: dict, path):
-    """Rebuild a VAE and check that every stored parameter has the expected name, shape and dtype."""
-    from .model import VAE, parameter_count
+def model_from_arrays(arrays: dict, path, layers=()):
+    """Rebuild a VAE and check that every stored parameter has the expected name, shape and
+    dtype.  ``layers``: the classes of a user's own layers that the config names."""
+    from .model import VAE, layers_from_specs, parameter_count
 
     cfg = json_field(arrays, "config", path)
     if not isinstance(cfg, dict) or not isinstance(cfg.get("hidden"), list):
@@ -176,9 +177,16 @@ def model_from_arrays(arrays: dict, path):
     stored = {k[len("param/"):] for k in arrays if k.startswith("param/")}
     # the size the config declares must be the size the file holds, before building anything
     held = sum(int(arrays[f"param/{k}"].size) for k in stored)
+    custom = "encoder" in cfg or "decoder" in cfg
     try:
-        declared = parameter_count(cfg["n_inputs"], cfg["n_latent"], tuple(cfg["hidden"]),
-                                   cfg.get("likelihood", "bernoulli"), cfg.get("sigma"))
+        if custom:
+            known = {c.__name__: c for c in layers}
+            cfg["encoder"] = layers_from_specs(cfg.get("encoder"), known)
+            cfg["decoder"] = layers_from_specs(cfg.get("decoder"), known)
+            declared = 0
+        else:
+            declared = parameter_count(cfg["n_inputs"], cfg["n_latent"], tuple(cfg["hidden"]),
+                                       cfg.get("likelihood", "bernoulli"), cfg.get("sigma"))
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
     if declared > max(held, SMALL_MODEL):  # small models are built, for the exact message below
@@ -207,7 +215,11 @@ def model_from_arrays(arrays: dict, path):
     return model
 
 
-def load(path):
-    """Load a model (from a model or a training checkpoint) without unpickling anything."""
+def load(path, *, layers=()):
+    """Load a model (from a model or a training checkpoint) without unpickling anything.
+
+    A model built from a user's own layers names each layer's class and ``config()`` in its
+    checkpoint; pass those classes, ``npvae.load(path, layers=[MyLayer])``: the class of that
+    name is called with the saved config.  Nothing is imported or executed from the file."""
     arrays = read(path, prefixes=("param/",))
-    return model_from_arrays(arrays, path)
+    return model_from_arrays(arrays, path, layers)

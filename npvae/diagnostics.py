@@ -71,18 +71,13 @@ def update_ratios(before: dict, after: dict) -> dict:
 
 def activation_stats(model, x) -> dict:
     """Per hidden layer: {"mean": mean output, "dead": fraction of units that output 0 for
-    every example in x} (dead is None for activations that cannot die)."""
-    x = model._check_x(x, targets=False)
-    ws = model._workspace(x.shape[0])
-    model._encode_into(model.params, x, ws)
-    mu = ws["mu"].copy()
-    model._decode_into(model.params, mu, ws)
-    can_die = model.activation == "relu"
+    every example in x} (dead is None for layers whose units cannot die: only a ReLU can)."""
+    layers_by_prefix = {s.prefix: s.layer for s in model.plan.encoder + model.plan.decoder}
     out = {}
-    for prefix, bufs in (("encoder", ws["enc"]), ("decoder", ws["dec"])):
-        for i, h in enumerate(bufs):
-            dead = float(np.mean(np.all(h <= 0, axis=0))) if can_die else None
-            out[f"{prefix}.{i}"] = {"mean": float(h.mean()), "dead": dead}
+    for prefix, h in model.features(x).items():
+        can_die = getattr(layers_by_prefix[prefix], "activation", None) == "relu"
+        dead = float(np.mean(np.all(h <= 0, axis=0))) if can_die else None
+        out[prefix] = {"mean": float(h.mean()), "dead": dead}
     return out
 
 

@@ -25,38 +25,14 @@ import math
 
 import numpy as np
 
-from . import ops
+from . import engine, ops
 from .validation import generator, positive_int
-
-
-def _log_px_rows(model, x_rows, z_rows, ws_dec):
-    """ln p(x|z) for matching rows of x and z, through the decoder and the likelihood kernel
-    (zero weights: only the per-row values are wanted)."""
-    P = model.params
-    model._decode_into(P, z_rows, ws_dec)
-    nll = ws_dec["nll"]
-    zeros = np.zeros(x_rows.shape[0], dtype=model.dtype)
-    lik = model._likelihood_params(P)
-    scratch = {k: np.empty_like(v) for k, v in lik.items()}
-    model.likelihood.loss_and_grad_(x_rows, ws_dec["out"], lik, zeros, nll, scratch)
-    return -nll
 
 
 def log_weights(model, x, eps):
     """ln w (K, B) for data x (B, D) and noise eps (K, B, J); float64."""
-    K, B, J = eps.shape
-    ws = model._workspace(B)
-    model._encode_into(model.params, x, ws)
-    mu, lv = ws["mu"], ws["lv"]
-    z, _ = ops.reparametrize(mu, lv, eps)
-    ws_dec = model._workspace(K * B)
-    x_rows = np.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1)
-    log_px = _log_px_rows(model, x_rows, z.reshape(K * B, J), ws_dec).reshape(K, B)
-    # ln p(z) − ln q(z|x) = ln N(z; 0, I) − ln N(ε; 0, I) + Σ_j v_j / 2
-    log_ratio = (ops.standard_normal_log_prob(z.astype(np.float64))
-                 - ops.standard_normal_log_prob(eps.astype(np.float64))
-                 + 0.5 * lv.astype(np.float64).sum(axis=1))
-    return log_px.astype(np.float64) + log_ratio
+    K, B, _ = eps.shape
+    return engine.log_weights(model.plan, model.params, x, eps, model.workspaces(B), model.workspaces(K * B))
 
 
 def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, return_ess=False,
@@ -69,7 +45,7 @@ def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, retur
     With ``return_ess`` also returns the effective sample size (Σ w)² / Σ w² per example,
     which lies in [1, K].  ``progress=True`` shows a bar with an ETA on a terminal (tqdm).
     """
-    x = model._check_x(x)
+    x = model.check_inputs(x)
     K = positive_int(n_samples, "n_samples")
     rng = np.random.default_rng(0) if rng is None else generator(rng)
     width = max((model.n_inputs,) + model.hidden)
@@ -108,53 +84,15 @@ def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, retur
 
 
 def iwae_loss_and_grad(model, x, eps, out=None):
-    """The batch mean of −L_K (the IWAE loss) and its gradient, for eps of shape (K, B, J).
+    """The batch mean of −L_K (the IWAE loss) and its gradient, for eps of shape (K, B, J):
+    the engine's IWAE step (:func:`npvae.engine.iwae_step`), on checked arguments.
 
     Returns (loss, grads, parts) like VAE.loss_and_grad; parts hold ``iwae`` (the mean
     bound L_K), ``reconstruction`` (the w̃-weighted −ln p(x|z)), ``kl`` (the analytic KL,
     for reference), ``elbo`` (−reconstruction − kl at the weighted samples) and ``ess``.
     """
-    K, B, J = eps.shape
-    P = model.params
-    G = model._new_grads() if out is None else out
-    dt = model.dtype.type
-    ws = model._workspace(B)
-    h_enc = model._encode_into(P, x, ws)
-    mu, lv = ws["mu"], ws["lv"]
-    z, std = ops.reparametrize(mu, lv, eps)            # (K, B, J)
-    z_rows = np.ascontiguousarray(z.reshape(K * B, J))
-    ws_dec = model._workspace(K * B)
-    x_rows = np.ascontiguousarray(np.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1))
-    h_dec = model._decode_into(P, z_rows, ws_dec)
-    saved = [o.copy() for o in ws_dec["out"]]
-    lik = model._likelihood_params(P)
-    lik_grads = {k: G[f"likelihood.{k}"] for k in lik}
-    zeros = np.zeros(K * B, dtype=model.dtype)
-    model.likelihood.loss_and_grad_(x_rows, ws_dec["out"], lik, zeros, ws_dec["nll"], lik_grads)
-    nll = ws_dec["nll"].reshape(K, B).astype(np.float64)
-    lw = (-nll + ops.standard_normal_log_prob(z.astype(np.float64))
-          - ops.standard_normal_log_prob(eps.astype(np.float64)) + 0.5 * lv.astype(np.float64).sum(axis=1))
-    m = lw.max(axis=0)
-    e = np.exp(lw - m)
-    bound = m + np.log(e.sum(axis=0)) - math.log(K)    # (B,)
-    wn = e / e.sum(axis=0)                             # normalised weights w̃ (K, B)
-    rows_w = (wn / B).astype(model.dtype).reshape(K * B)
-
-    # the likelihood again, now with weights w̃/B, on the saved outputs
-    for o, s_ in zip(ws_dec["out"], saved):
-        o[...] = s_
-    model.likelihood.loss_and_grad_(x_rows, ws_dec["out"], lik, rows_w, ws_dec["nll"], lik_grads)
-    dz = model._decoder_backward(P, G, ws_dec, z_rows, h_dec).reshape(K, B, J)
-    dz = dz + rows_w.reshape(K, B, 1) * z              # −∂ ln p(z)/∂z = z, weighted
-    dmu, dlv = ops.reparametrize_backward(dz, eps, std)
-    ws["dmu"][...] = dmu
-    ws["dlv"][...] = dlv - dt(0.5 / B)                 # −Σ_k w̃_k ½ / B, Σ_k w̃_k = 1
-    model._encoder_backward(P, G, ws, x, h_enc)
-
-    kl = ops.kl_normal(mu, lv)
-    rec = float((wn * nll).sum(axis=0).mean())
-    ess = float((1.0 / (wn ** 2).sum(axis=0)).mean())
-    loss = dt(-bound.mean())
-    parts = {"iwae": dt(bound.mean()), "reconstruction": dt(rec), "kl": dt(kl.mean()),
-             "elbo": dt(-(rec + float(kl.mean()))), "beta": 1.0, "ess": ess}
+    K, B, _ = eps.shape
+    G = model.new_grads() if out is None else out
+    loss, parts = engine.iwae_step(model.plan, model.params, G, x, eps, model.workspaces(B),
+                                   model.workspaces(K * B))
     return loss, G, parts

@@ -1,4 +1,15 @@
-"""Dense layers and the MLP container, each a forward that returns (value, backprop).
+"""Layers: small objects with an ``init`` and a ``forward`` that returns (value, backward).
+
+The contract, which a user's own layer follows too (see docs/api.md, "Your own layer"):
+
+    class MyLayer:
+        def init(self, rng, n_in):        # -> (n_out, {"name": array, ...})  its parameters
+        def forward(self, params, x):     # -> (y, backward)
+                                          #    backward(dy) -> (dx, {"name": gradient, ...})
+        def config(self):                 # -> dict of JSON values: MyLayer(**config) rebuilds it
+
+Built in: :class:`Dense` (optionally with a fused activation), :class:`Activation` and
+:class:`GatedDense`.  Below them, the functional pieces they are made of.
 
 A dense layer computes y = f(x @ W + b) with W of shape (n_in, n_out).  Its backward, from
 the output y alone:
@@ -110,3 +121,105 @@ class MLP:
     def __repr__(self) -> str:
         body = ", ".join(f"{n}: {i}->{o} {a}" for n, i, o, a in self.layers)
         return f"MLP({body})"
+
+
+
+# ----------------------------------------------------------------------------------------
+# Layer objects: init(rng, n_in) -> (n_out, params); forward(params, x) -> (y, backward)
+# ----------------------------------------------------------------------------------------
+class Dense:
+    """y = f(x W + b), W (n_in, n_out), b (n_out,); f an activation name ("identity" by
+    default).  Backward from the output y alone: da = dy ⊙ f'(y), dW = xᵀ da, db = Σ_batch da,
+    dx = da Wᵀ.  ``init``: "fan_in" (U(±1/√n_in), the default), "glorot" or "he"; b = 0.
+    In a VAE's plan a Dense runs fused (one kernel for bias and activation)."""
+
+    def __init__(self, n_out: int, activation: str = "identity", *, init: str = "fan_in"):
+        if isinstance(n_out, bool) or not isinstance(n_out, (int, np.integer)) or n_out < 1:
+            raise ValueError(f"Dense needs a positive number of outputs, got {n_out!r}")
+        activations.get(activation)
+        if init not in INITIALISERS:
+            raise ValueError(f"init must be one of {sorted(INITIALISERS)}, got {init!r}")
+        self.n_out, self.activation, self.init_scheme = int(n_out), activation, init
+
+    def init(self, rng, n_in):
+        W = INITIALISERS[self.init_scheme](rng, n_in, self.n_out, np.float64)
+        return self.n_out, {"W": W, "b": np.zeros(self.n_out)}
+
+    def forward(self, params, x):
+        y, bp = dense(x, params["W"], params["b"], self.activation)
+
+        def backward(dy):
+            dx, dW, db = bp(dy)
+            return dx, {"W": dW, "b": db}
+        return y, backward
+
+    def config(self):
+        return {"n_out": self.n_out, "activation": self.activation, "init": self.init_scheme}
+
+    def __repr__(self):
+        act = "" if self.activation == "identity" else f", {self.activation!r}"
+        return f"Dense({self.n_out}{act})"
+
+
+class Activation:
+    """y = f(x) elementwise, no parameters; dx = dy ⊙ f'(y) (:mod:`npvae.activations`)."""
+
+    def __init__(self, name: str):
+        activations.get(name)
+        self.name = name
+
+    def init(self, rng, n_in):
+        return n_in, {}
+
+    def forward(self, params, x):
+        act = activations.get(self.name)
+        y = act.forward(x)
+        return y, lambda dy: (act.backward(dy, y), {})
+
+    def config(self):
+        return {"name": self.name}
+
+    def __repr__(self):
+        return f"Activation({self.name!r})"
+
+
+class GatedDense:
+    """h = (x W + b) ⊙ σ(x V + c): a linear unit gated by a sigmoid (Dauphin et al. 2017; the
+    gated MLP of the published Fashion-MNIST likelihood tables).  Shapes: x (B, n_in), W and V
+    (n_in, n_out), b and c (n_out,).
+
+    Backward, with a = x W + b and g = σ(x V + c):
+        da = dh ⊙ g,   dĝ = dh ⊙ a ⊙ g (1 − g)          (ĝ = x V + c, σ' = σ (1 − σ))
+        dW = xᵀ da, db = Σ da,  dV = xᵀ dĝ, dc = Σ dĝ,  dx = da Wᵀ + dĝ Vᵀ
+    """
+
+    def __init__(self, n_out: int, *, init: str = "fan_in"):
+        self.linear = Dense(n_out, init=init)
+        self.n_out = self.linear.n_out
+
+    def init(self, rng, n_in):
+        _, lin = self.linear.init(rng, n_in)
+        _, gate = self.linear.init(rng, n_in)
+        return self.n_out, {"W": lin["W"], "b": lin["b"], "V": gate["W"], "c": gate["b"]}
+
+    def forward(self, params, x):
+        W, b, V, c = params["W"], params["b"], params["V"], params["c"]
+        a = x @ W + b
+        g = activations.sigmoid(x @ V + c)
+        h = a * g
+
+        def backward(dh):
+            da = dh * g
+            dgate = dh * a * g * (1 - g)
+            dx = da @ W.T + dgate @ V.T
+            return dx, {"W": x.T @ da, "b": ops.bias_grad(da), "V": x.T @ dgate, "c": ops.bias_grad(dgate)}
+        return h, backward
+
+    def config(self):
+        return {"n_out": self.n_out, "init": self.linear.init_scheme}
+
+    def __repr__(self):
+        return f"GatedDense({self.n_out})"
+
+
+BUILT_IN = {"Dense": Dense, "Activation": Activation, "GatedDense": GatedDense}

@@ -1,5 +1,6 @@
-"""The VAE: an MLP encoder to (μ, ln σ²), the reparametrised sample, an MLP decoder and a
-likelihood, with the whole loss and its gradient written out by hand.
+"""The VAE: configuration, parameters, saving, and friendly methods; every pass runs in
+:mod:`npvae.engine`.  The encoder and decoder are lists of layers (:mod:`npvae.layers`), the
+classic ``hidden=(400,), activation="relu"`` a shorthand for ``[Dense(400, "relu")]``.
 
 Per example, with ε ~ N(0, I) and z = μ(x) + exp(v(x)/2) ⊙ ε,
 
@@ -12,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import distributions, estimators, kernels, likelihoods, ops
-from .kernels import ACT_CODES
-from .layers import INITIALISERS, MLP, init_dense
+from . import activations, distributions, engine, estimators, layers, likelihoods
+from .layers import INITIALISERS, Dense
 from .validation import as_float_array, finite_float, generator, gradient_buffers, positive_int
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -74,13 +74,19 @@ class VAE:
         Glorot otherwise).  Biases start at 0.  The default was chosen by measurement: on
         the Fashion-MNIST benchmark (784-400-20, 10 epochs) the test ELBO was −243.25
         (auto/He), −242.61 (glorot) and −242.47 (fan_in) nats, means over seeds.
+    encoder, decoder : instead of ``hidden``/``activation``, lists of layers (built-in or a
+        user's own, see :mod:`npvae.layers`): the encoder maps x to features, and the VAE
+        adds the μ and ln σ² heads; the decoder maps z to features, and the VAE adds the
+        likelihood's output layer.  Layer i's parameter ``name`` is
+        ``params["encoder.<i>.<name>"]`` (or ``decoder.``).
 
-    ``params`` is an ordered dict from dotted names to the live arrays; every layer computes
-    ``x @ W + b`` with W of shape (n_in, n_out).
+    ``params`` is an ordered dict from dotted names to the live arrays (views of one flat
+    buffer); every dense layer computes ``x @ W + b`` with W of shape (n_in, n_out).
     """
 
     def __init__(self, n_inputs, n_latent, hidden=(400,), activation="relu",
-                 likelihood="bernoulli", dtype=np.float32, seed=0, *, sigma=None, init="fan_in"):
+                 likelihood="bernoulli", dtype=np.float32, seed=0, *, sigma=None, init="fan_in",
+                 encoder=None, decoder=None):
         self.n_inputs = positive_int(n_inputs, "n_inputs")
         self.n_latent = positive_int(n_latent, "n_latent")
         if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
@@ -98,49 +104,46 @@ class VAE:
         self.activation = activation
         self.likelihood = likelihoods.make(likelihood, sigma=sigma)
         self.likelihood_name = likelihood
-        count = parameter_count(self.n_inputs, self.n_latent, self.hidden, likelihood, sigma)
-        if count > MAX_PARAMETERS:
-            raise ValueError(f"a VAE of widths {(self.n_inputs, *self.hidden, self.n_latent)} has "
-                             f"{count:.3g} parameters, more than npvae builds ({MAX_PARAMETERS:.3g}; "
-                             f"{count * self.dtype.itemsize / 2**30:.1f} GiB of weights alone)")
         if init != "auto" and init not in INITIALISERS:
             raise ValueError(f"init must be 'auto' or one of {sorted(INITIALISERS)}, got {init!r}")
         self.init = init
-
-        widths = (self.n_inputs,) + self.hidden
-        self.encoder = MLP("encoder", [(str(i), widths[i], widths[i + 1], activation)
-                                       for i in range(len(self.hidden))])
-        back = (self.n_latent,) + self.hidden[::-1]
-        self.decoder = MLP("decoder", [(str(i), back[i], back[i + 1], activation)
-                                       for i in range(len(self.hidden))])
-        self._h_enc = widths[-1]
-        self._h_dec = back[-1]
+        self.custom = encoder is not None or decoder is not None
+        if not self.custom:
+            activations.get(activation)
+        if self.custom:
+            if encoder is None or decoder is None:
+                raise TypeError("give both encoder= and decoder= (lists of layers), or neither")
+            enc_layers, dec_layers = check_layers(encoder, "encoder"), check_layers(decoder, "decoder")
+            self.hidden = ()
+        else:
+            count = parameter_count(self.n_inputs, self.n_latent, self.hidden, likelihood, sigma)
+            if count > MAX_PARAMETERS:
+                raise ValueError(f"a VAE of widths {(self.n_inputs, *self.hidden, self.n_latent)} has "
+                                 f"{count:.3g} parameters, more than npvae builds ({MAX_PARAMETERS:.3g}; "
+                                 f"{count * self.dtype.itemsize / 2**30:.1f} GiB of weights alone)")
+            scheme = activations.get(activation).init if init == "auto" else init
+            enc_layers = [Dense(h, activation, init=scheme) for h in self.hidden]
+            dec_layers = [Dense(h, activation, init=scheme) for h in self.hidden[::-1]]
+        self.encoder_layers, self.decoder_layers = list(enc_layers), list(dec_layers)
 
         rng = np.random.default_rng(self.seed)
-        head_init = "glorot" if init == "auto" else init
-        params = dict(self.encoder.init(rng, self.dtype, init))
-        for head in ("mu", "logvar"):
-            W, b = init_dense(rng, self._h_enc, self.n_latent, init=head_init, dtype=self.dtype)
-            params[f"encoder.{head}.W"], params[f"encoder.{head}.b"] = W, b
-        params.update(self.decoder.init(rng, self.dtype, init))
-        for head in self.likelihood.heads:
-            W, b = init_dense(rng, self._h_dec, self.n_inputs, init=head_init, dtype=self.dtype)
-            params[f"decoder.{head}.W"], params[f"decoder.{head}.b"] = W, b
-        for k, v in self.likelihood.init_params(self.n_inputs, self.dtype).items():
-            params[f"likelihood.{k}"] = v
+        self.plan, params = engine.build(
+            rng, n_inputs=self.n_inputs, n_latent=self.n_latent, encoder=self.encoder_layers,
+            decoder=self.decoder_layers, likelihood=self.likelihood, dtype=self.dtype,
+            head_init="glorot" if init == "auto" else init)
+        if self.custom and sum(p.size for p in params.values()) > MAX_PARAMETERS:
+            raise ValueError(f"the layers hold more than {MAX_PARAMETERS:.3g} parameters")
         # Every parameter is a view into one flat buffer, so an optimizer can update them
         # all in one fused pass; the dict still holds the live arrays.
-        self._flat = np.empty(sum(p.size for p in params.values()), dtype=self.dtype)
+        flat = np.empty(sum(p.size for p in params.values()), dtype=self.dtype)
         self.params: dict[str, np.ndarray] = {}
         offset = 0
         for name, p in params.items():
-            view = self._flat[offset:offset + p.size].reshape(p.shape)
+            view = flat[offset:offset + p.size].reshape(p.shape)
             view[...] = p
             self.params[name] = view
             offset += p.size
-        self._ws: dict[int, dict] = {}
-        self._layer_plan = None
-        self._lik_names = [k for k in self.params if k.startswith("likelihood.")]
+        self.workspaces = engine.Workspaces(self.plan)
         # The stream for loss_and_grad calls that pass neither eps nor rng.
         self._rng = np.random.default_rng([self.seed, 1])
 
@@ -153,11 +156,15 @@ class VAE:
                "activation": self.activation, "likelihood": self.likelihood_name,
                "dtype": self.dtype.name, "seed": self.seed, "init": self.init}
         cfg.update(self.likelihood.options())
+        if self.custom:
+            cfg["encoder"] = [layer_spec(l) for l in self.encoder_layers]
+            cfg["decoder"] = [layer_spec(l) for l in self.decoder_layers]
         return cfg
 
     def save(self, path):
         """Save configuration and parameters to ``path`` (.npz, atomic, no pickle).
-        ``npvae.load(path)`` rebuilds the model."""
+        ``npvae.load(path)`` rebuilds the model (a user's own layers: ``npvae.load(path,
+        layers=[MyLayer])``)."""
         from .checkpoint import save_model
         return save_model(self, path)
 
@@ -167,20 +174,23 @@ class VAE:
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.likelihood.options().items())
-        return (f"VAE(n_inputs={self.n_inputs}, n_latent={self.n_latent}, hidden={self.hidden}, "
-                f"activation={self.activation!r}, likelihood={self.likelihood_name!r}{extra}, "
-                f"dtype={self.dtype.name}, params={self.n_params})")
+        net = (f"encoder={self.encoder_layers}, decoder={self.decoder_layers}" if self.custom else
+               f"hidden={self.hidden}, activation={self.activation!r}")
+        return (f"VAE(n_inputs={self.n_inputs}, n_latent={self.n_latent}, {net}, "
+                f"likelihood={self.likelihood_name!r}{extra}, dtype={self.dtype.name}, params={self.n_params})")
 
     # ------------------------------------------------------------------------------------
     # Checks
     # ------------------------------------------------------------------------------------
-    def _check_x(self, x, name="x", targets=True):
+    def check_inputs(self, x, name="x", targets=True):
+        """x as a C-contiguous (B, D) array of the model's dtype, finite, and (``targets``)
+        in the likelihood's support; raises TypeError or ValueError naming it."""
         x = as_float_array(x, name, dtype=self.dtype, shape=(None, self.n_inputs))
         if targets:
             self.likelihood.check_targets(x, name)
         return x
 
-    def _check_z(self, z, name="z"):
+    def check_latents(self, z, name="z"):
         return as_float_array(z, name, dtype=self.dtype, shape=(None, self.n_latent))
 
     def _noise(self, shape, eps, rng):
@@ -189,92 +199,18 @@ class VAE:
         rng = self._rng if rng is None else generator(rng)
         return rng.standard_normal(shape, dtype=self.dtype)
 
-    # ------------------------------------------------------------------------------------
-    # The engine: forward and backward over reusable workspaces, through npvae.kernels
-    # ------------------------------------------------------------------------------------
-    def _layers(self):
-        """The dense layers in forward order, each (weight key, bias key, activation code),
-        as (encoder, decoder, encoder heads μ and v, decoder output heads); the keys are
-        built once, not every step."""
-        if self._layer_plan is None:
-            act = ACT_CODES[self.activation]
-
-            def layer(prefix, a):
-                return f"{prefix}.W", f"{prefix}.b", a
-
-            enc = [layer(f"encoder.{i}", act) for i in range(len(self.hidden))]
-            dec = [layer(f"decoder.{i}", act) for i in range(len(self.hidden))]
-            enc_heads = [layer("encoder.mu", 0), layer("encoder.logvar", 0)]
-            dec_heads = [layer(f"decoder.{head}", 0) for head in self.likelihood.heads]
-            self._layer_plan = (enc, dec, enc_heads, dec_heads)
-        return self._layer_plan
-
-    def _workspace(self, B):
-        """Buffers for a batch of B, kept for reuse (a few batch sizes at most)."""
-        ws = self._ws.get(B)
-        if ws is None:
-            if len(self._ws) >= 4:
-                self._ws.pop(next(iter(self._ws)))
-            dt, J, D = self.dtype, self.n_latent, self.n_inputs
-            e = lambda *shape: np.empty(shape, dtype=dt)
-            ws = {"enc": [e(B, h) for h in self.hidden], "dec": [e(B, h) for h in self.hidden[::-1]],
-                  "enc_d": [e(B, h) for h in self.hidden], "dec_d": [e(B, h) for h in self.hidden[::-1]],
-                  "mu": e(B, J), "lv": e(B, J), "z": e(B, J), "std": e(B, J), "kl": e(B),
-                  "dmu": e(B, J), "dlv": e(B, J), "dz": e(B, J), "nll": e(B),
-                  "w": np.full(B, 1.0 / B, dtype=dt), "wkl": e(B), "mask": np.ones(J, dtype=dt),
-                  "out": [e(B, D) for _ in self.likelihood.heads], "tmp_h": e(B, self._h_dec),
-                  "tmp_e": e(B, self._h_enc)}
-            self._ws[B] = ws
-        return ws
-
-    @staticmethod
-    def _dense_chain(P, layers, h, bufs):
-        """h through dense layers (weight key, bias key, activation code), each output into
-        its buffer."""
-        for (wk, bk, act), buf in zip(layers, bufs):
-            np.matmul(h, P[wk], out=buf)
-            kernels.bias_act_(buf, P[bk], act)
-            h = buf
-        return h
-
-    @staticmethod
-    def _dense_heads(P, heads, h, bufs):
-        """Identity-activation heads, each from the same input h."""
-        for (wk, bk, _), buf in zip(heads, bufs):
-            np.matmul(h, P[wk], out=buf)
-            kernels.bias_act_(buf, P[bk], 0)
-
-    def _encode_into(self, P, x, ws):
-        """μ and v = ln σ² of q(z|x) into ws["mu"], ws["lv"]; hidden outputs into ws["enc"]."""
-        enc, _, enc_heads, _ = self._layers()
-        h = self._dense_chain(P, enc, x, ws["enc"])
-        self._dense_heads(P, enc_heads, h, (ws["mu"], ws["lv"]))
-        return h
-
-    def _decode_into(self, P, z, ws):
-        """The likelihood's output heads for z into ws["out"]; hidden outputs into ws["dec"]."""
-        _, dec, _, dec_heads = self._layers()
-        h = self._dense_chain(P, dec, z, ws["dec"])
-        self._dense_heads(P, dec_heads, h, ws["out"])
-        return h
-
-    def _backward_chain(self, P, G, layers, inputs, outputs, grads_in, d, need_dx_first):
-        """Back through dense layers (in reverse): d holds dL/dy of the last layer's output;
-        each step turns it into da in place, fills G[W], G[b], and returns dL/d(input)."""
-        for k in range(len(layers) - 1, -1, -1):
-            wk, bk, act = layers[k]
-            kernels.act_backward_bias_grad_(d, outputs[k], act, G[bk])
-            np.matmul(inputs[k].T, d, out=G[wk])
-            if k > 0 or need_dx_first:
-                nxt = grads_in[k]
-                np.matmul(d, P[wk].T, out=nxt)
-                d = nxt
-        return d
-
-    def _new_grads(self):
-        from .optim import flat_like  # fresh, flat: the optimizer's fused path applies
+    def new_grads(self):
+        """Fresh gradient arrays keyed like ``params``, views of one flat buffer (so the
+        optimizer's fused path applies)."""
+        from .optim import flat_like
         return flat_like(self.params)
 
+    def likelihood_params(self):
+        return self.plan.likelihood_params(self.params)
+
+    # ------------------------------------------------------------------------------------
+    # The training step
+    # ------------------------------------------------------------------------------------
     def loss_and_grad(self, x, *, eps=None, rng=None, beta=1.0, free_bits=0.0, out=None,
                       objective="elbo", n_samples=1, trace=False):
         """The batch mean of −ln p(x|z) + β KL, and its gradient for every parameter.
@@ -306,122 +242,60 @@ class VAE:
         ``iwae`` (the bound) and ``ess``.
 
         ``trace=True`` returns a fourth element, a :class:`npvae.trace.Trace` of every named
-        forward value and backward gradient of the step, computed through the readable
-        building blocks (ELBO objective, no free bits); see :mod:`npvae.trace`.
+        forward value and backward gradient of this very step (either objective), recorded by
+        the engine as it runs; see :mod:`npvae.trace`.
         """
-        x = self._check_x(x)
+        x = self.check_inputs(x)
         beta = finite_float(beta, "beta", min_value=0.0)
         free_bits = finite_float(free_bits, "free_bits", min_value=0.0)
         objective, n_samples = check_objective(objective, n_samples, beta, free_bits)
-        if out is not None:
-            out = gradient_buffers(out, self.params)
-        if objective == "iwae":
-            shape = (n_samples, x.shape[0], self.n_latent)
-            return estimators.iwae_loss_and_grad(self, x, self._noise(shape, eps, rng), out)
-        eps = self._noise((x.shape[0], self.n_latent), eps, rng)
+        G = self.new_grads() if out is None else gradient_buffers(out, self.params)
+        record = None
         if trace:
-            if free_bits or out is not None:
-                raise ValueError("trace=True supports the plain ELBO step (no free_bits, no out=)")
-            from .trace import traced_loss_and_grad
-            return traced_loss_and_grad(self, x, eps, beta)
-        return self._loss_and_grad(x, eps, beta, free_bits, out)
-
-    def _loss_and_grad(self, x, eps, beta, free_bits, out):
-        """loss_and_grad on arguments already checked (the trainer checks its data once)."""
-        B = x.shape[0]
-        P = self.params
-        G = self._new_grads() if out is None else out
-        dt = self.dtype.type
-        ws = self._workspace(B)
-
-        # forward
-        h_enc = self._encode_into(P, x, ws)
-        mu, lv, z, std, kl = ws["mu"], ws["lv"], ws["z"], ws["std"], ws["kl"]
-        kernels.reparam_kl_(mu, lv, eps, z, std, kl)
-        h_dec = self._decode_into(P, z, ws)
-        outs = ws["out"]
-        lik_params = self._likelihood_params(P)
-        lik_grads = {k: G[f"likelihood.{k}"] for k in lik_params}
-        # the likelihood kernel writes d(loss)/d(out) over the outputs, weight 1/B each
-        self.likelihood.loss_and_grad_(x, outs, lik_params, ws["w"], ws["nll"], lik_grads)
-        rec_mean = dt(ws["nll"].sum() / dt(B))
-        kl_mean = dt(kl.sum() / dt(B))
-        mask = ws["mask"]
-        if free_bits > 0:
-            kl_dim_mean = ops.kl_normal_per_dim(mu, lv).mean(axis=0, dtype=self.dtype)
-            kl_term = np.maximum(kl_dim_mean, dt(free_bits)).sum(dtype=self.dtype)
-            mask = (kl_dim_mean > dt(free_bits)).astype(self.dtype)
+            from .trace import Trace
+            record = Trace()
+        if objective == "iwae":
+            eps = self._noise((n_samples, x.shape[0], self.n_latent), eps, rng)
+            loss, parts = engine.iwae_step(self.plan, self.params, G, x, eps, self.workspaces(x.shape[0]),
+                                           self.workspaces(n_samples * x.shape[0]), record=record)
         else:
-            kl_term = kl_mean
-        loss = dt(rec_mean + dt(beta) * kl_term)
-
-        # backward: output heads and decoder, reparametrisation + KL, encoder
-        dz = self._decoder_backward(P, G, ws, z, h_dec)
-        wkl = ws["wkl"]
-        wkl.fill(dt(beta / B))
-        kernels.reparam_kl_backward_(dz, eps, std, mu, lv, wkl, mask, ws["dmu"], ws["dlv"])
-        self._encoder_backward(P, G, ws, x, h_enc)
-
-        parts = {"reconstruction": dt(rec_mean), "kl": dt(kl_mean),
-                 "elbo": dt(-(rec_mean + kl_mean)), "beta": beta}
-        if free_bits > 0:
-            parts["kl_objective"] = dt(kl_term)
-        return loss, G, parts
-
-    def _decoder_backward(self, P, G, ws, z, h_dec):
-        """From the likelihood's gradient (written over ws["out"]) back to dL/dz (ws["dz"])."""
-        _, dec, _, dec_heads = self._layers()
-        dh = None
-        for (wk, bk, _), d in zip(dec_heads, ws["out"]):
-            kernels.act_backward_bias_grad_(d, d, 0, G[bk])
-            np.matmul(h_dec.T, d, out=G[wk])
-            if dh is None:
-                dh = ws["dec_d"][-1] if self.hidden else ws["dz"]
-                np.matmul(d, P[wk].T, out=dh)
-            else:
-                np.matmul(d, P[wk].T, out=ws["tmp_h"])
-                dh += ws["tmp_h"]
-        return self._backward_chain(P, G, dec, [z] + ws["dec"][:-1], ws["dec"],
-                                    [ws["dz"]] + ws["dec_d"][:-1], dh, True)
-
-    def _encoder_backward(self, P, G, ws, x, h_enc):
-        """From dL/dμ, dL/dv (ws["dmu"], ws["dlv"]) back through the encoder."""
-        enc, _, enc_heads, _ = self._layers()
-        for (wk, bk, _), d in zip(enc_heads, (ws["dmu"], ws["dlv"])):
-            kernels.act_backward_bias_grad_(d, d, 0, G[bk])
-            np.matmul(h_enc.T, d, out=G[wk])
-        if self.hidden:
-            dh = ws["enc_d"][-1]
-            np.matmul(ws["dmu"], P["encoder.mu.W"].T, out=dh)
-            np.matmul(ws["dlv"], P["encoder.logvar.W"].T, out=ws["tmp_e"])
-            dh += ws["tmp_e"]
-            self._backward_chain(P, G, enc, [x] + ws["enc"][:-1], ws["enc"],
-                                 [None] + ws["enc_d"][:-1], dh, False)
-
-    def _likelihood_params(self, P):
-        return {k[len("likelihood."):]: P[k] for k in self._lik_names}
-
-    def _outputs(self, z):
-        """Fresh copies of the decoder's output heads for z (B, J)."""
-        ws = self._workspace(z.shape[0])
-        self._decode_into(self.params, z, ws)
-        return tuple(o.copy() for o in ws["out"])
+            eps = self._noise((x.shape[0], self.n_latent), eps, rng)
+            loss, parts = engine.elbo_step(self.plan, self.params, G, x, eps, self.workspaces(x.shape[0]),
+                                           beta=beta, free_bits=free_bits, record=record)
+        return (loss, G, parts, record) if trace else (loss, G, parts)
 
     # ------------------------------------------------------------------------------------
     # Inference and generation
     # ------------------------------------------------------------------------------------
     def encode(self, x):
         """The posterior parameters (μ, ln σ²) of q(z|x), each (B, J)."""
-        x = self._check_x(x, targets=False)
-        ws = self._workspace(x.shape[0])
-        self._encode_into(self.params, x, ws)
-        return ws["mu"].copy(), ws["lv"].copy()
+        x = self.check_inputs(x, targets=False)
+        ws = self.workspaces(x.shape[0])
+        engine.encode(self.plan, self.params, x, ws)
+        return ws.mu.copy(), ws.lv.copy()
+
+    def features(self, x):
+        """Every layer's output for x, by prefix ("encoder.0", ..., "decoder.0", ...), the
+        decoder run at z = μ(x): copies, for diagnostics."""
+        x = self.check_inputs(x, targets=False)
+        ws = self.workspaces(x.shape[0])
+        engine.encode(self.plan, self.params, x, ws)
+        out = {s.prefix: h.copy() for s, h in zip(self.plan.encoder, ws.enc)}
+        engine.decode(self.plan, self.params, ws.mu.copy(), ws)
+        out.update({s.prefix: h.copy() for s, h in zip(self.plan.decoder, ws.dec)})
+        return out
+
+    def outputs(self, z):
+        """The decoder's output heads for z (B, J): fresh copies, one per likelihood head."""
+        z = self.check_latents(z)
+        ws = self.workspaces(z.shape[0])
+        engine.decode(self.plan, self.params, z, ws)
+        return tuple(o.copy() for o in ws.out)
 
     def decode(self, z, *, rng=None):
         """The mean of p(x|z), (B, D): probabilities for Bernoulli, E[x] for the others; with
         ``rng``, a draw x ~ p(x|z) instead."""
-        z = self._check_z(z)
-        outs, lp = self._outputs(z), self._likelihood_params(self.params)
+        outs, lp = self.outputs(z), self.likelihood_params()
         if rng is None:
             return self.likelihood.mean(outs, lp)
         return self.likelihood.sample(outs, lp, generator(rng))
@@ -431,8 +305,8 @@ class VAE:
         n = positive_int(n, "n")
         rng = generator(rng)
         z = rng.standard_normal((n, self.n_latent), dtype=self.dtype)
-        outs = self._outputs(z)
-        lp = self._likelihood_params(self.params)
+        outs = self.outputs(z)
+        lp = self.likelihood_params()
         return self.likelihood.mean(outs, lp) if mean else self.likelihood.sample(outs, lp, rng)
 
     def reconstruct(self, x, rng=None):
@@ -460,23 +334,61 @@ class VAE:
         ``rng=None`` uses a fresh ``default_rng(0)``, so repeated evaluations agree.
         Memory is bounded by ``batch_size`` examples at a time.
         """
-        x = self._check_x(x)
+        x = self.check_inputs(x)
         n_samples = positive_int(n_samples, "n_samples")
         batch_size = positive_int(batch_size, "batch_size")
         rng = np.random.default_rng(0) if rng is None else generator(rng)
-        P, lp = self.params, self._likelihood_params(self.params)
+        P, lp = self.params, self.likelihood_params()
         out = np.empty(x.shape[0], dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size]
-            ws = self._workspace(xb.shape[0])
-            self._encode_into(P, xb, ws)
-            mu, lv = ws["mu"], ws["lv"]
+            ws = self.workspaces(xb.shape[0])
+            engine.encode(self.plan, P, xb, ws)
+            mu, lv = ws.mu, ws.lv
             rec = np.zeros(xb.shape[0], dtype=self.dtype)
             for _ in range(n_samples):
                 eps = rng.standard_normal(mu.shape, dtype=self.dtype)
                 z, _ = distributions.reparametrize(mu, lv, eps)
-                self._decode_into(P, z, ws)
-                rec += self.likelihood.nll(xb, ws["out"], lp)[0]
+                engine.decode(self.plan, P, z, ws)
+                rec += self.likelihood.nll(xb, ws.out, lp)[0]
             kl, _ = distributions.kl_standard_normal(mu, lv)
             out[start:start + batch_size] = -(rec / self.dtype.type(n_samples)) - kl
         return out
+
+
+# ----------------------------------------------------------------------------------------
+# Layer lists: checked, and named in a checkpoint without pickling
+# ----------------------------------------------------------------------------------------
+def check_layers(layer_list, name):
+    """A list of objects that follow the layer contract (``init``, ``forward``, ``config``)."""
+    if not isinstance(layer_list, (list, tuple)):
+        raise TypeError(f"{name} must be a list of layers, got {type(layer_list).__name__}")
+    for i, layer in enumerate(layer_list):
+        for method in ("init", "forward", "config"):
+            if not callable(getattr(layer, method, None)):
+                raise TypeError(f"{name}[{i}] ({layer!r}) has no {method}() method: a layer needs "
+                                "init(rng, n_in), forward(params, x) and config()")
+    return list(layer_list)
+
+
+def layer_spec(layer) -> dict:
+    """A layer as JSON for a checkpoint: its class name and ``config()``."""
+    cfg = layer.config()
+    if not isinstance(cfg, dict):
+        raise TypeError(f"{layer!r}.config() must return a dict, got {type(cfg).__name__}")
+    return {"type": type(layer).__name__, **cfg}
+
+
+def layers_from_specs(specs, custom: dict):
+    """Layer objects from their specs; built-in names, then the classes in ``custom``."""
+    known = {**layers.BUILT_IN, **custom}
+    out = []
+    for spec in specs:
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+            raise ValueError(f"a layer spec must be a JSON object with a 'type', got {spec!r:.80}")
+        cls = known.get(spec["type"])
+        if cls is None:
+            raise ValueError(f"the checkpoint uses a layer class {spec['type']!r} that npvae does not "
+                             f"know: pass it to load, npvae.load(path, layers=[{spec['type']}])")
+        out.append(cls(**{k: v for k, v in spec.items() if k != "type"}))
+    return out

@@ -23,8 +23,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import data as data_mod
 from . import diagnostics as diag_mod
-from . import kernels, threads
-from .estimators import iwae_loss_and_grad
+from . import engine, kernels, threads
 from .model import check_objective
 from .optim import Adam, Optimizer
 from .schedules import ConstantBeta, as_beta_schedule
@@ -609,10 +608,13 @@ class TrainStep:
             rng.random(out=u, dtype=model.dtype)
             kernels.binarize_(xb, u)
         rng.standard_normal(out=eps, dtype=model.dtype)
+        grads = self.grads
         if self.objective == "iwae":
-            loss, grads, parts = iwae_loss_and_grad(model, xb, eps, self.grads)
+            loss, parts = engine.iwae_step(model.plan, model.params, grads, xb, eps, model.workspaces(len(idx)),
+                                           model.workspaces(self.n_samples * len(idx)))
         else:
-            loss, grads, parts = model._loss_and_grad(xb, eps, float(beta), self.free_bits, self.grads)
+            loss, parts = engine.elbo_step(model.plan, model.params, grads, xb, eps, model.workspaces(len(idx)),
+                                           beta=float(beta), free_bits=self.free_bits)
         bad = None
         # Σ g² (float64) is finite exactly when every gradient is: one pass checks them all
         self.grad_norm = math.sqrt(kernels.sum_squares(self._flat))

@@ -39,7 +39,7 @@ def _log_weight_reference(model, x, eps):
     mu, lv = model.encode(x)
     sigma = np.exp(0.5 * lv)
     z = mu + sigma * eps
-    logits = model._outputs(z[0])[0]
+    logits = model.outputs(z[0])[0]
     log_px = np.sum(x * logits - np.logaddexp(0, logits), axis=1)
     log_pz = np.sum(-0.5 * z[0] ** 2 - 0.5 * math.log(2 * math.pi), axis=1)
     log_q = np.sum(-0.5 * ((z[0] - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * math.log(2 * math.pi), axis=1)

@@ -121,7 +121,7 @@ def test_ctrl_c_saves_mid_epoch_and_resumes_bit_identically(tmp_path, monkeypatc
     h_ref = npvae.fit(ref, x, epochs=2, batch_size=32, seed=1, binarize="dynamic", progress=False)
 
     model = npvae.VAE(25, 3, hidden=(16,))
-    real = model._loss_and_grad
+    real = npvae.engine.elbo_step
     calls = []
 
     def interrupting(*a, **k):
@@ -130,7 +130,7 @@ def test_ctrl_c_saves_mid_epoch_and_resumes_bit_identically(tmp_path, monkeypatc
             os.kill(os.getpid(), signal.SIGINT)
         return real(*a, **k)
 
-    monkeypatch.setattr(model, "_loss_and_grad", interrupting)
+    monkeypatch.setattr(npvae.engine, "elbo_step", interrupting)
     h = npvae.fit(model, x, epochs=2, batch_size=32, seed=1, binarize="dynamic",
                   checkpoint_dir=tmp_path, progress=False)
     assert h.interrupted and len(h) == 1
@@ -153,17 +153,17 @@ def test_divergence_names_epoch_step_parameter_and_keeps_checkpoint(tmp_path, mo
     good = train.list_checkpoints(tmp_path)
     good_bytes = good[-1].read_bytes()
 
-    real = model._loss_and_grad
+    real = npvae.engine.elbo_step
     calls = []
 
-    def poisoned(*a, **k):
-        loss, grads, parts = real(*a, **k)
+    def poisoned(plan, P, G, *a, **k):
+        loss, parts = real(plan, P, G, *a, **k)
         calls.append(1)
         if len(calls) == 2:
-            grads["decoder.0.W"][0, 0] = np.nan
-        return loss, grads, parts
+            G["decoder.0.W"][0, 0] = np.nan
+        return loss, parts
 
-    monkeypatch.setattr(model, "_loss_and_grad", poisoned)
+    monkeypatch.setattr(npvae.engine, "elbo_step", poisoned)
     with pytest.raises(npvae.DivergenceError,
                        match=r"epoch 2, at step 5 \(step 2 of the epoch\).*'decoder.0.W'") as info:
         npvae.fit(model, x, epochs=3, batch_size=100, checkpoint_dir=tmp_path, resume=True,
