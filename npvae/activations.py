@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-LEAKY_SLOPE = 0.01
+from .constants import LEAKY_SLOPE
 
 
 class Activation(NamedTuple):

@@ -21,8 +21,7 @@ import numpy as np
 
 from . import activations
 
-LOG_2PI = math.log(2 * math.pi)
-LOG_2 = math.log(2.0)
+from .constants import CB_TAYLOR_BELOW, LOG_2, LOG_2PI, SINH_SERIES as _SINH_SERIES
 
 
 # ----------------------------------------------------------------------------------------
@@ -137,8 +136,6 @@ def gaussian_nll(mean: np.ndarray, x: np.ndarray, logvar):
 
 # Taylor coefficients 1/(2k+3)! of (sinh l − l)/l³ = Σ_k l^{2k}/(2k+3)!, used by the
 # continuous Bernoulli near l = 0 (λ = ½).  Eight terms are exact to float64 for |l| ≤ 1.
-_SINH_SERIES = tuple(1.0 / math.factorial(2 * k + 3) for k in range(8))
-CB_TAYLOR_BELOW = 1.0
 
 
 def _sinh_minus_x_over_x3(t: np.ndarray) -> np.ndarray:

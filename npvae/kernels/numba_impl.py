@@ -18,12 +18,11 @@ import numba
 import numpy as np
 from numba import prange
 
+from .codes import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
 from .jit import jit as cached_jit
 
 FASTMATH = {"contract", "nsz", "arcp", "reassoc"}
-LEAKY_SLOPE = 0.01
-LOG_2PI = math.log(2 * math.pi)
-LOG_2 = math.log(2.0)
+from ..constants import CB_TAYLOR_BELOW, LEAKY_SLOPE, LOG_2, LOG_2PI, SINH_SERIES
 # Work below this many elements runs on one thread: waking the pool costs more.
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
@@ -66,17 +65,17 @@ def softplus(a):
 
 @jit
 def act_forward(a, act):
-    if act == 0:
+    if act == IDENTITY:
         return a
-    if act == 1:
+    if act == RELU:
         return 0.0 if a <= 0 else a  # +0.0 as np.maximum(a, 0); NaN stays NaN, as there
-    if act == 2:
+    if act == LEAKY_RELU:
         return a if a > 0 else a * LEAKY_SLOPE
-    if act == 3:
+    if act == ELU:
         return a if a > 0 else math.expm1(a)
-    if act == 4:
+    if act == TANH:
         return math.tanh(a)
-    if act == 5:
+    if act == SIGMOID:
         return sigmoid(a)
     return softplus(a)
 
@@ -84,17 +83,17 @@ def act_forward(a, act):
 @jit
 def act_derivative(y, act):
     """f'(a) written from y = f(a) (see npvae.activations)."""
-    if act == 0:
+    if act == IDENTITY:
         return 1.0
-    if act == 1:
+    if act == RELU:
         return 1.0 if y > 0 else 0.0
-    if act == 2:
+    if act == LEAKY_RELU:
         return 1.0 if y > 0 else LEAKY_SLOPE
-    if act == 3:
+    if act == ELU:
         return 1.0 if y > 0 else y + 1.0
-    if act == 4:
+    if act == TANH:
         return (1.0 - y) * (1.0 + y)
-    if act == 5:
+    if act == SIGMOID:
         return y * (1.0 - y)
     return -math.expm1(-y)
 
@@ -106,16 +105,16 @@ def act_derivative(y, act):
 def _bias_act_rows(a, b, act, r0, r1):
     # one loop per activation, so the branch is not inside the element loop
     H = a.shape[1]
-    if act == 0:
+    if act == IDENTITY:
         for i in range(r0, r1):
             for j in range(H):
                 a[i, j] = a[i, j] + b[j]
-    elif act == 1:
+    elif act == RELU:
         for i in range(r0, r1):
             for j in range(H):
                 v = a[i, j] + b[j]
                 a[i, j] = 0 if v <= 0 else v  # not "v if v > 0 else 0": that turns NaN into 0
-    elif act == 2:
+    elif act == LEAKY_RELU:
         for i in range(r0, r1):
             for j in range(H):
                 v = a[i, j] + b[j]
@@ -174,15 +173,15 @@ def bias_act_(a, b, act):
     """Rectifiers and identity: one fused numba pass.  tanh, sigmoid and softplus: the
     exp / tanh / log1p go through NumPy's SIMD ufuncs in place (measured ~10× faster than
     numba's scalar calls on these machines), the rest is fused in numba."""
-    if act == 4:
+    if act == TANH:
         np.add(a, b, out=a)
         np.tanh(a, out=a)
         return
-    if act in (5, 6):
+    if act in (SIGMOID, SOFTPLUS):
         np.add(a, b, out=a)
         e = _scratch(0, a.shape, a.dtype)
         _exp_neg_abs(a, e)
-        if act == 5:
+        if act == SIGMOID:
             _sigmoid_from_e(a, e)
         else:
             np.log1p(e, out=e)
@@ -198,17 +197,17 @@ def bias_act_(a, b, act):
 @jit
 def _act_bwd_rows(dy, y, act, partial, r0, r1):
     H = dy.shape[1]
-    if act == 0:
+    if act == IDENTITY:
         for i in range(r0, r1):
             for j in range(H):
                 partial[j] += dy[i, j]
-    elif act == 1:
+    elif act == RELU:
         for i in range(r0, r1):
             for j in range(H):
                 d = dy[i, j] if y[i, j] > 0 else 0
                 dy[i, j] = d
                 partial[j] += d
-    elif act == 4:
+    elif act == TANH:
         for i in range(r0, r1):
             for j in range(H):
                 yv = y[i, j]
@@ -316,8 +315,8 @@ def bernoulli_(logits, x, w, nll):
         _bernoulli_par(logits, x, w, nll, e, lp, nc)
 
 
-# Taylor coefficients 1/(2k+3)! (see ops.cb_log_normaliser)
-_SINH_SERIES = np.array([1.0 / math.factorial(2 * k + 3) for k in range(8)])
+# Taylor coefficients 1/(2k+3)! (see npvae.constants and ops.cb_log_normaliser)
+_SINH_SERIES = np.array(SINH_SERIES)
 
 
 @jit
@@ -333,7 +332,7 @@ def _sinh_series(t):
 def cb_log_normaliser(l):
     """(ln C, d ln C/dl) of the continuous Bernoulli, as ops.cb_log_normaliser."""
     a = abs(l)
-    if a < 1.0:
+    if a < CB_TAYLOR_BELOW:
         u = 0.5 * l
         sh = math.sinh(0.5 * u)
         log_c = LOG_2 + math.log1p(2.0 * sh * sh) - math.log1p(u * u * _sinh_series(u))

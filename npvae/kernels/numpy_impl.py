@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activations, ops
-from .codes import ACT_NAMES
+from .codes import ACT_NAMES, IDENTITY
 
 
 def all_finite(a) -> bool:
@@ -28,7 +28,7 @@ def bias_act_(a, b, act):
 
 def act_backward_bias_grad_(dy, y, act, db):
     """dy ← dy ⊙ f'(y) in place (= da), and db ← Σ_batch da."""
-    if act != 0:
+    if act != IDENTITY:
         dy[...] = activations.get(ACT_NAMES[act]).backward(dy, y)
     db[...] = ops.bias_grad(dy)
 
