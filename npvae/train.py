@@ -153,12 +153,13 @@ def _save_training(directory: Path, model, opt_state, run: dict, rng, perm, best
     return path
 
 
-def load_training_checkpoint(path):
-    """(model, meta, optimizer-state, perm, best-params) from a training checkpoint."""
+def load_training_checkpoint(path, layers=()):
+    """(model, meta, optimizer-state, perm, best-params) from a training checkpoint;
+    ``layers``: the classes of a user's own layers that its model names."""
     arrays = ckpt.read(path)
     if str(arrays["__kind__"]) != "training":
         raise ckpt.CheckpointError(f"{path} is a model checkpoint, not a training checkpoint")
-    model = ckpt.model_from_arrays(arrays, path)
+    model = ckpt.model_from_arrays(arrays, path, layers)
     meta = ckpt.json_field(arrays, "meta", path)
     opt_state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
     best = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")} or None
@@ -219,11 +220,11 @@ def check_training_state(path, loaded, n: int, steps_per_epoch: int, opt_state: 
         raise bad(f"its random-generator state cannot be restored ({exc})") from None
 
 
-def _newest_loadable(directory: Path, check=None):
+def _newest_loadable(directory: Path, check=None, layers=()):
     """The newest checkpoint that loads (and passes ``check``); each one skipped says why."""
     for path in reversed(list_checkpoints(directory)):
         try:
-            loaded = load_training_checkpoint(path)
+            loaded = load_training_checkpoint(path, layers)
             if check is not None:
                 check(path, loaded)
             return path, loaded
@@ -424,7 +425,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                                          f"now {run[key]!r}")
                 check_training_state(path, loaded, n, steps_per_epoch, opt_state)
 
-            path, loaded = _newest_loadable(directory, same_run_and_sound)
+            own_layers = {type(l) for l in model.encoder_layers + model.decoder_layers}
+            path, loaded = _newest_loadable(directory, same_run_and_sound, own_layers)
             if loaded is not None:
                 saved_model, meta, saved_opt, perm, best_params = loaded
                 for k in model.params:

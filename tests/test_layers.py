@@ -80,3 +80,53 @@ def test_initialisers_are_seeded_and_typed():
     assert a.dtype == np.float32 and np.array_equal(a, b)
     with pytest.raises(ValueError, match="init must be one of"):
         layers.init_dense(np.random.default_rng(0), 2, 2, init="lecun")
+
+
+# ----------------------------------------------------------------------------------------
+# Layer objects: the contract, gradients by central differences, the intended mathematics
+# ----------------------------------------------------------------------------------------
+from npvae.testing import check_layer  # noqa: E402
+
+
+@given(data=st.data(), kind=st.sampled_from(["dense", "dense-tanh", "activation-elu", "gated"]))
+def test_layer_objects_match_finite_differences(data, kind):
+    n_in, n_out = data.draw(st.integers(1, 7)), data.draw(st.integers(1, 7))
+    layer = {"dense": layers.Dense(n_out), "dense-tanh": layers.Dense(n_out, "tanh"),
+             "activation-elu": layers.Activation("elu"), "gated": layers.GatedDense(n_out)}[kind]
+    x = data.draw(nst.arrays((data.draw(st.integers(1, 5)), n_in)))
+    if kind == "activation-elu":
+        assume(np.all(np.abs(x) > 0.05))  # away from the kink
+    check_layer(layer, n_in, x=x, seed=data.draw(nst.seeds()))
+
+
+def test_gated_dense_is_a_linear_unit_times_a_sigmoid_gate():
+    layer = layers.GatedDense(3)
+    n_out, p = layer.init(np.random.default_rng(0), 4)
+    assert n_out == 3 and set(p) == {"W", "b", "V", "c"}
+    x = np.random.default_rng(1).normal(size=(5, 4))
+    h, _ = layer.forward(p, x)
+    np.testing.assert_allclose(h, (x @ p["W"] + p["b"]) / (1 + np.exp(-(x @ p["V"] + p["c"]))))
+    p["V"][...] = 0.0
+    p["c"][...] = 50.0  # gate open: the plain linear unit
+    np.testing.assert_allclose(layer.forward(p, x)[0], x @ p["W"] + p["b"])
+    p["c"][...] = -50.0  # gate shut
+    assert np.abs(layer.forward(p, x)[0]).max() < 1e-15
+
+
+def test_dense_object_draws_what_the_model_always_drew():
+    """Dense.init uses the same generator draws as the model's initialiser (fan-in, glorot,
+    he), so a VAE built from layers starts where the classic one does."""
+    for scheme in layers.INITIALISERS:
+        n, p = layers.Dense(4, init=scheme).init(np.random.default_rng(3), 5)
+        W, b = layers.init_dense(np.random.default_rng(3), 5, 4, init=scheme, dtype=np.float64)
+        assert n == 4 and np.array_equal(p["W"], W) and np.array_equal(p["b"], b)
+
+
+def test_layer_arguments_are_checked():
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="positive number of outputs"):
+            layers.Dense(bad)
+    with pytest.raises(ValueError, match="swish"):
+        layers.Activation("swish")
+    with pytest.raises(ValueError, match="init must be"):
+        layers.Dense(3, init="lecun")

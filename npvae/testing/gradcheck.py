@@ -136,3 +136,32 @@ def check_gradients(fn, params, *, grads=None, h=1e-3, rtol=1e-6, floor=None,
     if raise_on_failure and not report.ok:
         raise GradientCheckError(report)
     return report
+
+
+def check_layer(layer, n_in: int, *, batch: int = 4, seed: int = 0, x=None, rtol: float = 1e-6,
+                raise_on_failure: bool = True) -> GradientReport:
+    """Check a layer object against central differences, in float64.
+
+    ``layer`` follows the layer contract (``init(rng, n_in)``, ``forward(params, x) -> (y,
+    backward)``, ``backward(dy) -> (dx, grads)``).  Its parameters are drawn by its own
+    ``init``, the input x (batch, n_in) and an upstream gradient dy from a seeded normal
+    (or pass ``x``); the scalar L = Σ y ⊙ dy has ∂L/∂y = dy, so every output is checked,
+    and so is dx (under the name ``"x"``)."""
+    rng = np.random.default_rng(seed)
+    n_out, params = layer.init(rng, n_in)
+    params = {k: np.array(v, dtype=np.float64) for k, v in params.items()}
+    if "x" in params:
+        raise ValueError("a layer parameter may not be called 'x' (the name of the input here)")
+    x = rng.standard_normal((batch, n_in)) if x is None else np.array(x, dtype=np.float64)
+    dy = rng.standard_normal((x.shape[0], int(n_out)))
+    names = list(params)
+
+    def fn(q):
+        y, backward = layer.forward({k: q[k] for k in names}, q["x"])
+        y = np.asarray(y)
+        if y.shape != dy.shape:
+            raise ValueError(f"{layer!r}.forward returned shape {y.shape}; init said {dy.shape}")
+        dx, grads = backward(dy)
+        return float(np.sum(y * dy)), {"x": dx, **{k: grads[k] for k in names}}
+
+    return check_gradients(fn, {**params, "x": x}, rtol=rtol, raise_on_failure=raise_on_failure)
