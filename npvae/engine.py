@@ -294,6 +294,22 @@ def encoder_backward(plan: Plan, P, G, ws: Workspace, x, h_enc, record=None):
 # ----------------------------------------------------------------------------------------
 # The steps
 # ----------------------------------------------------------------------------------------
+def _record(record, **values):
+    if record is not None:
+        for name, value in values.items():
+            record(name.replace("__", "."), value)
+
+
+def _posterior_backward(plan, P, G, ws, x, h_enc, record):
+    """From dL/dμ, dL/dv in ws (recorded) through the encoder, then every parameter's
+    gradient recorded: the common end of both steps."""
+    _record(record, grad__mu=ws.dmu, grad__logvar=ws.dlv)
+    encoder_backward(plan, P, G, ws, x, h_enc, record)
+    if record is not None:
+        for k, v in G.items():
+            record(f"grad.param.{k}", v)
+
+
 def elbo_step(plan: Plan, P, G, x, eps, ws: Workspace, *, beta, free_bits=0.0, record=None):
     """(loss, parts): the batch mean of −ln p(x|z) + β KL and its gradient, written into G.
 
@@ -301,17 +317,11 @@ def elbo_step(plan: Plan, P, G, x, eps, ws: Workspace, *, beta, free_bits=0.0, r
     mean of dimension j, with gradient [KL̄_j > λ] / B."""
     B = x.shape[0]
     dt = plan.dtype.type
-    if record is not None:
-        record("x", x)
-        record("eps", eps)
+    _record(record, x=x, eps=eps)
     h_enc = encode(plan, P, x, ws, record)
     mu, lv, z, std, kl = ws.mu, ws.lv, ws.z, ws.std, ws.kl
     kernels.reparam_kl_(mu, lv, eps, z, std, kl)
-    if record is not None:
-        record("mu", mu)
-        record("logvar", lv)
-        record("sigma", std)
-        record("z", z)
+    _record(record, mu=mu, logvar=lv, sigma=std, z=z)
     h_dec = decode(plan, P, z, ws, record)
     lik_params = plan.likelihood_params(P)
     lik_grads = {k: G[f"likelihood.{k}"] for k in lik_params}
@@ -327,24 +337,14 @@ def elbo_step(plan: Plan, P, G, x, eps, ws: Workspace, *, beta, free_bits=0.0, r
     else:
         kl_term = kl_mean
     loss = dt(rec_mean + dt(beta) * kl_term)
-    if record is not None:
-        record("reconstruction", ws.nll)
-        record("kl", kl)
-        record("loss", np.asarray(loss))
+    _record(record, reconstruction=ws.nll, kl=kl, loss=np.asarray(loss))
 
     dz = decoder_backward(plan, P, G, ws, z, h_dec, record)
-    if record is not None:
-        record("grad.z", dz)
+    _record(record, grad__z=dz)
     wkl = ws.wkl
     wkl.fill(dt(beta / B))
     kernels.reparam_kl_backward_(dz, eps, std, mu, lv, wkl, mask, ws.dmu, ws.dlv)
-    if record is not None:
-        record("grad.mu", ws.dmu)
-        record("grad.logvar", ws.dlv)
-    encoder_backward(plan, P, G, ws, x, h_enc, record)
-    if record is not None:
-        for k, v in G.items():
-            record(f"grad.param.{k}", v)
+    _posterior_backward(plan, P, G, ws, x, h_enc, record)
     parts = {"reconstruction": dt(rec_mean), "kl": dt(kl_mean), "elbo": dt(-(rec_mean + kl_mean)),
              "beta": beta}
     if free_bits > 0:
@@ -360,17 +360,11 @@ def iwae_step(plan: Plan, P, G, x, eps, ws: Workspace, ws_rows: Workspace, *, re
     normalised weights w̃_k: ∂L_K/∂θ = Σ_k w̃_k ∂ ln w_k/∂θ (see :mod:`npvae.estimators`)."""
     K, B, J = eps.shape
     dt = plan.dtype.type
-    if record is not None:
-        record("x", x)
-        record("eps", eps)
+    _record(record, x=x, eps=eps)
     h_enc = encode(plan, P, x, ws, record)
     mu, lv = ws.mu, ws.lv
     z, std = ops.reparametrize(mu, lv, eps)            # (K, B, J)
-    if record is not None:
-        record("mu", mu)
-        record("logvar", lv)
-        record("sigma", std)
-        record("z", z)
+    _record(record, mu=mu, logvar=lv, sigma=std, z=z)
     z_rows = np.ascontiguousarray(z.reshape(K * B, J))
     x_rows = np.ascontiguousarray(np.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1))
     h_dec = decode(plan, P, z_rows, ws_rows, record)
@@ -388,11 +382,7 @@ def iwae_step(plan: Plan, P, G, x, eps, ws: Workspace, ws_rows: Workspace, *, re
     wn = e / e.sum(axis=0)                             # normalised weights w̃ (K, B)
     rows_w = (wn / B).astype(plan.dtype).reshape(K * B)
     loss = dt(-bound.mean())
-    if record is not None:
-        record("reconstruction", nll)
-        record("log_weights", lw)
-        record("weights", wn)
-        record("loss", np.asarray(loss))
+    _record(record, reconstruction=nll, log_weights=lw, weights=wn, loss=np.asarray(loss))
 
     # the likelihood again, now with weights w̃/B, on the saved outputs
     for o, s_ in zip(ws_rows.out, saved):
@@ -400,18 +390,11 @@ def iwae_step(plan: Plan, P, G, x, eps, ws: Workspace, ws_rows: Workspace, *, re
     plan.likelihood.loss_and_grad_(x_rows, ws_rows.out, lik, rows_w, ws_rows.nll, lik_grads)
     dz = decoder_backward(plan, P, G, ws_rows, z_rows, h_dec, record).reshape(K, B, J)
     dz = dz + rows_w.reshape(K, B, 1) * z              # −∂ ln p(z)/∂z = z, weighted
-    if record is not None:
-        record("grad.z", dz)
+    _record(record, grad__z=dz)
     dmu, dlv = ops.reparametrize_backward(dz, eps, std)
     ws.dmu[...] = dmu
     ws.dlv[...] = dlv - dt(0.5 / B)                    # −Σ_k w̃_k ½ / B, Σ_k w̃_k = 1
-    if record is not None:
-        record("grad.mu", ws.dmu)
-        record("grad.logvar", ws.dlv)
-    encoder_backward(plan, P, G, ws, x, h_enc, record)
-    if record is not None:
-        for k, v in G.items():
-            record(f"grad.param.{k}", v)
+    _posterior_backward(plan, P, G, ws, x, h_enc, record)
 
     kl = ops.kl_normal(mu, lv)
     rec = float((wn * nll).sum(axis=0).mean())
