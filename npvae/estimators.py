@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from . import engine, ops
+from . import engine, ops, threads
 from .validation import generator, positive_int
 
 
@@ -48,10 +48,16 @@ def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, retur
     x = model.check_inputs(x)
     K = positive_int(n_samples, "n_samples")
     rng = np.random.default_rng(0) if rng is None else generator(rng)
-    width = max((model.n_inputs,) + model.hidden)
+    width = max([model.n_inputs] + [s.n_out for s in model.plan.encoder + model.plan.decoder])
     if batch_size is None:
         batch_size = max(1, min(x.shape[0], max_elements // (width * min(K, 64))))
     batch_size = positive_int(batch_size, "batch_size")
+    with threads.limited():
+        ll, ess = _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress)
+    return (ll, ess) if return_ess else ll
+
+
+def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress):
     ll = np.empty(x.shape[0])
     ess = np.empty(x.shape[0])
     bar = None
@@ -80,7 +86,7 @@ def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, retur
             bar.update(B)
     if bar is not None:
         bar.close()
-    return (ll, ess) if return_ess else ll
+    return ll, ess
 
 
 def iwae_loss_and_grad(model, x, eps, out=None):

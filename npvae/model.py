@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import activations, distributions, engine, estimators, layers, likelihoods
+from . import activations, distributions, engine, estimators, layers, likelihoods, threads
 from .layers import INITIALISERS, Dense
 from .validation import as_float_array, finite_float, generator, gradient_buffers, positive_int
 
@@ -254,14 +254,15 @@ class VAE:
         if trace:
             from .trace import Trace
             record = Trace()
-        if objective == "iwae":
-            eps = self._noise((n_samples, x.shape[0], self.n_latent), eps, rng)
-            loss, parts = engine.iwae_step(self.plan, self.params, G, x, eps, self.workspaces(x.shape[0]),
-                                           self.workspaces(n_samples * x.shape[0]), record=record)
-        else:
-            eps = self._noise((x.shape[0], self.n_latent), eps, rng)
-            loss, parts = engine.elbo_step(self.plan, self.params, G, x, eps, self.workspaces(x.shape[0]),
-                                           beta=beta, free_bits=free_bits, record=record)
+        with threads.limited():  # fit's thread settings, in a user's own loop too
+            if objective == "iwae":
+                eps = self._noise((n_samples, x.shape[0], self.n_latent), eps, rng)
+                loss, parts = engine.iwae_step(self.plan, self.params, G, x, eps, self.workspaces(x.shape[0]),
+                                               self.workspaces(n_samples * x.shape[0]), record=record)
+            else:
+                eps = self._noise((x.shape[0], self.n_latent), eps, rng)
+                loss, parts = engine.elbo_step(self.plan, self.params, G, x, eps, self.workspaces(x.shape[0]),
+                                               beta=beta, free_bits=free_bits, record=record)
         return (loss, G, parts, record) if trace else (loss, G, parts)
 
     # ------------------------------------------------------------------------------------
@@ -338,6 +339,10 @@ class VAE:
         n_samples = positive_int(n_samples, "n_samples")
         batch_size = positive_int(batch_size, "batch_size")
         rng = np.random.default_rng(0) if rng is None else generator(rng)
+        with threads.limited():
+            return self._elbo(x, rng, n_samples, batch_size)
+
+    def _elbo(self, x, rng, n_samples, batch_size):
         P, lp = self.params, self.likelihood_params()
         out = np.empty(x.shape[0], dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):

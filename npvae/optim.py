@@ -13,7 +13,7 @@ import weakref
 
 import numpy as np
 
-from . import kernels, schedules
+from . import kernels, schedules, threads
 from .validation import finite_float
 
 
@@ -110,7 +110,12 @@ class Optimizer:
         """One step: clip, then update every parameter (and the state's moments) in place.
         When params, grads and every moment are views of flat buffers (as for a VAE), the
         update is one fused kernel call over all parameters; otherwise one per array.
-        ``grad_norm``: the global gradient norm, when the caller has computed it already."""
+        ``grad_norm``: the global gradient norm, when the caller has computed it already.
+        Runs under the training thread settings (:mod:`npvae.threads`), in a user's loop too."""
+        with threads.limited():
+            return self._update(params, grads, state, grad_norm)
+
+    def _update(self, params, grads, state, grad_norm):
         step = int(state["step"])
         lr = self.lr(step)
         if not hasattr(self, "_flat_cache"):

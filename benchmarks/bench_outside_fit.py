@@ -1,0 +1,77 @@
+"""A training step inside ``fit`` against the same step in a user's own loop, and the
+evaluation calls, with no thread settings from the user: they must run as fast as inside fit.
+
+Config: 784-400-20, ReLU, Bernoulli, batch 128, float32, Adam.  Each repeat times --steps
+steps of each loop, round-robin in one process; the table gives medians over --repeats.
+
+Run:  python benchmarks/bench_outside_fit.py [--repeats 7] [--json out.json]
+"""
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+import npvae
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    x = (rng.random((128 * 8, 784)) < 0.3).astype(np.float32)
+    B = 128
+
+    fit_model = npvae.VAE(784, 20, hidden=(400,))
+    own_model = npvae.VAE(784, 20, hidden=(400,))
+    opt = npvae.Adam(lr=1e-3)
+    fit_state, own_state = opt.init(fit_model.params), opt.init(own_model.params)
+    step = npvae.train.TrainStep(fit_model)
+    r1, r2 = np.random.default_rng(1), np.random.default_rng(1)
+
+    def inside_fit(n):  # what fit runs per step, under its thread settings
+        with npvae.threads.limited():
+            for i in range(n):
+                idx = np.arange((i % 8) * B, (i % 8 + 1) * B)
+                step(x, idx, r1, 1.0)
+                opt.update(fit_model.params, step.grads, fit_state, grad_norm=step.grad_norm)
+
+    def own_loop(n):  # the README's loop: no thread settings
+        for i in range(n):
+            xb = x[(i % 8) * B:(i % 8 + 1) * B]
+            _, grads, _ = own_model.loss_and_grad(xb, rng=r2)
+            opt.update(own_model.params, grads, own_state)
+
+    def log_likelihood(n):
+        own_model.log_likelihood(x[:64], n_samples=50 * n)
+
+    def elbo(n):
+        own_model.elbo(np.tile(x, (n, 1)))
+
+    runs = {"step inside fit": inside_fit, "step in a user's own loop": own_loop,
+            "log_likelihood, 64 examples, K = 50/step": log_likelihood, "elbo, 1024 examples/step": elbo}
+    for f in runs.values():
+        f(2)  # compile, warm the caches
+    times = {k: [] for k in runs}
+    for _ in range(args.repeats):
+        for name, f in runs.items():
+            t0 = time.perf_counter()
+            f(args.steps)
+            times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{'what':45s} {'ms per step (median)':>22s} {'min':>8s} {'max':>8s}")
+    for k, v in times.items():
+        print(f"{k:45s} {med[k]:22.3f} {min(v):8.3f} {max(v):8.3f}")
+    ratio = med["step in a user's own loop"] / med["step inside fit"]
+    print(f"own loop / inside fit: {ratio:.2f}x  (target <= 1.2x)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"ms": times, "median": med, "ratio_own_loop_to_fit": ratio}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
