@@ -1,4 +1,5 @@
-"""Training-step throughput: npvae (numba and NumPy backends), PyTorch CPU, and the GEMM floor.
+"""Training-step throughput: npvae (numba and NumPy backends), PyTorch eager, torch.compile,
+JAX jit, and the GEMM floor.
 
 Config A: 784-400-20, ReLU, Bernoulli, batch 128.  Config B: 16-64-64-4, tanh, Gaussian
 (fixed σ = 1), batch 64.  Every implementation does one full Adam step in float32 (noise
@@ -11,7 +12,8 @@ The GEMM floor runs only the matrix products of one npvae step (same shapes, pre
 outputs): forward x W, and backward xᵀ dY and dY Wᵀ (none for the input layer).
 
 Run:  python benchmarks/bench_step.py [--repeats 7] [--json bench_step.json]
-(PyTorch is optional: pip install torch==2.13.0.)
+(The peers are optional, each skipped when missing: pip install ".[bench]" gives torch 2.13.0
+CPU, jax and optax.)
 """
 from __future__ import annotations
 
@@ -96,7 +98,9 @@ def gemm_runner(cfg, blas):
     return run
 
 
-def torch_runner(cfg, x_np, nthreads):
+def torch_runner(cfg, x_np, nthreads, compiled=False):
+    """PyTorch eager, or with the loss and its backward compiled by torch.compile (inductor);
+    Adam (foreach) from torch.optim in both."""
     import torch
     from torch import nn
 
@@ -113,12 +117,12 @@ def torch_runner(cfg, x_np, nthreads):
     B = cfg["batch"]
     half_log_2pi = 0.5 * float(np.log(2 * np.pi))
 
-    def step(xb):
+    def loss_fn(xb, eps):
         h = xb
         for layer in enc:
             h = act(layer(h))
         m, v = mu(h), lv(h)
-        z = m + torch.exp(0.5 * v) * torch.randn_like(m)
+        z = m + torch.exp(0.5 * v) * eps
         h = z
         for layer in dec:
             h = act(layer(h))
@@ -128,7 +132,12 @@ def torch_runner(cfg, x_np, nthreads):
         else:
             rec = 0.5 * ((xb - o) ** 2).sum() + half_log_2pi * xb.numel()
         kl = -0.5 * torch.sum(1 + v - m ** 2 - v.exp())
-        loss = (rec + kl) / xb.shape[0]
+        return (rec + kl) / xb.shape[0]
+
+    forward = torch.compile(loss_fn) if compiled else loss_fn
+
+    def step(xb):
+        loss = forward(xb, torch.randn(xb.shape[0], J))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -139,6 +148,70 @@ def torch_runner(cfg, x_np, nthreads):
         for k in range(n):
             i = (k % (len(x_all) // B)) * B
             step(x_all[i:i + B])
+        return time.perf_counter() - t
+
+    return run
+
+
+def jax_runner(cfg, x_np):
+    """jax.jit of the whole step: noise, loss, gradient and optax Adam, buffers donated.
+    XLA's CPU thread pool is fixed when JAX starts (it uses every core); it is not set here."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    D, H, J = cfg["n_inputs"], cfg["hidden"], cfg["n_latent"]
+    act = {"relu": jax.nn.relu, "tanh": jnp.tanh}[cfg["activation"]]
+    rng = np.random.default_rng(0)
+
+    def linear(n_in, n_out):
+        lim = 1 / np.sqrt(n_in)
+        return (jnp.asarray(rng.uniform(-lim, lim, (n_in, n_out)).astype(np.float32)),
+                jnp.zeros(n_out, jnp.float32))
+
+    params = {"enc": [linear(a, b) for a, b in zip((D,) + H[:-1], H)], "mu": linear(H[-1], J),
+              "lv": linear(H[-1], J), "dec": [linear(a, b) for a, b in zip((J,) + H[::-1][:-1], H[::-1])],
+              "out": linear(H[0], D)}
+    half_log_2pi = 0.5 * float(np.log(2 * np.pi))
+
+    def loss_fn(p, xb, eps):
+        h = xb
+        for W, b in p["enc"]:
+            h = act(h @ W + b)
+        m, v = h @ p["mu"][0] + p["mu"][1], h @ p["lv"][0] + p["lv"][1]
+        h = m + jnp.exp(0.5 * v) * eps
+        for W, b in p["dec"]:
+            h = act(h @ W + b)
+        o = h @ p["out"][0] + p["out"][1]
+        if cfg["likelihood"] == "bernoulli":
+            rec = jnp.sum(jax.nn.softplus(o) - xb * o)
+        else:
+            rec = 0.5 * jnp.sum((xb - o) ** 2) + half_log_2pi * xb.size
+        kl = -0.5 * jnp.sum(1 + v - m ** 2 - jnp.exp(v))
+        return (rec + kl) / xb.shape[0]
+
+    opt = optax.adam(1e-3)
+    state = {"params": params, "opt": opt.init(params), "key": jax.random.PRNGKey(0)}
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(p, o, key, xb):
+        key, sub = jax.random.split(key)
+        loss, grads = jax.value_and_grad(loss_fn)(p, xb, jax.random.normal(sub, (xb.shape[0], J)))
+        updates, o = opt.update(grads, o, p)
+        return optax.apply_updates(p, updates), o, key, loss
+
+    B = cfg["batch"]
+    batches = [jnp.asarray(x_np[i * B:(i + 1) * B]) for i in range(len(x_np) // B)]
+
+    def run(n):
+        t = time.perf_counter()
+        loss = None
+        for k in range(n):
+            state["params"], state["opt"], state["key"], loss = step(state["params"], state["opt"],
+                                                                   state["key"], batches[k % len(batches)])
+        loss.block_until_ready()
         return time.perf_counter() - t
 
     return run
@@ -162,12 +235,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.repeats < 5:
         ap.error("--repeats must be at least 5")
-    try:
-        import torch  # noqa: F401
-        have_torch = True
-    except ImportError:
-        have_torch = False
-        print("PyTorch not installed: its rows are skipped (pip install torch==2.13.0)")
+    have = {}
+    for module, hint in (("torch", "torch==2.13.0"), ("jax", "jax optax")):
+        try:
+            __import__(module)
+            have[module] = True
+        except ImportError:
+            have[module] = False
+            print(f"{module} not installed: its rows are skipped (pip install {hint}, or the bench extra)")
 
     results = {"machine": platform.machine(), "numpy": np.__version__, "numba": numba.__version__,
                "blas": [{k: i.get(k) for k in ("internal_api", "version", "architecture")}
@@ -183,9 +258,13 @@ def main(argv=None):
                 runners[f"npvae numba (BLAS {blas}, numba {nt})"] = npvae_runner(cfg, x, "numba", blas, nt)
         for blas in (1, 2):
             runners[f"npvae numpy (BLAS {blas})"] = npvae_runner(cfg, x, "numpy", blas, 1)
-        if have_torch:
+        if have["torch"]:
             for nt in (1, 2):
                 runners[f"PyTorch (threads {nt})"] = torch_runner(cfg, x, nt)
+            for nt in (1, 2):
+                runners[f"torch.compile (threads {nt})"] = torch_runner(cfg, x, nt, compiled=True)
+        if have["jax"]:
+            runners["JAX jit (XLA's own threads)"] = jax_runner(cfg, x)
         for blas in (1, 2):
             runners[f"GEMM floor (BLAS {blas})"] = gemm_runner(cfg, blas)
         med, raw = measure(runners, cfg["steps"], args.repeats)
@@ -195,21 +274,23 @@ def main(argv=None):
             keys = [k for k in med if k.startswith(prefix)]
             return min(keys, key=med.get) if keys else None
 
-        ours, floor, torch_best = best("npvae numba"), best("GEMM floor"), best("PyTorch")
+        ours, floor = best("npvae numba"), best("GEMM floor")
+        peers = {p: best(p) for p in ("PyTorch", "torch.compile", "JAX jit") if best(p)}
         B = cfg["batch"]
         print(f"\nConfig {name}: {cfg['n_inputs']}-{'-'.join(map(str, cfg['hidden']))}-"
               f"{cfg['n_latent']}, {cfg['activation']}, {cfg['likelihood']}, batch {B}, float32, "
               f"Adam; median of {args.repeats} repeats x {cfg['steps']} steps")
         print(f"{'implementation':38s} {'ms/step':>9s} {'samples/s':>11s}")
         for k in med:
-            mark = " <- best" if k in (ours, floor, torch_best) else ""
+            mark = " <- best" if k in (ours, floor, *peers.values()) else ""
             print(f"{k:38s} {med[k] * 1e3:9.3f} {B / med[k]:11.0f}{mark}")
         summary = {"npvae_best": ours, "gemm_floor_best": floor,
                    "step_over_floor": med[ours] / med[floor]}
-        if torch_best:
-            summary["torch_best"] = torch_best
-            summary["speedup_vs_torch"] = med[torch_best] / med[ours]
-            print(f"npvae / PyTorch throughput: {summary['speedup_vs_torch']:.2f}x   ", end="")
+        for peer, key in peers.items():
+            summary[f"speedup_vs_{peer}"] = med[key] / med[ours]
+            print(f"npvae / {peer} throughput: {summary[f'speedup_vs_{peer}']:.2f}x   ", end="")
+        spread = {k: (min(raw[k]) * 1e3, max(raw[k]) * 1e3) for k in raw}
+        summary["spread_ms"] = spread
         print(f"npvae step / GEMM floor: {summary['step_over_floor']:.2f}x")
         results["configs"][name] = {"config": {k: v for k, v in cfg.items()}, "median_s": med,
                                     "all_s": raw, "summary": summary}

@@ -1,0 +1,123 @@
+"""The speed targets beyond the plain step: IWAE (k = 5) against the ELBO step, ln p(x) with
+K = 5000 against the floor of its own matrix products, and the cold and warm start.
+
+Model 784-300-300-40, ReLU, Bernoulli, float32, batch 128 (the published Fashion-MNIST
+architecture's size).  Steps run as fit runs them (TrainStep + Adam, fit's thread settings).
+Medians over --repeats, the two steps round-robin in one process.
+
+Run:  python benchmarks/bench_estimators.py [--repeats 7] [--images 200] [--json out.json]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+import npvae
+
+
+def step_runner(model, x, objective, k):
+    opt = npvae.Adam(lr=1e-3)
+    state = opt.init(model.params)
+    step = npvae.train.TrainStep(model, objective=objective, n_samples=k)
+    rng = np.random.default_rng(0)
+    B = 128
+
+    def run(n):
+        with npvae.threads.limited():
+            t = time.perf_counter()
+            for i in range(n):
+                step(x, np.arange((i % 8) * B, (i % 8 + 1) * B), rng, 1.0)
+                opt.update(model.params, step.grads, state, grad_norm=step.grad_norm)
+            return (time.perf_counter() - t) / n
+    return run
+
+
+def matmul_floor(model, rows, x_rows, blas=2):
+    """Only the matrix products ln p(x) needs for ``rows`` decoder rows and the encoder."""
+    Ws = [(k, v) for k, v in model.params.items() if k.endswith(".W")]
+    enc = [v for k, v in Ws if k.startswith("encoder.")]
+    dec = [v for k, v in Ws if k.startswith("decoder.")]
+    bufs = [(np.ones((x_rows, W.shape[0]), np.float32), W, np.empty((x_rows, W.shape[1]), np.float32)) for W in enc]
+    bufs += [(np.ones((rows, W.shape[0]), np.float32), W, np.empty((rows, W.shape[1]), np.float32)) for W in dec]
+
+    def run():
+        with threadpool_limits(limits=blas, user_api="blas"):
+            t = time.perf_counter()
+            for a, W, out in bufs:
+                np.matmul(a, W, out=out)
+            return time.perf_counter() - t
+    return run
+
+
+def start_times():
+    """(cold, warm): seconds from launch to the end of a 1-epoch run, first with an empty
+    kernel cache (it compiles), then again (it loads the cache)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+        env["NPVAE_CACHE"] = tmp
+        out = []
+        for i in range(2):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "npvae.cli", "train", "--epochs", "1", "--no-plots", "--quiet",
+                            "--out", os.path.join(tmp, f"run{i}")], env=env, check=True, cwd=tmp,
+                           capture_output=True)
+            out.append(time.perf_counter() - t)
+        return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    x = (rng.random((128 * 8, 784)) < 0.3).astype(np.float32)
+    mk = lambda: npvae.VAE(784, 40, hidden=(300, 300))
+    runs = {"ELBO step": step_runner(mk(), x, "elbo", 1), "IWAE k = 5 step": step_runner(mk(), x, "iwae", 5)}
+    for r in runs.values():
+        r(3)
+    times = {k: [] for k in runs}
+    for _ in range(args.repeats):
+        for k, r in runs.items():
+            times[k].append(r(20) * 1e3)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["IWAE k = 5 step"] / med["ELBO step"]
+    print(f"ELBO step {med['ELBO step']:.2f} ms, IWAE k=5 step {med['IWAE k = 5 step']:.2f} ms: "
+          f"{ratio:.2f}x (target <= 3x)")
+
+    model = mk()
+    xt = x[:args.images]
+    K = 5000
+    model.log_likelihood(xt[:4], n_samples=64)
+    t = time.perf_counter()
+    model.log_likelihood(xt, n_samples=K)
+    ll_s = time.perf_counter() - t
+    # the floor: the same products, in chunks of the size log_likelihood uses
+    chunk_rows = (1 << 22) // 784  # decoder rows per chunk at max_elements = 2^22
+    floor_run = matmul_floor(model, chunk_rows, 1)
+    floor_run()
+    n_chunks = args.images * K / chunk_rows
+    floor_s = statistics.median(floor_run() for _ in range(5)) * n_chunks
+    print(f"ln p(x), K = {K}, {args.images} images: {ll_s:.2f} s; floor of its products {floor_s:.2f} s: "
+          f"{ll_s / floor_s:.2f}x (target <= 1.3x); all 10,000 test images would take "
+          f"{ll_s * 10000 / args.images / 60:.1f} min")
+
+    cold, warm = start_times()
+    print(f"npvae train --epochs 1 on the Ising data: cold (compiling) {cold:.1f} s, warm {warm:.1f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"step_ms": times, "iwae_over_elbo": ratio, "log_px_seconds": ll_s,
+                       "log_px_floor_seconds": floor_s, "images": args.images, "cold_s": cold, "warm_s": warm}, f,
+                      indent=1)
+
+
+if __name__ == "__main__":
+    main()
