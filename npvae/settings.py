@@ -313,13 +313,13 @@ def check_combination(cfg: dict, explicit: set, source: dict | None = None) -> N
 
 
 def check_model_size(n_inputs: int, cfg: dict, limit: float = 2e8) -> None:
-    """Refuse, before building it, a model with more parameters than ``limit``."""
+    """Refuse, before building it, a model with more parameters than ``limit``
+    (counted by :func:`npvae.model.parameter_count`, without allocating anything)."""
+    from .model import parameter_count
     hidden = parse_widths(cfg["hidden"])
-    enc = (n_inputs, *hidden)
-    dec = (cfg["latent"], *hidden[::-1], n_inputs)
-    count = sum(a * b + b for a, b in zip(enc[:-1], enc[1:])) + 2 * (enc[-1] + 1) * cfg["latent"]
-    count += 2 * sum(a * b + b for a, b in zip(dec[:-1], dec[1:]))  # (2: a per-example σ head)
+    sigma = cfg["sigma"] if cfg["likelihood"] == "gaussian" else None
+    count = parameter_count(n_inputs, cfg["latent"], hidden, cfg["likelihood"], sigma)
     if count > limit:
-        raise SettingsError(f"a model of widths {enc} -> {cfg['latent']} has about {count:.3g} "
+        raise SettingsError(f"a model of widths {(n_inputs, *hidden)} -> {cfg['latent']} has {count:.3g} "
                             f"parameters, more than the command line builds ({limit:.0e}); use the "
                             "Python API for such models")
