@@ -25,6 +25,8 @@ from .settings import SettingsError
 
 ISING_TEMPERATURES = tuple(1.0 + 0.25 * i for i in range(11))  # 1.0, 1.25, ..., 3.5
 FASHION_SHAPE = (28, 28)
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                   "Bag", "Ankle boot")  # the data set's label order
 
 
 class UsageError(Exception):
@@ -43,6 +45,8 @@ def load_data(cfg, progress=False):
     import npvae
     from npvae import ising
 
+    import numpy as np
+
     name = cfg["data"]
     if name == "ising":
         d = ising.load(L=cfg["ising_L"], temperatures=ISING_TEMPERATURES, n_per_T=cfg["ising_n_per_T"],
@@ -54,7 +58,7 @@ def load_data(cfg, progress=False):
             x, y = npvae.data.load_fashion_mnist("train", labels=True)
         except (FileNotFoundError, npvae.data.DataError) as exc:
             raise UsageError(str(exc)) from None
-        return x, y, "class", "bernoulli", "dynamic", FASHION_SHAPE
+        return x, np.asarray(FASHION_CLASSES)[y], "garment", "bernoulli", "dynamic", FASHION_SHAPE
     try:
         x = npvae.data.load_array(name, key=cfg["data_key"])
     except npvae.data.DataError as exc:
