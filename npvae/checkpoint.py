@@ -169,7 +169,7 @@ def json_field(arrays: dict, key: str, path) -> dict:
 def model_from_arrays(arrays: dict, path, layers=()):
     """Rebuild a VAE and check that every stored parameter has the expected name, shape and
     dtype.  ``layers``: the classes of a user's own layers that the config names."""
-    from .model import VAE, layers_from_specs, parameter_count
+    from .model import VAE, layers_from_specs, parameter_count, spec_parameter_count
 
     cfg = json_field(arrays, "config", path)
     if not isinstance(cfg, dict) or not isinstance(cfg.get("hidden"), list):
@@ -180,10 +180,12 @@ def model_from_arrays(arrays: dict, path, layers=()):
     custom = "encoder" in cfg or "decoder" in cfg
     try:
         if custom:
+            declared = spec_parameter_count(cfg["n_inputs"], cfg["n_latent"], cfg.get("encoder"),
+                                            cfg.get("decoder"), cfg.get("likelihood", "bernoulli"),
+                                            cfg.get("sigma")) or 0
             known = {c.__name__: c for c in layers}
             cfg["encoder"] = layers_from_specs(cfg.get("encoder"), known)
             cfg["decoder"] = layers_from_specs(cfg.get("decoder"), known)
-            declared = 0
         else:
             declared = parameter_count(cfg["n_inputs"], cfg["n_latent"], tuple(cfg["hidden"]),
                                        cfg.get("likelihood", "bernoulli"), cfg.get("sigma"))

@@ -49,6 +49,10 @@ def load_data(cfg, progress=False):
 
     name = cfg["data"]
     if name == "ising":
+        spins = cfg["ising_L"] ** 2 * len(ISING_TEMPERATURES) * cfg["ising_n_per_T"]
+        if spins > 1 << 31:
+            raise UsageError(f"--ising-L {cfg['ising_L']} with --ising-n-per-T {cfg['ising_n_per_T']} is "
+                             f"{spins:.3g} spins, more than the built-in data generates (2^31)")
         d = ising.load(L=cfg["ising_L"], temperatures=ISING_TEMPERATURES, n_per_T=cfg["ising_n_per_T"],
                        seed=cfg["seed"], progress=progress)
         L = cfg["ising_L"]
@@ -58,6 +62,8 @@ def load_data(cfg, progress=False):
             x, y = npvae.data.load_fashion_mnist("train", labels=True)
         except (FileNotFoundError, npvae.data.DataError) as exc:
             raise UsageError(str(exc)) from None
+        if y.min() < 0 or y.max() >= len(FASHION_CLASSES):
+            raise UsageError(f"Fashion-MNIST labels must be 0..9; the label file holds {int(y.min())}..{int(y.max())}")
         return x, np.asarray(FASHION_CLASSES)[y], "garment", "bernoulli", "dynamic", FASHION_SHAPE
     try:
         x = npvae.data.load_array(name, key=cfg["data_key"])
@@ -159,12 +165,15 @@ def _settings_for(args):
 
 
 def _remove_if_empty(out: Path) -> None:
-    """Remove a run folder this command created when nothing but lock files and empty
-    folders are in it (a run refused before its first checkpoint leaves no trace)."""
-    for folder in (out / "checkpoints", out):
-        if folder.is_dir() and all(p.name == ".lock" for p in folder.iterdir()):
-            (folder / ".lock").unlink(missing_ok=True)
-            folder.rmdir()
+    """Remove a run folder this command created when nothing of a run is in it (a run refused
+    before its first checkpoint leaves no trace); called while holding the run's lock, which
+    every writer of its checkpoint folder holds first."""
+    ckpt = out / "checkpoints"
+    if ckpt.is_dir() and not any(ckpt.iterdir()):
+        ckpt.rmdir()
+    if out.is_dir() and all(p.name == ".checkpoints.lock" for p in out.iterdir()):
+        (out / ".checkpoints.lock").unlink(missing_ok=True)
+        out.rmdir()
 
 
 def _read_run_settings(run: Path) -> dict:
@@ -216,11 +225,14 @@ def cmd_train(args) -> int:
     new_folder = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     import filelock
-    lock = filelock.FileLock(str(out / ".lock"), timeout=0)
+    # beside the run, not in it, and never deleted: a lock file unlinked while another
+    # process waits on it would let a third one lock a new file of the same name
+    lock_path = out.parent / f".{out.name}.lock"
+    lock = filelock.FileLock(str(lock_path), timeout=0)
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise UsageError(f"another npvae process is writing {out} (it holds {out / '.lock'}); wait "
+        raise UsageError(f"another npvae process is writing {out} (it holds {lock_path}); wait "
                          "for it to finish, or choose another --out") from None
     written_now = []
     try:
@@ -245,6 +257,10 @@ def cmd_train(args) -> int:
         except npvae.DivergenceError as exc:
             _say(f"npvae train: error: {exc}")
             return 1
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step
+            _say(f"npvae train: stopped at once (a second Ctrl-C); the last checkpoint in {out / 'checkpoints'} "
+                 f"is intact: continue with 'npvae train --resume --out {out}'")
+            return 130
         except (ValueError, TypeError, npvae.train.RunLockedError) as exc:
             if not list((out / "checkpoints").glob("ckpt-*.npz")):
                 for path in written_now:  # refused before training began: leave no trace
@@ -268,9 +284,9 @@ def cmd_train(args) -> int:
             except ImportError as exc:
                 _say(f"no plots: {exc}")
     finally:
-        lock.release()
-        if new_folder:
+        if new_folder:  # under the lock: nobody else writes here meanwhile
             _remove_if_empty(out)
+        lock.release()
     last = history[-1] if len(history) else {}
     val = last.get("val_elbo")
     val_txt = f"validation ELBO {val:.3f} nats" if val is not None else "no validation ELBO"
@@ -278,7 +294,8 @@ def cmd_train(args) -> int:
         print(f"interrupted after {len(history)} full epochs; saved, continue with "
               f"'npvae train --resume --out {out}'")
         return 130
-    print(f"trained {len(history)} epochs in {npvae.train.format_seconds(wall)}; {val_txt}; run written to {out}"
+    done = f"trained {len(history)} epochs" if not cfg["resume"] else f"trained to epoch {len(history)}"
+    print(f"{done} in {npvae.train.format_seconds(wall)}; {val_txt}; run written to {out}"
           + (f" ({len(written)} plots)" if written else ""))
     return 0
 

@@ -81,13 +81,26 @@ class Standardizer:
         return {"mean": self.mean, "std": self.std}
 
     def save(self, path):
+        """Write mean and std to ``path`` (.npz, atomic); returns the path."""
         from .checkpoint import atomic_savez
-        atomic_savez(path, self.state())
+        return atomic_savez(path, self.state())
 
     @classmethod
     def load(cls, path) -> "Standardizer":
-        with np.load(path, allow_pickle=False) as f:
-            return cls(f["mean"], f["std"])
+        """Read a saved Standardizer; DataError unless it holds a finite ``mean`` and a
+        positive finite ``std`` of one shape (n_features,)."""
+        try:
+            with files.NpzReader(path, what="standardizer") as f:
+                if "mean" not in f or "std" not in f:
+                    raise DataError(f"{path} is not a saved Standardizer (no 'mean' and 'std')")
+                mean, std = f.read("mean", max_bytes=1 << 30), f.read("std", max_bytes=1 << 30)
+        except files.FileFormatError as exc:
+            raise DataError(str(exc)) from None
+        ok = (mean.ndim == 1 and mean.shape == std.shape and mean.dtype.kind == "f" and std.dtype.kind == "f"
+              and np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all())
+        if not ok:
+            raise DataError(f"{path}: mean and std must be finite 1-D arrays of one shape with std > 0")
+        return cls(mean, std)
 
 
 def train_val_split(x, val_fraction: float = 0.1, seed: int = 0, *arrays):
@@ -262,22 +275,11 @@ def load_array(path, *, key=None, dtype=np.float32) -> np.ndarray:
 
 
 def _read_csv(path) -> np.ndarray:
-    """Line numbers in messages are the file's own (1 = the first line, blank lines counted)."""
+    """Line numbers in messages are the file's own (1 = the first line, blank lines counted).
+    The file is read line by line into a float64 array that doubles as it fills, so memory is
+    about twice the values' own size, not that of Python objects per value."""
     if os.path.getsize(path) > MAX_CSV_BYTES:
         raise DataError(f"{path} is larger than {MAX_CSV_BYTES} bytes: use .npy for data this large")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            numbered = [(i, ln.strip()) for i, ln in enumerate(f, start=1) if ln.strip()]
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text: {exc}") from None
-    if not numbered:
-        raise DataError(f"{path} is empty")
-
-    def parse(line):
-        return [float(v) for v in line.split(",")]
-
-    if any("\x00" in line for _, line in numbered):
-        raise DataError(f"{path} contains NUL bytes: a binary file, not comma-separated text")
 
     def is_number(field):
         try:
@@ -286,19 +288,35 @@ def _read_csv(path) -> np.ndarray:
             return False
         return True
 
-    # a header names every column: a first line with any number in it is data (and an error
-    # below if the rest does not parse), never silently dropped
-    if not any(is_number(f) for f in numbered[0][1].split(",")):
-        numbered = numbered[1:]
-        if not numbered:
-            raise DataError(f"{path} has a header line and no data")
-    rows = []
-    for lineno, line in numbered:
-        try:
-            rows.append(parse(line))
-        except ValueError:
-            raise DataError(f"{path}: line {lineno} is not comma-separated numbers: {line[:60]!r}") from None
-        if len(rows[-1]) != len(rows[0]):
-            raise DataError(f"{path}: line {lineno} has {len(rows[-1])} columns, the first data line "
-                            f"{numbered[0][0]} has {len(rows[0])}")
-    return np.array(rows, dtype=np.float64)
+    out, n, width, first = None, 0, None, None
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, raw in enumerate(f, start=1):
+                line = raw.strip()
+                if not line:
+                    continue
+                if "\x00" in line:
+                    raise DataError(f"{path} contains NUL bytes: a binary file, not comma-separated text")
+                fields = line.split(",")
+                if first is None and not any(is_number(v) for v in fields):
+                    first = 0  # a header names every column: a line with any number in it is data
+                    continue
+                try:
+                    row = [float(v) for v in fields]
+                except ValueError:
+                    raise DataError(f"{path}: line {lineno} is not comma-separated numbers: {line[:60]!r}") from None
+                if width is None:
+                    width, first = len(row), lineno
+                    out = np.empty((1024, width))
+                elif len(row) != width:
+                    raise DataError(f"{path}: line {lineno} has {len(row)} columns, the first data line "
+                                    f"{first} has {width}")
+                if n == len(out):
+                    out = np.concatenate([out, np.empty_like(out)])
+                out[n] = row
+                n += 1
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text: {exc}") from None
+    if out is None:
+        raise DataError(f"{path} has a header line and no data" if first == 0 else f"{path} is empty")
+    return out[:n].copy()

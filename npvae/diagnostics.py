@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from . import ops
+from . import layers, ops
 
 ACTIVE_THRESHOLD = 0.01
 
@@ -75,7 +75,9 @@ def activation_stats(model, x) -> dict:
     layers_by_prefix = {s.prefix: s.layer for s in model.plan.encoder + model.plan.decoder}
     out = {}
     for prefix, h in model.features(x).items():
-        can_die = getattr(layers_by_prefix[prefix], "activation", None) == "relu"
+        layer = layers_by_prefix[prefix]
+        can_die = getattr(layer, "activation", None) == "relu" or (
+            isinstance(layer, layers.Activation) and layer.name == "relu")
         dead = float(np.mean(np.all(h <= 0, axis=0))) if can_die else None
         out[prefix] = {"mean": float(h.mean()), "dead": dead}
     return out

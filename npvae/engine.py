@@ -249,9 +249,17 @@ def _backward_chain(P, G, stages, inputs, outputs, grads_in, d, need_dx_first, t
                 d = nxt
         else:
             dx, grads = tapes[s.prefix](d)
-            for n in s.names:
-                G[f"{s.prefix}.{n}"][...] = grads[n]
+            for n in s.names:  # exact shapes: broadcasting would hide a wrong backward
+                g, target = np.asarray(grads[n]), G[f"{s.prefix}.{n}"]
+                if g.shape != target.shape:
+                    raise ValueError(f"{s.prefix} ({s.layer!r}): the gradient of {n!r} has shape {g.shape}, "
+                                     f"the parameter {target.shape}")
+                target[...] = g
             if k > 0 or need_dx_first:
+                dx = np.asarray(dx)
+                if dx.shape != grads_in[k].shape:
+                    raise ValueError(f"{s.prefix} ({s.layer!r}): backward returned dx of shape {dx.shape}, "
+                                     f"the input is {grads_in[k].shape}")
                 grads_in[k][...] = dx
                 d = grads_in[k]
     return d

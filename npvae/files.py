@@ -87,13 +87,15 @@ def read_npy(f, name, *, available: int | None = None, max_bytes: int = MAX_ARRA
         raise FileFormatError(f"{name}: not a valid .npy array ({exc})") from None
     if dtype.hasobject:
         raise FileFormatError(f"{name} holds pickled objects (Python objects), which npvae never loads")
+    if dtype.itemsize == 0 or dtype.fields is not None or dtype.subdtype is not None:
+        raise FileFormatError(f"{name}: dtype {dtype} is not a plain number type")
     if any(int(d) < 0 for d in shape):
         raise FileFormatError(f"{name}: negative dimension in shape {shape}")
     count = 1
     for d in shape:
         count *= int(d)
     nbytes = count * dtype.itemsize
-    if nbytes > max_bytes:
+    if nbytes > max_bytes or count > max_bytes:
         raise FileFormatError(f"{name}: its header declares shape {shape} of {dtype} "
                               f"({nbytes:.3g} bytes), more than npvae reads ({max_bytes:.3g})")
     if available is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +181,7 @@ def load(L=16, temperatures=(1.5, 2.0, 2.269, 2.5, 3.0, 4.0), n_per_T=200, n_the
         try:
             with np.load(path, allow_pickle=False) as f:
                 return {k: f[k] for k in ("spins", "T", "m", "energy")}
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
             pass  # a damaged cache file is regenerated
     data = simulate(L, temperatures, n_per_T, n_therm, n_decorr, seed, wolff, symmetrize,
                     progress=progress)

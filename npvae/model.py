@@ -373,20 +373,54 @@ def check_layers(layer_list, name):
             if not callable(getattr(layer, method, None)):
                 raise TypeError(f"{name}[{i}] ({layer!r}) has no {method}() method: a layer needs "
                                 "init(rng, n_in), forward(params, x) and config()")
+        layer_spec(layer)  # saveable: a JSON config and a name no built-in layer has
     return list(layer_list)
 
 
 def layer_spec(layer) -> dict:
     """A layer as JSON for a checkpoint: its class name and ``config()``."""
+    name = type(layer).__name__
+    if name in layers.BUILT_IN and layers.BUILT_IN[name] is not type(layer):
+        raise TypeError(f"a user's layer class is named {name!r}, like npvae's built-in layer: it would "
+                        "load as the built-in one; give the class another name")
     cfg = layer.config()
     if not isinstance(cfg, dict):
         raise TypeError(f"{layer!r}.config() must return a dict, got {type(cfg).__name__}")
-    return {"type": type(layer).__name__, **cfg}
+    return {"type": name, **cfg}
+
+
+def spec_parameter_count(n_inputs, n_latent, enc_specs, dec_specs, likelihood="bernoulli", sigma=None):
+    """The parameters a layer-built config declares, computed without building it, when every
+    layer is built in (None when a user's layer is among them: only its init knows)."""
+    counts = {"Dense": 1, "GatedDense": 2}
+    lik = likelihoods.make(likelihood, sigma=sigma)
+    total = 0
+
+    def chain(specs, n):
+        nonlocal total
+        for spec in specs:
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            if kind == "Activation":
+                continue
+            if kind not in counts:
+                return None
+            n_out = positive_int(spec.get("n_out"), "n_out")
+            total += counts[kind] * (n + 1) * n_out
+            n = n_out
+        return n
+    h_enc = chain(enc_specs, positive_int(n_inputs, "n_inputs"))
+    h_dec = chain(dec_specs, positive_int(n_latent, "n_latent"))
+    if h_enc is None or h_dec is None:
+        return None
+    total += 2 * (h_enc + 1) * n_latent + len(lik.heads) * (h_dec + 1) * n_inputs
+    return int(total + sum(v.size for v in lik.init_params(1, np.float32).values()) * n_inputs)
 
 
 def layers_from_specs(specs, custom: dict):
     """Layer objects from their specs; built-in names, then the classes in ``custom``."""
     known = {**layers.BUILT_IN, **custom}
+    if not isinstance(specs, list):
+        raise ValueError(f"the layers must be a JSON list, got {specs!r:.80}")
     out = []
     for spec in specs:
         if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):

@@ -135,7 +135,7 @@ def parse_widths(value) -> tuple[int, ...]:
     if text in ("", "none", "linear"):
         return ()
     parts = [p.strip() for p in text.split(",")]
-    if any(not p.isdigit() for p in parts):
+    if any(not (p.isascii() and p.isdigit()) for p in parts):
         raise SettingsError(f"must be comma-separated positive widths such as 400 or 256,128 "
                             f"(or 'none' for a linear model); got {value!r}")
     widths = tuple(int(p) for p in parts)
@@ -148,7 +148,7 @@ def parse_image_shape(value) -> tuple[int, int] | None:
     if value is None:
         return None
     parts = str(value).lower().replace("×", "x").split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+    if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() and int(p) > 0 for p in parts):
         raise SettingsError(f"must be HEIGHTxWIDTH such as 28x28; got {value!r}")
     return int(parts[0]), int(parts[1])
 

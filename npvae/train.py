@@ -193,6 +193,8 @@ def check_training_state(path, loaded, n: int, steps_per_epoch: int, opt_state: 
                   f"+ step {step}")
     if len(meta["history"]) != epoch or not all(isinstance(r, dict) for r in meta["history"]):
         raise bad(f"its history holds {len(meta['history'])} records for {epoch} epochs")
+    if step > 0 and set(meta["sums"]) != {"loss", "reconstruction", "kl", "beta", "grad_norm", "lr"}:
+        raise bad(f"its running sums {sorted(meta['sums'])} are not the epoch's")
     for v in list(meta["sums"].values()) + [meta["epoch_time"]]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise bad(f"a running sum is {v!r:.40}, not a finite number")
@@ -238,15 +240,16 @@ class RunLockedError(RuntimeError):
 
 
 def _lock_run(directory: Path):
-    """An exclusive lock on ``directory/.lock`` (filelock), held while one process trains into
-    it: a second writer is refused at once instead of racing the first."""
+    """An exclusive lock on ``.<name>.lock`` beside ``directory`` (filelock), held while one
+    process trains into it: a second writer is refused at once instead of racing the first."""
     import filelock
-    lock = filelock.FileLock(str(directory / ".lock"), timeout=0)
+    path = directory.parent / f".{directory.name}.lock"  # beside the folder, never deleted
+    lock = filelock.FileLock(str(path), timeout=0)
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise RunLockedError(f"another process is training into {directory} (it holds "
-                             f"{directory / '.lock'}); wait for it, or use another folder") from None
+        raise RunLockedError(f"another process is training into {directory} (it holds {path}); wait for "
+                             "it, or use another folder") from None
     return lock
 
 
@@ -415,18 +418,28 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
             def same_run_and_sound(path, loaded):
                 # a checkpoint of another run is the caller's mistake (an error); a damaged one
                 # is skipped for an older one (CheckpointError)
-                saved_model, meta = loaded[0], loaded[1]
-                if saved_model.config() != model.config():
+                saved_model, meta, saved_opt = loaded[0], loaded[1], loaded[2]
+                as_json = lambda cfg: json.loads(json.dumps(cfg))  # a tuple in a config reads back as a list
+                if as_json(saved_model.config()) != as_json(model.config()):
                     raise ValueError(f"cannot resume from {path}: it was made for {saved_model.config()}, "
                                      f"not {model.config()}")
                 for key in ("seed", "batch_size", "binarize", "data", "free_bits", "objective", "n_samples"):
                     if isinstance(meta, dict) and meta.get(key) != run[key]:
                         raise ValueError(f"cannot resume from {path}: {key} was {meta.get(key)!r}, "
                                          f"now {run[key]!r}")
+                if set(saved_opt) != set(opt_state) or any(saved_opt[k].shape != opt_state[k].shape
+                                                           for k in opt_state if k in saved_opt):
+                    raise ValueError(f"cannot resume from {path}: its optimizer state does not fit "
+                                     f"{type(optimizer).__name__} (the run used {meta.get('optimizer')!r:.80})")
                 check_training_state(path, loaded, n, steps_per_epoch, opt_state)
 
             own_layers = {type(l) for l in model.encoder_layers + model.decoder_layers}
             path, loaded = _newest_loadable(directory, same_run_and_sound, own_layers)
+            if loaded is None and list_checkpoints(directory):
+                # never start afresh over a run's checkpoints: that would prune them
+                raise ValueError(f"resume=True, but none of the {len(list_checkpoints(directory))} checkpoints in "
+                                 f"{directory} can continue this run (the warnings above say why); move them "
+                                 "away to start a new run there")
             if loaded is not None:
                 saved_model, meta, saved_opt, perm, best_params = loaded
                 for k in model.params:

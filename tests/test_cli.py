@@ -93,6 +93,7 @@ def test_evaluate_sample_and_gradcheck(tmp_path, capsys):
     (["train", "--data", "fashion-mnist", "--ising-L", "8"], "--ising-L applies to the built-in Ising data only"),
     (["gradcheck", "--hidden", "abc"], "--hidden must be comma-separated"),
     (["train", "--beta-warmup", "nan"], "--beta-warmup must be a finite number"),
+    (["gradcheck", "--hidden", "²"], "--hidden must be comma-separated"),
     (["train", "--out", "x\x00y"], "must not contain a NUL"),
     (["train", "--config", "missing.toml"], "config file missing.toml does not exist"),
     (["evaluate", "nowhere"], "is not an npvae run directory"),
@@ -223,7 +224,7 @@ def test_the_first_run_says_that_it_compiles(tmp_path):
 def digest(folder):
     import hashlib
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
 
 
 def test_a_new_run_into_a_used_folder_is_refused_and_changes_nothing(tmp_path, capsys):
@@ -272,7 +273,7 @@ def test_a_second_writer_is_refused(tmp_path, capsys):
     assert cli.main(["train", *TINY_ISING, "--no-plots"]) == 0
     run = tmp_path / "runs" / "ising"
     before = digest(run)
-    holder = filelock.FileLock(str(run / ".lock"), timeout=0)
+    holder = filelock.FileLock(str(run.parent / ".ising.lock"), timeout=0)
     holder.acquire()
     try:
         assert cli.main(["train", *TINY_ISING, "--resume", "--epochs", "3"]) == 2
@@ -364,3 +365,19 @@ def test_a_full_disk_gives_one_line_and_keeps_the_last_good_checkpoint(tmp_path)
     for name, raw in saved.items():  # the last good checkpoint is untouched
         assert (ckpts / name).read_bytes() == raw
     assert not list(ckpts.glob(".*tmp*")), list(ckpts.iterdir())
+
+
+def test_a_second_ctrl_c_says_where_the_run_stands(tmp_path, monkeypatch, capsys):
+    import npvae
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(npvae, "fit", interrupted)
+    assert cli.main(["train", *TINY_ISING, "--no-plots"]) == 130
+    err = capsys.readouterr().err
+    assert "second Ctrl-C" in err and "--resume" in err and "nothing was trained" not in err
+
+
+def test_sizes_the_built_in_data_cannot_make_are_refused(capsys):
+    assert cli.main(["train", "--ising-L", "256", "--ising-n-per-T", "1000000"]) == 2
+    assert "more than the built-in data generates" in capsys.readouterr().err

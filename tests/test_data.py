@@ -181,3 +181,25 @@ def test_load_array_errors(tmp_path):
         data.load_array(tmp_path / "x.txt")
     with pytest.raises(data.DataError, match="does not exist"):
         data.load_array(tmp_path / "none.npy")
+
+
+def test_a_zero_size_dtype_or_a_structured_one_is_refused(tmp_path):
+    import io
+    for descr, shape in (([], (5, 10**15)), ("|V0", (3,)), ([("a", "<f4")], (3,))):
+        b = io.BytesIO()
+        np.lib.format.write_array_header_1_0(b, {"descr": descr, "fortran_order": False, "shape": shape})
+        (tmp_path / "z.npy").write_bytes(b.getvalue())
+        with pytest.raises(data.DataError):
+            data.load_array(tmp_path / "z.npy")
+
+
+def test_standardizer_saves_and_refuses_bad_files(tmp_path):
+    s = data.Standardizer().fit(np.random.default_rng(0).random((5, 3)))
+    path = s.save(tmp_path / "s.npz")
+    assert np.array_equal(data.Standardizer.load(path).std, s.std)
+    np.savez(tmp_path / "z.npz", mean=np.zeros(3), std=np.zeros(3))
+    with pytest.raises(data.DataError, match="std > 0"):
+        data.Standardizer.load(tmp_path / "z.npz")
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    with pytest.raises(data.DataError):
+        data.Standardizer.load(tmp_path / "a.npy")

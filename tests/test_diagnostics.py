@@ -89,3 +89,14 @@ def test_fit_records_diagnostics(tmp_path):
     assert h["active_units"][-1] == d["active_units"]
     assert "diagnostics" not in h.to_csv().splitlines()[0]
     h.to_json(tmp_path / "h.json")
+
+
+def test_dead_units_of_a_separate_relu_layer_are_counted():
+    from npvae import layers
+    a = npvae.VAE(4, 2, encoder=[layers.Dense(3, "relu")], decoder=[layers.Dense(3, "relu")], dtype=np.float64)
+    b = npvae.VAE(4, 2, encoder=[layers.Dense(3), layers.Activation("relu")],
+                  decoder=[layers.Dense(3), layers.Activation("relu")], dtype=np.float64)
+    x = np.random.default_rng(0).random((20, 4))
+    sa, sb = diagnostics.activation_stats(a, x), diagnostics.activation_stats(b, x)
+    assert sa["encoder.0"]["dead"] is not None and sb["encoder.1"]["dead"] is not None
+    assert sb["encoder.0"]["dead"] is None  # a plain Dense can not die

@@ -147,3 +147,72 @@ def test_check_layer_finds_a_wrong_backward():
     check_layer(Swish(4), 3)
     with pytest.raises(AssertionError, match="b"):
         check_layer(Wrong(4), 3)
+
+
+class Scale:
+    """y = x ⊙ s, with a backward that can be made wrong in shape."""
+
+    def __init__(self, bad=None):
+        self.bad = bad
+
+    def init(self, rng, n_in):
+        return n_in, {"s": np.ones(n_in)}
+
+    def forward(self, params, x):
+        s = params["s"]
+
+        def backward(dy):
+            ds, dx = (dy * x).sum(axis=0), dy * s
+            return (dx[:1] if self.bad == "dx" else dx), {"s": ds.sum() if self.bad == "grad" else ds}
+        return x * s, backward
+
+    def config(self):
+        return {"bad": self.bad}
+
+
+@pytest.mark.parametrize("bad", ["grad", "dx"])
+def test_a_wrong_shaped_backward_is_refused_not_broadcast(bad):
+    m = npvae.VAE(6, 2, encoder=[layers.Dense(5), Scale(bad), layers.Dense(3)], decoder=[layers.Dense(5)],
+                  dtype=np.float64)
+    with pytest.raises(ValueError, match="shape"):
+        m.loss_and_grad(np.random.default_rng(0).random((4, 6)), eps=np.zeros((4, 2)))
+
+
+def test_layer_configs_with_tuples_resume_and_names_of_built_ins_are_refused(tmp_path):
+    class Pool:
+        def __init__(self, group=(2,)):
+            self.group = group
+
+        def init(self, rng, n_in):
+            return n_in // self.group[0], {}
+
+        def forward(self, params, x):
+            g = self.group[0]
+            return x.reshape(len(x), -1, g).mean(axis=2), lambda dy: (np.repeat(dy, g, axis=1) / g, {})
+
+        def config(self):
+            return {"group": self.group}
+
+    x = np.random.default_rng(0).random((20, 8))
+    make = lambda: npvae.VAE(8, 2, encoder=[layers.Dense(8, "tanh"), Pool((2,))], decoder=[layers.Dense(4, "tanh")])
+    npvae.fit(make(), x, epochs=1, batch_size=10, checkpoint_dir=tmp_path, progress=False)
+    h = npvae.fit(make(), x, epochs=2, batch_size=10, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert [r["epoch"] for r in h] == [1, 2]
+
+    class Dense(layers.Dense):  # a user's class with a built-in's name would load as the built-in
+        pass
+    with pytest.raises(TypeError, match="named 'Dense'"):
+        npvae.VAE(6, 2, encoder=[Dense(5)], decoder=[Dense(5)])
+
+
+def test_a_layer_built_checkpoint_declaring_a_huge_layer_is_refused(tmp_path):
+    import json
+    from npvae import checkpoint
+    m = npvae.VAE(784, 2, encoder=[layers.Dense(3)], decoder=[layers.Dense(3)])
+    arrays = checkpoint.model_arrays(m)
+    cfg = json.loads(str(arrays["config"]))
+    cfg["encoder"] = [{"type": "Dense", "n_out": 10**9, "activation": "identity", "init": "fan_in"}]
+    arrays["config"] = np.array(json.dumps(cfg))
+    checkpoint.atomic_savez(tmp_path / "m.npz", arrays)
+    with pytest.raises(npvae.CheckpointError, match="declares a model of"):
+        npvae.load(tmp_path / "m.npz")

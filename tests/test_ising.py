@@ -92,3 +92,13 @@ def test_bernoulli_view():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ising.simulate(**{"L": 4, "n_per_T": 2, "n_therm": 1, **kwargs})
+
+
+def test_a_truncated_cache_file_is_regenerated(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPVAE_CACHE", str(tmp_path))
+    kw = dict(L=4, temperatures=(2.0,), n_per_T=5, n_therm=5, n_decorr=1)
+    first = ising.load(**kw)
+    cached = next(tmp_path.glob("ising-*.npz"))
+    cached.write_bytes(cached.read_bytes()[:40])
+    again = ising.load(**kw)
+    assert np.array_equal(first["spins"], again["spins"])

@@ -350,7 +350,7 @@ def test_stale_temporaries_of_live_writers_are_kept(tmp_path):
 def test_a_second_writer_into_one_folder_is_refused(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import filelock, sys, time
-        lock = filelock.FileLock({str(tmp_path / '.lock')!r}, timeout=0)
+        lock = filelock.FileLock({str(tmp_path.parent / ('.' + tmp_path.name + '.lock'))!r}, timeout=0)
         lock.acquire(); print("held", flush=True); time.sleep(60)""")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -360,3 +360,22 @@ def test_a_second_writer_into_one_folder_is_refused(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_resume_never_silently_restarts_over_a_runs_checkpoints(tmp_path):
+    """A resume that cannot use any checkpoint (here: another optimizer) is refused; it does
+    not start afresh and prune the run's checkpoints."""
+    x = bars()
+    npvae.fit(npvae.VAE(25, 2, hidden=(8,)), x, epochs=2, batch_size=50, checkpoint_dir=tmp_path, progress=False)
+    before = {p.name: p.read_bytes() for p in train.list_checkpoints(tmp_path)}
+    with pytest.raises(ValueError, match="optimizer state does not fit SGD"):
+        npvae.fit(npvae.VAE(25, 2, hidden=(8,)), x, epochs=3, batch_size=50, checkpoint_dir=tmp_path,
+                  resume=True, progress=False, optimizer=npvae.SGD(lr=1e-3))
+    newest = train.list_checkpoints(tmp_path)[-1]
+    newest.write_bytes(newest.read_bytes()[:50])  # and when every checkpoint is unreadable
+    for p in train.list_checkpoints(tmp_path)[:-1]:
+        p.write_bytes(b"junk")
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="none of the 2 checkpoints"):
+        npvae.fit(npvae.VAE(25, 2, hidden=(8,)), x, epochs=3, batch_size=50, checkpoint_dir=tmp_path,
+                  resume=True, progress=False)
+    assert sorted(p.name for p in train.list_checkpoints(tmp_path)) == sorted(before)
