@@ -224,16 +224,10 @@ def cmd_train(args) -> int:
     # accepted: from here on the run directory is written, by this process alone
     new_folder = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    import filelock
-    # beside the run, not in it, and never deleted: a lock file unlinked while another
-    # process waits on it would let a third one lock a new file of the same name
-    lock_path = out.parent / f".{out.name}.lock"
-    lock = filelock.FileLock(str(lock_path), timeout=0)
     try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise UsageError(f"another npvae process is writing {out} (it holds {lock_path}); wait "
-                         "for it to finish, or choose another --out") from None
+        lock = npvae.train.lock_folder(out)
+    except npvae.train.RunLockedError as exc:
+        raise UsageError(str(exc).replace("another folder", "another --out")) from None
     written_now = []
     try:
         # checked again under the lock: another process may have made a run here meanwhile

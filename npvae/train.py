@@ -239,16 +239,19 @@ class RunLockedError(RuntimeError):
     """Another process is training into the same checkpoint folder."""
 
 
-def _lock_run(directory: Path):
+def lock_folder(directory: Path):
     """An exclusive lock on ``.<name>.lock`` beside ``directory`` (filelock), held while one
-    process trains into it: a second writer is refused at once instead of racing the first."""
+    process writes into it: a second writer is refused at once (RunLockedError) instead of
+    racing the first.  The lock file lives beside the folder, not in it, and is never
+    deleted: a lock file unlinked while another process waits on it would let a third one
+    lock a new file of the same name.  Returns the held lock; ``release()`` it."""
     import filelock
-    path = directory.parent / f".{directory.name}.lock"  # beside the folder, never deleted
+    path = Path(directory).parent / f".{Path(directory).name}.lock"
     lock = filelock.FileLock(str(path), timeout=0)
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise RunLockedError(f"another process is training into {directory} (it holds {path}); wait for "
+        raise RunLockedError(f"another process is writing into {directory} (it holds {path}); wait for "
                              "it, or use another folder") from None
     return lock
 
@@ -392,7 +395,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     lock = None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-        lock = _lock_run(directory)
+        lock = lock_folder(directory)
         try:
             if not resume and list_checkpoints(directory):
                 raise ValueError(f"{directory} holds checkpoints of an earlier run: pass resume=True "

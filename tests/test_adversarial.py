@@ -493,7 +493,7 @@ def test_concurrent_runs_into_one_folder(tmp_path):
     for (out, err), code in results:
         assert "Traceback" not in err
         if code == 2:
-            assert "another npvae process" in err or "already holds a run" in err, err
+            assert "another process is writing" in err or "already holds a run" in err, err
     npvae.load(tmp_path / "r" / "model.npz")
     train.load_training_checkpoint(train.list_checkpoints(tmp_path / "r" / "checkpoints")[-1])
     for _, code in results:

@@ -277,7 +277,7 @@ def test_a_second_writer_is_refused(tmp_path, capsys):
     holder.acquire()
     try:
         assert cli.main(["train", *TINY_ISING, "--resume", "--epochs", "3"]) == 2
-        assert "another npvae process is writing" in capsys.readouterr().err
+        assert "another process is writing into" in capsys.readouterr().err
     finally:
         holder.release()
     assert digest(run) == before

@@ -354,7 +354,7 @@ def test_a_second_writer_into_one_folder_is_refused(tmp_path):
         lock.acquire(); print("held", flush=True); time.sleep(60)""")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(train.RunLockedError, match="another process is training into"):
+        with pytest.raises(train.RunLockedError, match="another process is writing into"):
             npvae.fit(npvae.VAE(25, 2, hidden=(8,)), bars(), epochs=1, batch_size=50,
                       checkpoint_dir=tmp_path, progress=False)
     finally:
