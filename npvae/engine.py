@@ -77,10 +77,6 @@ class Plan:
     def h_dec(self):
         return self.decoder[-1].n_out if self.decoder else self.n_latent
 
-    @property
-    def all_fused(self):
-        return all(s.fused is not None for s in self.encoder + self.decoder)
-
     def likelihood_params(self, P):
         return {k[len("likelihood."):]: P[k] for k in self.likelihood_keys}
 
