@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import settings as S
@@ -187,6 +189,18 @@ def _read_run_settings(run: Path) -> dict:
 
 
 def cmd_train(args) -> int:
+    import npvae
+
+    # entered once training has returned: from then to the last line printed, a stop signal
+    # lets the run's record be completed (see _train)
+    finishing = npvae.train.InterruptFlag()
+    try:
+        return _train(args, finishing)
+    finally:
+        finishing.__exit__(None, None, None)
+
+
+def _train(args, finishing) -> int:
     import time
 
     import npvae
@@ -251,23 +265,23 @@ def cmd_train(args) -> int:
         except npvae.DivergenceError as exc:
             _say(f"npvae train: error: {exc}")
             return 1
-        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step
-            _say(f"npvae train: stopped at once (a second Ctrl-C); the last checkpoint in {out / 'checkpoints'} "
-                 f"is intact: continue with 'npvae train --resume --out {out}'")
-            return 130
         except (ValueError, TypeError, npvae.train.RunLockedError) as exc:
             if not list((out / "checkpoints").glob("ckpt-*.npz")):
                 for path in written_now:  # refused before training began: leave no trace
                     Path(path).unlink(missing_ok=True)
             raise UsageError(str(exc)) from None
         wall = time.perf_counter() - t0
+        # Writing the run's record: a stop signal now lets the model and history be written
+        # (a scheduler's SIGTERM must not leave a trained run without its model.npz) and
+        # skips the plots; a second signal stops at once, each file being written atomically.
+        finishing.__enter__()
         if cfg["resume"]:
             npvae.checkpoint.atomic_write_text(out / "config.toml", S.toml_text(cfg))
         model.save(out / "model.npz")
         history.to_csv(out / "history.csv")
         history.to_json(out / "history.json")
         written = []
-        if cfg["plots"] and len(history):
+        if cfg["plots"] and len(history) and not finishing.set:
             try:
                 from npvae import plots
                 written = plots.write_all(
@@ -277,6 +291,14 @@ def cmd_train(args) -> int:
                     ising_L=cfg["ising_L"] if cfg["data"] == "ising" else None, seed=cfg["seed"])
             except ImportError as exc:
                 _say(f"no plots: {exc}")
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the steps, or a second one
+        if not list((out / "checkpoints").glob("ckpt-*.npz")):
+            for path in written_now:  # nothing was trained: leave no half-made run behind
+                Path(path).unlink(missing_ok=True)
+            raise
+        _say(f"npvae train: stopped at once (a second Ctrl-C or SIGTERM); the last checkpoint in {out / 'checkpoints'} is intact: "
+             f"continue with 'npvae train --resume --out {out}'")
+        return 130
     finally:
         if new_folder:  # under the lock: nobody else writes here meanwhile
             _remove_if_empty(out)
@@ -287,6 +309,11 @@ def cmd_train(args) -> int:
     if history.interrupted:
         print(f"interrupted after {len(history)} full epochs; saved, continue with "
               f"'npvae train --resume --out {out}'")
+        return 130
+    if finishing.set:
+        print(f"stopped by a signal after training {len(history)} epochs; the model and history are "
+              f"written to {out}" + ("" if not cfg["plots"] else
+                                     f"; the plots are not: 'npvae train --resume --out {out}' writes them"))
         return 130
     done = f"trained {len(history)} epochs" if not cfg["resume"] else f"trained to epoch {len(history)}"
     print(f"{done} in {npvae.train.format_seconds(wall)}; {val_txt}; run written to {out}"
@@ -562,22 +589,35 @@ def build_parser():
     return p
 
 
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM (what batch schedulers send) is a Ctrl-C: training saves and stops cleanly,
+    # anything before it stops with a message instead of dying without one
+    in_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if in_main else None
     try:
         return args.func(args)
     except UsageError as exc:
         _say(f"npvae {args.command}: error: {exc}")
         return 2
-    except KeyboardInterrupt:  # Ctrl-C before training began (loading data, compiling)
-        _say(f"npvae {args.command}: interrupted; nothing was trained")
+    except (KeyboardInterrupt, RuntimeError) as exc:  # Ctrl-C or SIGTERM; for train, before training began
+        if isinstance(exc, RuntimeError) and not isinstance(exc.__cause__, KeyboardInterrupt):
+            raise  # (Python 3.11 wraps a Ctrl-C during a class's creation in a RuntimeError)
+        _say(f"npvae {args.command}: interrupted" + ("; nothing was trained" if args.command == "train" else ""))
         return 130
     except OSError as exc:  # a full disk, a read-only folder: the file, and why
         where = f" {exc.filename}" if exc.filename else ""
         _say(f"npvae {args.command}: error: cannot write or read{where}: {exc.strerror or exc}. "
              "The last good checkpoint, if any, is intact.")
         return 1
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

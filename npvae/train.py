@@ -282,7 +282,12 @@ def _process_alive(pid: int) -> bool:
 # ----------------------------------------------------------------------------------------
 # Ctrl-C or SIGTERM: finish the current step, then save and return
 # ----------------------------------------------------------------------------------------
-class _InterruptFlag:
+class InterruptFlag:
+    """Within ``with InterruptFlag() as f``, a first SIGINT or SIGTERM only sets ``f.set``
+    (the work in hand finishes, then the caller stops cleanly); a second raises
+    KeyboardInterrupt at once. The previous handlers come back on exit. Outside the main
+    thread, where Python cannot install handlers, it does nothing."""
+
     def __init__(self):
         self.set = False
         self._old = None
@@ -301,6 +306,7 @@ class _InterruptFlag:
         if self._old is not None:
             for sig, old in self._old.items():
                 signal.signal(sig, old)
+            self._old = None
         return False
 
 
@@ -473,7 +479,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                          objective=objective, n_samples=n_samples)
         stop = False
         # Overflow in a step is reported once, as a DivergenceError naming it, not as warnings.
-        with _InterruptFlag() as interrupt, threads.limited(), \
+        with InterruptFlag() as interrupt, threads.limited(), \
                 np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while run["epoch"] < epochs and not stop:
                 epoch = run["epoch"] + 1

@@ -370,14 +370,73 @@ def test_a_full_disk_gives_one_line_and_keeps_the_last_good_checkpoint(tmp_path)
 def test_a_second_ctrl_c_says_where_the_run_stands(tmp_path, monkeypatch, capsys):
     import npvae
 
+    def interrupted(*a, checkpoint_dir, **k):  # stopped at once after a first checkpoint
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        (checkpoint_dir / "ckpt-00000001.npz").write_bytes(b"")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(npvae, "fit", interrupted)
+    assert cli.main(["train", *TINY_ISING, "--no-plots", "--out", str(tmp_path / "r")]) == 130
+    err = capsys.readouterr().err
+    assert "second Ctrl-C" in err and "--resume" in err and "nothing was trained" not in err
+    assert (tmp_path / "r" / "config.toml").exists()  # the run's record stays
+
+
+def test_an_interrupt_before_the_first_checkpoint_leaves_no_run(tmp_path, monkeypatch, capsys):
+    import npvae
+
     def interrupted(*a, **k):
         raise KeyboardInterrupt
     monkeypatch.setattr(npvae, "fit", interrupted)
-    assert cli.main(["train", *TINY_ISING, "--no-plots"]) == 130
+    assert cli.main(["train", *TINY_ISING, "--no-plots", "--out", str(tmp_path / "r")]) == 130
     err = capsys.readouterr().err
-    assert "second Ctrl-C" in err and "--resume" in err and "nothing was trained" not in err
+    assert "nothing was trained" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # a new train there is not refused as "already holds a run"
 
 
 def test_sizes_the_built_in_data_cannot_make_are_refused(capsys):
     assert cli.main(["train", "--ising-L", "256", "--ising-n-per-T", "1000000"]) == 2
     assert "more than the built-in data generates" in capsys.readouterr().err
+
+
+def test_sigterm_while_the_run_is_written_keeps_the_model_and_history(tmp_path, monkeypatch, capsys):
+    """A scheduler's SIGTERM after the last step, while the run's files are written: the model
+    and history are still written, the plots are skipped, and --resume writes them."""
+    import os
+    import signal
+
+    import npvae
+    real_to_csv = npvae.History.to_csv
+
+    def to_csv_then_sigterm(self, path):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, between two files of the record
+        return real_to_csv(self, path)
+    monkeypatch.setattr(npvae.History, "to_csv", to_csv_then_sigterm)
+    run = tmp_path / "r"
+    assert cli.main(["train", *TINY_ISING, "--out", str(run)]) == 130
+    out = capsys.readouterr().out
+    assert "stopped by a signal after training 2 epochs" in out and "--resume" in out
+    trained = npvae.load(run / "model.npz")
+    assert (run / "history.csv").exists() and (run / "history.json").exists()
+    assert not list(run.glob("*.png"))
+    monkeypatch.setattr(npvae.History, "to_csv", real_to_csv)
+    pytest.importorskip("matplotlib", reason="the plots need the plot extra")
+    assert cli.main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    assert list(run.glob("*.png"))
+    again = npvae.load(run / "model.npz")
+    assert all(np.array_equal(again.params[k], trained.params[k]) for k in trained.params)
+
+
+def test_sigterm_before_training_stops_with_a_message_and_leaves_no_run(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+    real_load = cli.load_data
+
+    def load_then_sigterm(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_load(*a, **k)
+    monkeypatch.setattr(cli, "load_data", load_then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["train", *TINY_ISING, "--out", str(tmp_path / "r")]) == 130
+    assert "interrupted; nothing was trained" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
