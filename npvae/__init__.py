@@ -5,7 +5,7 @@
     >>> loss, grads, parts = model.loss_and_grad(x, rng=np.random.default_rng(0))
     >>> history = npvae.fit(model, x, epochs=10, beta=npvae.LinearBeta(5))
 """
-from . import (activations, data, diagnostics, distributions, estimators, layers, likelihoods, metrics,
+from . import (activations, compiled, data, diagnostics, distributions, estimators, layers, likelihoods, metrics,
                ops, optim, schedules, testing, trace)
 from .checkpoint import CheckpointError, load
 from .model import VAE

@@ -105,8 +105,9 @@ def _fill_data_defaults(cfg, explicit, lik_default, bin_default):
 
 
 def _compile_notice():
-    from npvae.kernels import get_backend, implementation, jit
-    if get_backend() != "numba" or jit.cache_is_warm(implementation("numba").__file__):
+    from npvae.kernels import get_backend, implementation, jit, step
+    modules = (implementation("numba").__file__, step.__file__)  # (vmath is inlined into step)
+    if get_backend() != "numba" or all(jit.cache_is_warm(m) for m in modules):
         return
     where = (f"kept in {jit.KERNEL_CACHE} for later runs" if jit.KERNEL_CACHE is not None else
              "no writable cache folder, so every run compiles; set NUMBA_CACHE_DIR to keep them")
@@ -206,7 +207,9 @@ def _train(args, finishing) -> int:
     import npvae
 
     cfg, explicit, out = _settings_for(args)
+    _stop_point()
     x, labels, label_name, lik_default, bin_default, image_shape = load_data(cfg, progress=not args.quiet)
+    _stop_point()
     _fill_data_defaults(cfg, explicit, lik_default, bin_default)
     likelihood, binarize = cfg["likelihood"], cfg["binarize"]
     if binarize != "none" and (float(x.min()) < 0 or float(x.max()) > 1):
@@ -255,6 +258,7 @@ def _train(args, finishing) -> int:
         _compile_notice()
         t0 = time.perf_counter()
         try:
+            _stop_point()  # fit takes the signals over from here
             history = npvae.fit(model, x_train, x_val=x_val, optimizer=npvae.Adam(lr=cfg["lr"]),
                                 epochs=cfg["epochs"], batch_size=cfg["batch_size"], beta=beta,
                                 seed=cfg["seed"], binarize=None if binarize == "none" else binarize,
@@ -593,13 +597,31 @@ def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+# train's stop flag: a first Ctrl-C or SIGTERM before training only sets it (raising inside
+# numba's compiler or a data generator would be swallowed, or leave half-written state), and
+# the command stops at the next of its safe points; a second stops at once
+_STOP = None
+
+
+def _stop_point():
+    if _STOP is not None and _STOP.set:
+        raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # SIGTERM (what batch schedulers send) is a Ctrl-C: training saves and stops cleanly,
     # anything before it stops with a message instead of dying without one
+    global _STOP
     in_main = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt) if in_main else None
+    old_term = None
+    if args.command == "train":
+        from npvae.train import InterruptFlag
+        _STOP = InterruptFlag(notice="npvae train: stopping at the next safe point (Ctrl-C again stops at once)")
+        _STOP.__enter__()
+    elif in_main:
+        old_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         return args.func(args)
     except UsageError as exc:
@@ -618,6 +640,9 @@ def main(argv=None) -> int:
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+        if _STOP is not None:
+            _STOP.__exit__(None, None, None)
+            _STOP = None
 
 
 if __name__ == "__main__":

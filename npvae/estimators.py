@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from . import engine, ops, threads
+from . import compiled, engine, ops, threads
 from .validation import generator, positive_int
 
 
@@ -58,6 +58,8 @@ def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, retur
 
 
 def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress):
+    # a model the compiled path takes: each chunk's ln w in one compiled call (both cores)
+    weights = compiled.log_weights if compiled.unsupported(model) is None else log_weights
     ll = np.empty(x.shape[0])
     ess = np.empty(x.shape[0])
     bar = None
@@ -74,7 +76,7 @@ def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress)
         for k0 in range(0, K, chunk):
             kc = min(chunk, K - k0)
             eps = rng.standard_normal((kc, B, model.n_latent), dtype=model.dtype)
-            lw = log_weights(model, xb, eps)
+            lw = weights(model, xb, eps)
             new_m = np.maximum(m, lw.max(axis=0))
             scale = np.exp(m - new_m)
             s1 = s1 * scale + np.exp(lw - new_m).sum(axis=0)

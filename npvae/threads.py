@@ -55,17 +55,21 @@ def get_threads() -> dict:
 
 
 _controller = None
-_process_blas = None  # the BLAS threads the process had when npvae first looked
 _depth = 0
+_current = None  # the (blas, numba) threads in effect inside limited()
 
 
 def _blas_controller():
-    global _controller, _process_blas
+    global _controller
     if _controller is None:
+        # SciPy's BLAS, which the compiled step calls (numba's np.dot), is loaded first, so
+        # that the controller, which sees the libraries loaded when it is made, limits it too
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401
+        except ImportError:  # pragma: no cover - scipy is a dependency
+            pass
         from threadpoolctl import ThreadpoolController
         _controller = ThreadpoolController()
-        counts = {i["num_threads"] for i in _controller.info() if i.get("user_api") == "blas"}
-        _process_blas = counts.pop() if len(counts) == 1 else None
     return _controller
 
 
@@ -73,7 +77,7 @@ def _blas_controller():
 def limited(blas: int | None = None, numba: int | None = None):
     """Run a block with the training thread settings (or the ones given).  Nested blocks
     without arguments keep the outer block's settings and cost nothing."""
-    global _depth
+    global _depth, _current
     if _depth and blas is None and numba is None:
         yield
         return
@@ -81,13 +85,20 @@ def limited(blas: int | None = None, numba: int | None = None):
 
     n_blas = blas or _config["blas"]
     n_numba = min(numba or _config["numba"], nb.config.NUMBA_NUM_THREADS)
+    if _depth and _current == (n_blas, n_numba):  # already in effect: nothing to set
+        yield
+        return
     previous = nb.get_num_threads()
     controller = _blas_controller()
     # BLAS already runs with the wanted threads (the usual case): nothing to set.  Each
     # threadpoolctl limit keeps ~150 bytes (its ctypes look-ups), so it is not entered per step.
-    blas_limit = (contextlib.nullcontext() if n_blas == _process_blas
+    # (the threads in effect now, not when npvae first looked: a caller's own
+    # threadpool_limits may be around this call)
+    now = {lib.num_threads for lib in controller.lib_controllers if lib.user_api == "blas"}
+    blas_limit = (contextlib.nullcontext() if now == {n_blas}
                   else controller.limit(limits=n_blas, user_api="blas"))
     _depth += 1
+    outer, _current = _current, (n_blas, n_numba)
     try:
         with blas_limit:
             nb.set_num_threads(n_numba)
@@ -97,3 +108,4 @@ def limited(blas: int | None = None, numba: int | None = None):
                 nb.set_num_threads(previous)
     finally:
         _depth -= 1
+        _current = outer

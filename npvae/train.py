@@ -12,6 +12,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -23,6 +24,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import data as data_mod
 from . import diagnostics as diag_mod
+from . import compiled as compiled_mod
 from . import engine, kernels, threads
 from .model import check_objective
 from .optim import Adam, Optimizer
@@ -285,18 +287,28 @@ def _process_alive(pid: int) -> bool:
 class InterruptFlag:
     """Within ``with InterruptFlag() as f``, a first SIGINT or SIGTERM only sets ``f.set``
     (the work in hand finishes, then the caller stops cleanly); a second raises
-    KeyboardInterrupt at once. The previous handlers come back on exit. Outside the main
-    thread, where Python cannot install handlers, it does nothing."""
+    KeyboardInterrupt at once. The previous handlers come back on exit; a flag entered
+    inside another that is already set starts set. Outside the main thread, where Python
+    cannot install handlers, it does nothing."""
 
-    def __init__(self):
+    def __init__(self, notice=None):
         self.set = False
         self._old = None
+        self.notice = notice  # printed to stderr on the first signal
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             def handler(signum, frame):
                 if self.set:  # a second Ctrl-C stops at once
                     raise KeyboardInterrupt
+                self.set = True
+                if self.notice:
+                    print(self.notice, file=sys.stderr, flush=True)
+            handler.interrupt_flag = self
+            # nested in another flag (the command line's) that a signal has already set:
+            # this one starts set, so the work it guards stops at its first safe point
+            outer = getattr(signal.getsignal(signal.SIGINT), "interrupt_flag", None)
+            if outer is not None and outer.set:
                 self.set = True
             # SIGTERM is what batch schedulers (Slurm, PBS) send before killing a job
             self._old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -328,7 +340,7 @@ def _progress_bar(total, epoch, epochs, enabled, initial=0):
 def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epochs=10,
         batch_size=128, beta=1.0, seed=0, binarize=None, checkpoint_dir=None, resume=False,
         callbacks=(), progress=True, free_bits=0.0, early_stopping=None, restore_best=True,
-        keep_checkpoints=2, objective="elbo", n_samples=1, diagnostics=None) -> History:
+        keep_checkpoints=2, objective="elbo", n_samples=1, diagnostics=None, compiled="auto") -> History:
     """Train ``model`` in place on ``x_train`` (n, D) and return the History.
 
     * ``optimizer``: an :class:`npvae.SGD`, :class:`npvae.Adam` or :class:`npvae.AdamW`.
@@ -348,8 +360,14 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
       ``record["active_units"]``); a posterior collapse at the end warns.
     * ``objective="iwae"`` with ``n_samples=K`` trains on the importance-weighted bound
       (Burda et al. 2015) instead of the ELBO; it takes β = 1 and no free bits.
-    * Ctrl-C finishes the current step, saves a checkpoint (with ``checkpoint_dir``) and
-      returns the history with ``history.interrupted = True``.
+    * ``compiled``: "auto" (default) runs the steps through :mod:`npvae.compiled` (one
+      numba call per chunk of steps) when the model and settings allow it, and through the
+      engine step by step otherwise; True insists (a ValueError says why it cannot), False
+      takes the engine path.  The two agree to rounding, not bit for bit, so a resumed run
+      keeps the path it began with.
+    * Ctrl-C finishes the current step (the current chunk of compiled steps), saves a
+      checkpoint (with ``checkpoint_dir``) and returns the history with
+      ``history.interrupted = True``.
 
     Each record holds: epoch, loss, reconstruction, kl (training means), beta (the mean over
     the epoch's steps), lr (of the epoch's last step), grad_norm (mean, before clipping),
@@ -378,6 +396,11 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
         raise TypeError("callbacks must be callables cb(record, model)")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
+    if compiled not in ("auto", True, False):
+        raise ValueError(f"compiled must be 'auto', True or False, got {compiled!r}")
+    why_not = compiled_mod.unsupported(model, objective=objective, free_bits=free_bits, optimizer=optimizer)
+    if compiled is True and why_not is not None:
+        raise ValueError(f"compiled=True, but the compiled path cannot train this run: {why_not}")
 
     x = as_float_array(x_train, "x_train", dtype=model.dtype, shape=(None, model.n_inputs))
     if binarize is not None:
@@ -417,7 +440,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                "seed": seed, "batch_size": batch_size, "binarize": binarize, "free_bits": free_bits,
                "data": _fingerprint(x), "optimizer": optimizer.config(),
                "objective": objective, "n_samples": n_samples,
-               "beta_schedule": beta_schedule.config()}
+               "beta_schedule": beta_schedule.config(),
+               "step_path": "compiled" if compiled is not False and why_not is None else "engine"}
         rng = np.random.default_rng(seed)
         opt_state = optimizer.init(model.params)
         perm = np.arange(n)
@@ -459,6 +483,11 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                                                  "epoch_time", "best_val", "best_epoch",
                                                  "bad_epochs", "history")})
                 perm = np.array(perm)
+                # the path the run began on (checkpoints before there was a choice: the engine)
+                began = meta.get("step_path", "engine")
+                if began != run["step_path"] and compiled == "auto" and began in ("compiled", "engine") \
+                        and (began == "engine" or why_not is None):
+                    run["step_path"] = began
 
         history = History(run["history"])
         history.best_epoch = run["best_epoch"]
@@ -477,9 +506,16 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
 
         step = TrainStep(model, dynamic_binarize=binarize == "dynamic", free_bits=free_bits,
                          objective=objective, n_samples=n_samples)
+        chunks = None
+        if run["step_path"] == "compiled":
+            chunks = compiled_mod.AdamSteps(model, optimizer, opt_state, step.grads,
+                                            dynamic_binarize=binarize == "dynamic", objective=objective,
+                                            n_samples=n_samples)
+            full_steps = n // batch_size  # steps with a whole batch; a last, smaller one runs alone
         stop = False
         # Overflow in a step is reported once, as a DivergenceError naming it, not as warnings.
-        with InterruptFlag() as interrupt, threads.limited(), \
+        limits = chunks.thread_settings(batch_size) if chunks is not None else {}
+        with InterruptFlag() as interrupt, threads.limited(**limits), \
                 np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while run["epoch"] < epochs and not stop:
                 epoch = run["epoch"] + 1
@@ -494,30 +530,38 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                 try:
                     while run["step_in_epoch"] < steps_per_epoch:
                         i = run["step_in_epoch"]
-                        idx = perm[i * batch_size:(i + 1) * batch_size]
-                        b = beta_schedule(run["global_step"], steps_per_epoch)
                         if diagnostics is not None and i == steps_per_epoch - 1:
                             before = {k: v.copy() for k, v in model.params.items()}
-                        loss, parts, bad = step(x, idx, rng, b)
-                        if bad is not None:
-                            raise DivergenceError(epoch, run["global_step"] + 1, i + 1, bad,
-                                                  _divergence_hint(x, optimizer))
-                        lr = optimizer.learning_rate(opt_state)
-                        optimizer.update(model.params, step.grads, opt_state, grad_norm=step.grad_norm)
-                        w = len(idx) / n
-                        sums["loss"] += float(loss) * w
-                        sums["reconstruction"] += float(parts["reconstruction"]) * w
-                        sums["kl"] += float(parts["kl"]) * w
-                        sums["beta"] += b
-                        sums["grad_norm"] += float(opt_state["grad_norm"])
-                        sums["lr"] = lr
-                        run["step_in_epoch"] += 1
-                        run["global_step"] += 1
+                        if chunks is None:
+                            idx = perm[i * batch_size:(i + 1) * batch_size]
+                            b = beta_schedule(run["global_step"], steps_per_epoch)
+                            loss, parts, bad = step(x, idx, rng, b)
+                            if bad is not None:
+                                raise DivergenceError(epoch, run["global_step"] + 1, i + 1, bad,
+                                                      _divergence_hint(x, optimizer))
+                            lr = optimizer.learning_rate(opt_state)
+                            optimizer.update(model.params, step.grads, opt_state, grad_norm=step.grad_norm)
+                            done = [(len(idx), float(loss), float(parts["reconstruction"]), float(parts["kl"]),
+                                     b, float(opt_state["grad_norm"]), lr)]
+                        else:
+                            done = _compiled_chunk(chunks, step, x, rng, perm, i, steps_per_epoch, full_steps,
+                                                   batch_size, run, beta_schedule, optimizer, opt_state,
+                                                   diagnostics is not None, epoch)
+                        for rows, loss_s, rec_s, kl_s, b, gnorm, lr in done:
+                            w = rows / n
+                            sums["loss"] += loss_s * w
+                            sums["reconstruction"] += rec_s * w
+                            sums["kl"] += kl_s * w
+                            sums["beta"] += b
+                            sums["grad_norm"] += gnorm
+                            sums["lr"] = lr
+                            run["step_in_epoch"] += 1
+                            run["global_step"] += 1
                         if bar is not None:
-                            bar.update(1)
-                            if i % 10 == 0 or run["step_in_epoch"] == steps_per_epoch:
-                                bar.set_postfix(loss=f"{float(loss):.3f}", kl=f"{float(parts['kl']):.3f}",
-                                                beta=f"{b:.3f}", refresh=False)
+                            bar.update(len(done))
+                            if i % 10 < len(done) or run["step_in_epoch"] == steps_per_epoch:
+                                bar.set_postfix(loss=f"{loss_s:.3f}", kl=f"{kl_s:.3f}", beta=f"{b:.3f}",
+                                                refresh=False)
                         if interrupt.set:
                             break
                 finally:
@@ -574,6 +618,38 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     finally:
         if lock is not None:
             lock.release()
+
+
+def _compiled_chunk(chunks, step, x, rng, perm, i, steps_per_epoch, full_steps, batch_size, run, beta_schedule,
+                    optimizer, opt_state, last_alone, epoch):
+    """Run the next chunk of compiled steps from step i of the epoch; returns one tuple per
+    step (rows, loss, reconstruction, kl, β, gradient norm, learning rate), or raises the
+    DivergenceError of the first non-finite step.  A chunk ends before the epoch's smaller
+    last batch, and before the epoch's last step when that one must run alone (its
+    diagnostics compare the parameters before and after it)."""
+    end = min(steps_per_epoch, i + compiled_mod.CHUNK)
+    if i < full_steps:
+        end = min(end, full_steps)
+    if last_alone and i < steps_per_epoch - 1:
+        end = min(end, steps_per_epoch - 1)
+    S = end - i
+    rows = min(batch_size, len(perm) - i * batch_size)
+    idx = perm[i * batch_size:i * batch_size + S * rows].reshape(S, rows)
+    g0 = run["global_step"]
+    betas = [beta_schedule(g0 + s, steps_per_epoch) for s in range(S)]
+    t0 = int(opt_state["step"])
+    lrs = [optimizer.lr(t0 + s) for s in range(S)]
+    n_done, losses, recs, kls, norms = chunks.run(x, idx, rng, np.asarray(betas))
+    if n_done < S:
+        loss = float(losses[n_done])
+        if not math.isfinite(loss):
+            bad = f"the loss is {loss}"
+        else:
+            bad = next((f"the gradient of parameter {name!r} holds NaN or inf" for name, g in step.grads.items()
+                        if not kernels.all_finite(g)), "the gradient norm overflows")
+        raise DivergenceError(epoch, g0 + n_done + 1, i + n_done + 1, bad, _divergence_hint(x, optimizer))
+    return [(rows, float(losses[s]), float(recs[s]), float(kls[s]), betas[s], float(norms[s]), lrs[s])
+            for s in range(S)]
 
 
 def _divergence_hint(x, optimizer) -> str:

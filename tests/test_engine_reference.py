@@ -16,8 +16,13 @@ RECORDED = json.loads(ref.HERE.read_text())
 
 @pytest.mark.parametrize("key", sorted(RECORDED[npvae.get_backend()]))
 def test_fifty_fit_steps_reproduce_the_recorded_parameters(key):
-    name, seed, dtype = key.split("/")
-    assert ref.checksum(name, int(seed[len("seed"):]), dtype) == RECORDED[npvae.get_backend()][key]
+    name, seed, dtype, *path = key.split("/")
+    assert ref.checksum(name, int(seed[len("seed"):]), dtype, *path) == RECORDED[npvae.get_backend()][key]
+
+
+def test_the_compiled_path_has_recorded_runs():
+    if npvae.get_backend() == "numba":
+        assert sum(k.endswith("/compiled") for k in RECORDED["numba"]) == 16  # 4 runs × 2 seeds × 2 dtypes
 
 
 def test_checkpoints_written_by_the_earlier_code_load():

@@ -115,27 +115,43 @@ def test_resume_across_processes_is_bit_identical(tmp_path):
     assert len(train.list_checkpoints(ck)) == 2  # the newest two are kept
 
 
-def test_ctrl_c_saves_mid_epoch_and_resumes_bit_identically(tmp_path, monkeypatch):
+@pytest.mark.parametrize("path", ["engine", "compiled"])
+def test_ctrl_c_saves_mid_epoch_and_resumes_bit_identically(path, tmp_path, monkeypatch):
+    if path == "compiled" and npvae.get_backend() != "numba":
+        pytest.skip("the compiled path is numba's")
     x = bars()
+    on = dict(compiled=path == "compiled")
     ref = npvae.VAE(25, 3, hidden=(16,))
-    h_ref = npvae.fit(ref, x, epochs=2, batch_size=32, seed=1, binarize="dynamic", progress=False)
+    h_ref = npvae.fit(ref, x, epochs=2, batch_size=32, seed=1, binarize="dynamic", progress=False, **on)
 
     model = npvae.VAE(25, 3, hidden=(16,))
-    real = npvae.engine.elbo_step
     calls = []
+    if path == "engine":
+        real = npvae.engine.elbo_step
 
-    def interrupting(*a, **k):
-        calls.append(1)
-        if len(calls) == 13:  # step 3 of epoch 2: as if the user pressed Ctrl-C
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*a, **k)
+        def interrupting(*a, **k):
+            calls.append(1)
+            if len(calls) == 13:  # step 3 of epoch 2: as if the user pressed Ctrl-C
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(*a, **k)
+        monkeypatch.setattr(npvae.engine, "elbo_step", interrupting)
+    else:
+        real = npvae.compiled.AdamSteps.run
 
-    monkeypatch.setattr(npvae.engine, "elbo_step", interrupting)
+        def interrupting(self, x, idx, *a, **k):  # a chunk of steps: the signal lands inside it
+            calls.extend([1] * len(idx))
+            if len(calls) >= 13:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(self, x, idx, *a, **k)
+        monkeypatch.setattr(npvae.compiled.AdamSteps, "run", interrupting)
     h = npvae.fit(model, x, epochs=2, batch_size=32, seed=1, binarize="dynamic",
-                  checkpoint_dir=tmp_path, progress=False)
+                  checkpoint_dir=tmp_path, progress=False, **on)
     assert h.interrupted and len(h) == 1
     newest = train.list_checkpoints(tmp_path)[-1]
-    assert newest.name == "ckpt-0000000013.npz"
+    if path == "engine":
+        assert newest.name == "ckpt-0000000013.npz"
+    else:  # the chunk in hand finishes first: a step of epoch 2, not its end
+        assert 10 < int(newest.stem.split("-")[1]) < 20, newest.name
     monkeypatch.undo()
 
     again = npvae.VAE(25, 3, hidden=(16,))
@@ -149,7 +165,7 @@ def test_ctrl_c_saves_mid_epoch_and_resumes_bit_identically(tmp_path, monkeypatc
 def test_divergence_names_epoch_step_parameter_and_keeps_checkpoint(tmp_path, monkeypatch):
     x = bars()
     model = npvae.VAE(25, 3, hidden=(16,))
-    npvae.fit(model, x, epochs=1, batch_size=100, checkpoint_dir=tmp_path, progress=False)
+    npvae.fit(model, x, epochs=1, batch_size=100, checkpoint_dir=tmp_path, progress=False, compiled=False)
     good = train.list_checkpoints(tmp_path)
     good_bytes = good[-1].read_bytes()
 
@@ -167,7 +183,7 @@ def test_divergence_names_epoch_step_parameter_and_keeps_checkpoint(tmp_path, mo
     with pytest.raises(npvae.DivergenceError,
                        match=r"epoch 2, at step 5 \(step 2 of the epoch\).*'decoder.0.W'") as info:
         npvae.fit(model, x, epochs=3, batch_size=100, checkpoint_dir=tmp_path, resume=True,
-                  progress=False)
+                  progress=False, compiled=False)
     assert (info.value.epoch, info.value.step) == (2, 5)
     assert train.list_checkpoints(tmp_path) == good
     assert good[-1].read_bytes() == good_bytes
@@ -311,21 +327,35 @@ def test_memory_stays_flat_over_epochs():
     assert seen[-1] - seen[1] < 20_000, seen  # only the small history records grow
 
 
-def test_a_nan_in_the_state_is_never_saved(tmp_path, monkeypatch):
+@pytest.mark.parametrize("path", ["engine", "compiled"])
+def test_a_nan_in_the_state_is_never_saved(path, tmp_path, monkeypatch):
     """fit checks the parameters and moments it saves, not only the loss: a NaN that slips
     into a weight (here injected after the update) stops training before the checkpoint."""
+    if path == "compiled" and npvae.get_backend() != "numba":
+        pytest.skip("the compiled path is numba's")
     x = bars()
     model = npvae.VAE(25, 2, hidden=(8,))
     opt = npvae.Adam()
-    real_update = type(opt).update
+    if path == "engine":
+        real_update = type(opt).update
 
-    def poisoned(self, params, grads, state, **kw):
-        real_update(self, params, grads, state, **kw)
-        if state["step"] == 6:  # the last step of epoch 1: the next thing fit does is save
-            params["decoder.out.b"][0] = np.nan
-    monkeypatch.setattr(type(opt), "update", poisoned)
+        def poisoned(self, params, grads, state, **kw):
+            real_update(self, params, grads, state, **kw)
+            if state["step"] == 6:  # the last step of epoch 1: the next thing fit does is save
+                params["decoder.out.b"][0] = np.nan
+        monkeypatch.setattr(type(opt), "update", poisoned)
+    else:
+        real_run = npvae.compiled.AdamSteps.run
+
+        def poisoned(self, *a, **kw):
+            out = real_run(self, *a, **kw)
+            if self.state["step"] == 6:  # epoch 1's last chunk ends at step 6
+                self.model.params["decoder.out.b"][0] = np.nan
+            return out
+        monkeypatch.setattr(npvae.compiled.AdamSteps, "run", poisoned)
     with pytest.raises(npvae.DivergenceError, match="'decoder.out.b' holds NaN"):
-        npvae.fit(model, x, optimizer=opt, epochs=2, batch_size=50, checkpoint_dir=tmp_path, progress=False)
+        npvae.fit(model, x, optimizer=opt, epochs=2, batch_size=50, checkpoint_dir=tmp_path, progress=False,
+                  compiled=path == "compiled")
     assert train.list_checkpoints(tmp_path) == []
 
 

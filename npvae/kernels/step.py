@@ -1,0 +1,645 @@
+"""The whole ELBO training step as one compiled function, several steps per call.
+
+For a VAE whose every layer is a built-in :class:`npvae.layers.Dense`, one call of
+:func:`elbo_adam_steps` runs S steps, each: gather the batch, binarise it (dynamic
+binarisation), the forward pass, the likelihood, the KL, the backward pass, the global
+gradient norm (and the check that every gradient is finite), clipping, and Adam, in place
+on the flat parameter, gradient and moment buffers.  Python is entered once per S steps.
+The mathematics is :func:`npvae.engine.elbo_step`'s, term for term:
+
+    h = encoder(x);  μ, v = heads(h);  σ = e^{v/2};  z = μ + σ ε;  outs = decoder(z)
+    loss = (1/B) Σ_i [−ln p(x_i|z_i) + β KL_i],  KL_i = ½ Σ_j (μ² + e^v − 1 − v)
+    dμ = dz + (β/B) μ;  dv = ½ σ ε dz + (β/B) ½ (e^v − 1)
+
+Matrix products call BLAS from inside the compiled code (numba's ``np.dot``, through
+SciPy's BLAS); exp, log1p and tanh are :mod:`npvae.kernels.vmath`'s, which LLVM vectorises.
+No loop here is compiled with ``reassoc`` (it would undo vmath's careful rounding); the
+sums that want it (a row's negative log-likelihood) are separate functions.
+
+Layer lists (numba typed lists, all in one order): the encoder's stages, the μ head, the v
+head, the decoder's stages, the output head(s).  ``H[k]`` is stage k's output (B, n_out),
+``dH[k]`` the gradient of the loss with respect to it.
+
+Likelihood codes: 0 Bernoulli (logits), 1 Gaussian with fixed ln σ² (``lik_logvar``),
+2 Gaussian with a per-example ln σ² head (a second output head), 3 Gaussian with a learned
+ln σ² per dimension (the vector ``lik_logvar``, its gradient into ``lik_dlogvar``).
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ..constants import LEAKY_SLOPE, LOG_2PI
+from .codes import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
+from .jit import jit
+from . import vmath
+
+BERNOULLI, GAUSSIAN_FIXED, GAUSSIAN_PER_EXAMPLE, GAUSSIAN_LEARNED = 0, 1, 2, 3
+# parameters below which the gradient reduction and Adam run on the calling thread (a model
+# size, not a thread count: the sums' order, and so the result, depends on it alone)
+SERIAL_BELOW = 1 << 16
+
+# no "reassoc" (see the module's docstring); "contract" lets LLVM use FMA
+_elementwise = jit(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
+_reduction = jit(fastmath={"contract", "nsz", "arcp", "reassoc"}, error_model="numpy", nogil=True)
+
+
+@_elementwise
+def bias_act(a, b, act):
+    """a ← f(a + b) in place; a (B, H), b (H,)."""
+    B, H = a.shape
+    if act == IDENTITY:
+        for i in range(B):
+            for j in range(H):
+                a[i, j] = a[i, j] + b[j]
+    elif act == RELU:
+        for i in range(B):
+            for j in range(H):
+                v = a[i, j] + b[j]
+                a[i, j] = 0 if v <= 0 else v  # NaN stays NaN
+    elif act == LEAKY_RELU:
+        for i in range(B):
+            for j in range(H):
+                v = a[i, j] + b[j]
+                a[i, j] = v if v > 0 else v * LEAKY_SLOPE
+    elif act == TANH:
+        for i in range(B):
+            for j in range(H):
+                a[i, j] = vmath.tanh(a[i, j] + b[j])
+    elif act == SIGMOID:  # 1/(1 + e^{−a}) or e^{a}/(1 + e^{a}): e = e^{−|a|} never overflows
+        for i in range(B):
+            for j in range(H):
+                v = a[i, j] + b[j]
+                e = vmath.exp(-abs(v))
+                r = 1.0 / (1.0 + e)
+                a[i, j] = r if v >= 0 else e * r
+    elif act == SOFTPLUS:  # max(a, 0) + ln(1 + e^{−|a|})
+        for i in range(B):
+            for j in range(H):
+                v = a[i, j] + b[j]
+                a[i, j] = (v if v > 0 else 0.0) + vmath.log1p(vmath.exp(-abs(v)))
+    else:  # ELU
+        for i in range(B):
+            for j in range(H):
+                v = a[i, j] + b[j]
+                a[i, j] = v if v > 0 else vmath.expm1(v)
+
+
+@_elementwise
+def act_backward_bias_grad(d, y, act, db):
+    """d ← d ⊙ f'(a), f' written from y = f(a); db ← Σ_rows d.  d, y (B, H), db (H,)."""
+    B, H = d.shape
+    for j in range(H):
+        db[j] = 0
+    if act == IDENTITY:
+        for i in range(B):
+            for j in range(H):
+                db[j] += d[i, j]
+        return
+    for i in range(B):
+        for j in range(H):
+            yv = y[i, j]
+            if act == RELU:
+                f = 1.0 if yv > 0 else 0.0
+            elif act == LEAKY_RELU:
+                f = 1.0 if yv > 0 else LEAKY_SLOPE
+            elif act == TANH:
+                f = (1.0 - yv) * (1.0 + yv)
+            elif act == SIGMOID:
+                f = yv * (1.0 - yv)
+            elif act == SOFTPLUS:
+                f = -vmath.expm1(-yv)
+            else:  # ELU
+                f = 1.0 if yv > 0 else yv + 1.0
+            v = d[i, j] * f
+            d[i, j] = v
+            db[j] += v
+
+
+@_reduction
+def row_sums(terms, out):
+    """out[i] ← Σ_j terms[i, j] in float64."""
+    for i in range(terms.shape[0]):
+        acc = 0.0
+        for j in range(terms.shape[1]):
+            acc += terms[i, j]
+        out[i] = acc
+
+
+@_reduction
+def add_partials(g, partials):
+    """g ← g + Σ_t partials[t] (in that order); returns Σ g² in float64."""
+    for t in range(partials.shape[0]):
+        p = partials[t]
+        for i in range(g.shape[0]):
+            g[i] += p[i]
+    acc = 0.0
+    for i in range(g.shape[0]):
+        v = np.float64(g[i])
+        acc += v * v
+    return acc
+
+
+@_reduction
+def sum_squares(a):
+    acc = 0.0
+    for i in range(a.shape[0]):
+        v = np.float64(a[i])
+        acc += v * v
+    return acc
+
+
+@_elementwise
+def bernoulli(logits, x, w, terms):
+    """terms ← −ln p(x|logits) element by element; logits ← w (σ(logits) − x).
+    −ln p = max(l, 0) + ln(1 + e^{−|l|}) − x l."""
+    B, D = logits.shape
+    for i in range(B):
+        wi = w
+        for j in range(D):
+            l = logits[i, j]
+            xv = x[i, j]
+            e = vmath.exp(-abs(l))
+            terms[i, j] = (l if l > 0 else 0.0) + vmath.log1p(e) - xv * l
+            r = 1.0 / (1.0 + e)
+            logits[i, j] = wi * ((r if l >= 0 else e * r) - xv)
+
+
+@_elementwise
+def gaussian(mean, x, logvar, per_row, w, terms, dlogvar, mode):
+    """terms ← ½ (r² e^{−s} + s + ln 2π), r = mean − x, s = ln σ²; mean ← w r e^{−s}.
+    logvar (1, D) or (B, D) (per_row); mode 0: no ln σ² gradient, 1: Σ_rows into dlogvar (D,)
+    as dL/ds = w ½ (1 − r² e^{−s}), 2: row-wise, written over logvar (B, D) after use."""
+    B, D = mean.shape
+    if mode == 1:
+        for j in range(D):
+            dlogvar[j] = 0
+    for i in range(B):
+        li = i if per_row else 0
+        for j in range(D):
+            s = logvar[li, j]
+            inv = vmath.exp(-s)
+            r = mean[i, j] - x[i, j]
+            r2w = r * r * inv
+            terms[i, j] = 0.5 * (r2w + s + LOG_2PI)
+            mean[i, j] = w * r * inv
+            g = w * (0.5 - 0.5 * r2w)
+            if mode == 1:
+                dlogvar[j] += g
+            elif mode == 2:
+                logvar[i, j] = g
+
+
+@_elementwise
+def reparam_kl(mu, lv, eps, z, std, kl):
+    """σ = e^{v/2}, z = μ + σ ε, KL_i = ½ Σ_j (μ² + e^v − 1 − v)."""
+    B, J = mu.shape
+    for i in range(B):
+        acc = 0.0
+        for j in range(J):
+            v = lv[i, j]
+            s = vmath.exp(0.5 * v)
+            std[i, j] = s
+            z[i, j] = mu[i, j] + s * eps[i, j]
+            acc += mu[i, j] * mu[i, j] + (vmath.expm1(v) - v)
+        kl[i] = 0.5 * acc
+
+
+@_elementwise
+def reparam_kl_backward(dz, eps, std, mu, lv, wkl, dmu, dlv):
+    B, J = mu.shape
+    for i in range(B):
+        for j in range(J):
+            d = dz[i, j]
+            dmu[i, j] = d + wkl * mu[i, j]
+            dlv[i, j] = 0.5 * d * eps[i, j] * std[i, j] + wkl * (0.5 * vmath.expm1(lv[i, j]))
+
+
+@_elementwise
+def adam(p, g, m, v, c):
+    """Adam over flat buffers; c = (lr/c₁, β₁, β₂, 1−β₁, 1−β₂, 1/c₂, ε, decay, l2) in the
+    buffers' dtype (see npvae.ops.adam_update)."""
+    lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2 = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+    for i in range(p.shape[0]):
+        gi = g[i] + l2 * p[i] if l2 != 0 else g[i]
+        mi = beta1 * m[i] + ob1 * gi
+        vi = beta2 * v[i] + ob2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * decay - lr_c1 * mi / (math.sqrt(vi * inv_c2) + eps)
+
+
+@_elementwise
+def add_into(a, b):
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            a[i, j] += b[i, j]
+
+
+@_elementwise
+def scale(a, s):
+    for i in range(a.shape[0]):
+        a[i] = a[i] * s
+
+
+@_elementwise
+def gather_binarize(X, rows, u, dynamic, xb):
+    """xb ← X[rows], then xb ← [u < xb] when dynamic."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for j in range(X.shape[1]):
+            xv = X[r, j]
+            if dynamic:
+                xv = 1.0 if u[i, j] < xv else 0.0
+            xb[i, j] = xv
+
+
+@_elementwise
+def chain_forward(h, Ws, bs, acts, H, k0, k1, r0, r1):
+    """Stages k0..k1−1 on rows r0:r1: H[k] ← f(h W + b); returns the last output (or h)."""
+    for k in range(k0, k1):
+        y = H[k][r0:r1]
+        np.dot(h, Ws[k], y)
+        bias_act(y, bs[k], acts[k])
+        h = y
+    return h
+
+
+@_elementwise
+def heads_forward(h, Ws, bs, H, k0, n, r0, r1):
+    """The n linear heads from stage k0 on, all reading h."""
+    for k in range(k0, k0 + n):
+        y = H[k][r0:r1]
+        np.dot(h, Ws[k], y)
+        bias_act(y, bs[k], IDENTITY)
+
+
+@_elementwise
+def chain_backward(Ws, GWs, Gbs, acts, H, dH, k0, k1, hin0, dx0, need_dx0, r0, r1):
+    """Back through stages k1−1..k0 on rows r0:r1, from dH[k1−1]: each stage's weight and
+    bias gradients, and dL/d(input) into dH[k − 1] (or dx0 for the first, when needed)."""
+    for k in range(k1 - 1, k0 - 1, -1):
+        d = dH[k][r0:r1]
+        act_backward_bias_grad(d, H[k][r0:r1], acts[k], Gbs[k])
+        hin = H[k - 1][r0:r1] if k > k0 else hin0
+        np.dot(hin.T, d, GWs[k])
+        if k > k0:
+            np.dot(d, Ws[k].T, dH[k - 1][r0:r1])
+        elif need_dx0:
+            np.dot(d, Ws[k].T, dx0)
+
+
+@_elementwise
+def heads_backward(h, Ws, GWs, Gbs, H, k0, n, dh, tmp, r0, r1):
+    """The n linear heads from stage k0 on (their gradients written over H[k] rows): the
+    weight and bias gradients, and dL/dh = Σ_heads d Wᵀ into dh (tmp a scratch of its shape)."""
+    for k in range(k0, k0 + n):
+        d = H[k][r0:r1]
+        act_backward_bias_grad(d, d, IDENTITY, Gbs[k])
+        np.dot(h.T, d, GWs[k])
+        if k == k0:
+            np.dot(d, Ws[k].T, dh)
+        else:
+            np.dot(d, Ws[k].T, tmp)
+            add_into(dh, tmp)
+
+
+@_elementwise
+def likelihood_rows(lik, out, x, w, terms, nll, H, io, r0, r1, lik_logvar, lik_dlogvar):
+    """−ln p(x|z) per row into nll (float64) and its gradient, weight w, over the outputs."""
+    if lik == BERNOULLI:
+        bernoulli(out, x, w, terms)
+    elif lik == GAUSSIAN_FIXED:
+        gaussian(out, x, lik_logvar.reshape((1, -1)), False, w, terms, lik_dlogvar, 0)
+    elif lik == GAUSSIAN_PER_EXAMPLE:
+        gaussian(out, x, H[io + 1][r0:r1], True, w, terms, lik_dlogvar, 2)
+    else:
+        gaussian(out, x, lik_logvar.reshape((1, -1)), False, w, terms, lik_dlogvar, 1)
+    row_sums(terms, nll)
+
+
+@_elementwise
+def forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
+                     terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1):
+    """One ELBO step's forward and backward pass over the batch rows r0:r1 (every buffer is
+    the whole batch's, sliced here; rows, U, E this step's).  The weight and bias gradients
+    of these rows go to GWs, Gbs (and a learned ln σ²'s to lik_dlogvar): the gradients
+    themselves, or one block's partial sums.  w = 1/B of the whole batch.  Returns the rows'
+    Σ (−ln p(x|z) + β KL), Σ −ln p(x|z) and Σ KL."""
+    iv = n_enc + 1
+    d0 = n_enc + 2
+    io = d0 + n_dec
+    n_out = len(Ws) - io
+    x = xb[r0:r1]
+    gather_binarize(X, rows[r0:r1], U[r0:r1], dynamic, x)
+    eps = E[r0:r1]
+    zr, sr, klr, nr = z[r0:r1], std[r0:r1], kl[r0:r1], nll[r0:r1]
+    h_enc = chain_forward(x, Ws, bs, acts, H, 0, n_enc, r0, r1)
+    heads_forward(h_enc, Ws, bs, H, n_enc, 2, r0, r1)
+    mu, lv = H[n_enc][r0:r1], H[iv][r0:r1]
+    reparam_kl(mu, lv, eps, zr, sr, klr)
+    h_dec = chain_forward(zr, Ws, bs, acts, H, d0, io, r0, r1)
+    heads_forward(h_dec, Ws, bs, H, io, n_out, r0, r1)
+    likelihood_rows(lik, H[io][r0:r1], x, w, terms[r0:r1], nr, H, io, r0, r1, lik_logvar, lik_dlogvar)
+    rec = 0.0
+    klsum = 0.0
+    for i in range(r1 - r0):
+        rec += nr[i]
+        klsum += klr[i]
+    # backward; dL/dz shares dμ's buffer: reparam_kl_backward reads it before writing dμ
+    dmu, dlv = dH[n_enc][r0:r1], dH[iv][r0:r1]
+    dh = dH[io - 1][r0:r1] if n_dec > 0 else dmu
+    heads_backward(h_dec, Ws, GWs, Gbs, H, io, n_out, dh, tmp_dec[r0:r1], r0, r1)
+    chain_backward(Ws, GWs, Gbs, acts, H, dH, d0, io, zr, dmu, True, r0, r1)
+    reparam_kl_backward(dmu, eps, sr, mu, lv, beta * w, dmu, dlv)
+    posterior_backward(x, h_enc, Ws, GWs, Gbs, acts, H, dH, n_enc, tmp_enc, r0, r1)
+    return rec + beta * klsum, rec, klsum
+
+
+@_elementwise
+def posterior_backward(x, h_enc, Ws, GWs, Gbs, acts, H, dH, n_enc, tmp_enc, r0, r1):
+    """From dμ, dv (dH[n_enc], dH[n_enc + 1] rows) through the heads and the encoder."""
+    iv = n_enc + 1
+    dmu, dlv = dH[n_enc][r0:r1], dH[iv][r0:r1]
+    act_backward_bias_grad(dmu, dmu, IDENTITY, Gbs[n_enc])
+    act_backward_bias_grad(dlv, dlv, IDENTITY, Gbs[iv])
+    np.dot(h_enc.T, dmu, GWs[n_enc])
+    np.dot(h_enc.T, dlv, GWs[iv])
+    if n_enc > 0:
+        de = dH[n_enc - 1][r0:r1]
+        te = tmp_enc[r0:r1]
+        np.dot(dmu, Ws[n_enc].T, de)
+        np.dot(dlv, Ws[iv].T, te)
+        add_into(de, te)
+        chain_backward(Ws, GWs, Gbs, acts, H, dH, 0, n_enc, x, x, False, r0, r1)
+
+
+@_elementwise
+def iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
+                          terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, w, r0, r1, K, xk, lw, dzk):
+    """One importance-weighted step (K samples per example) over the batch rows r0:r1, as
+    :func:`npvae.engine.iwae_step`: L_K = ln (1/K) Σ_k w_k, ln w_k = ln p(x|z_k) + ln p(z_k)
+    − ln q(z_k|x); gradient Σ_k w̃_k ∂ ln w_k/∂θ with ε fixed, w̃ the normalised weights.
+    The decoder runs on K·B rows, example i's samples at rows iK..iK+K−1 (z, xk, terms,
+    nll, dzk, the decoder's buffers); E is (K, B, J); lw (B, K) float64.  Returns the rows'
+    Σ −L_K, Σ_k w̃_k (−ln p(x|z_k)) and Σ KL.  (A learned ln σ² per dimension is not
+    taken here: its gradient would need the weights before they exist.)"""
+    iv = n_enc + 1
+    d0 = n_enc + 2
+    io = d0 + n_dec
+    n_out = len(Ws) - io
+    J = std.shape[1]
+    D = xb.shape[1]
+    R0, R1 = r0 * K, r1 * K
+    x = xb[r0:r1]
+    gather_binarize(X, rows[r0:r1], U[r0:r1], dynamic, x)
+    h_enc = chain_forward(x, Ws, bs, acts, H, 0, n_enc, r0, r1)
+    heads_forward(h_enc, Ws, bs, H, n_enc, 2, r0, r1)
+    mu, lv = H[n_enc][r0:r1], H[iv][r0:r1]
+    sr = std[r0:r1]
+    klsum = 0.0
+    for i in range(r1 - r0):
+        acc = 0.0
+        for j in range(J):
+            v = lv[i, j]
+            sr[i, j] = vmath.exp(0.5 * v)
+            acc += mu[i, j] * mu[i, j] + (vmath.expm1(v) - v)
+        kl[r0 + i] = 0.5 * acc
+        klsum += 0.5 * acc
+        for k in range(K):
+            r = (r0 + i) * K + k
+            for j in range(J):
+                z[r, j] = mu[i, j] + sr[i, j] * E[k, r0 + i, j]
+            for j in range(D):
+                xk[r, j] = x[i, j]
+    zr = z[R0:R1]
+    h_dec = chain_forward(zr, Ws, bs, acts, H, d0, io, R0, R1)
+    heads_forward(h_dec, Ws, bs, H, io, n_out, R0, R1)
+    # the likelihood with weight 1: −ln p(x|z_k) per row, and its unweighted gradient
+    nr = nll[R0:R1]
+    likelihood_rows(lik, H[io][R0:R1], xk[R0:R1], 1.0, terms[R0:R1], nr, H, io, R0, R1, lik_logvar,
+                    lik_dlogvar)
+    # ln w, the bound and the normalised weights, in float64
+    loss = 0.0
+    rec = 0.0
+    logk = math.log(K)
+    for i in range(r1 - r0):
+        hv = 0.0
+        for j in range(J):
+            hv += 0.5 * lv[i, j]
+        m = -math.inf
+        for k in range(K):
+            r = (r0 + i) * K + k
+            sz = 0.0
+            for j in range(J):
+                zv = np.float64(z[r, j])
+                ev = np.float64(E[k, r0 + i, j])
+                sz += ev * ev - zv * zv  # ln N(z) − ln N(ε), the ln 2π terms cancel
+            v = -nll[r] + 0.5 * sz + hv
+            lw[r0 + i, k] = v
+            m = max(m, v)
+        tot = 0.0
+        for k in range(K):
+            e = vmath.exp(lw[r0 + i, k] - m)
+            lw[r0 + i, k] = e
+            tot += e
+        loss -= m + math.log(tot) - logk
+        for k in range(K):
+            wn = lw[r0 + i, k] / tot
+            r = (r0 + i) * K + k
+            rec += wn * nll[r]
+            lw[r0 + i, k] = wn * w  # the row's weight in the gradient: w̃_k / B
+    # the likelihood's gradient rows (and a per-example ln σ² head's) times their weight
+    for i in range(r1 - r0):
+        for k in range(K):
+            r = (r0 + i) * K + k
+            rho = lw[r0 + i, k]
+            for h in range(io, io + n_out):
+                g = H[h]
+                for j in range(g.shape[1]):
+                    g[r, j] = g[r, j] * rho
+    # backward: the decoder on K·B rows, to dL/dz (in the heads' scratch rows: dzk)
+    dz_rows = dzk[R0:R1]
+    dh = dH[io - 1][R0:R1] if n_dec > 0 else dz_rows
+    heads_backward(h_dec, Ws, GWs, Gbs, H, io, n_out, dh, tmp_dec[R0:R1], R0, R1)
+    chain_backward(Ws, GWs, Gbs, acts, H, dH, d0, io, zr, dz_rows, True, R0, R1)
+    # −∂ ln p(z)/∂z = z, weighted; then through z = μ + σ ε, summed over the K samples
+    dmu, dlv = dH[n_enc][r0:r1], dH[iv][r0:r1]
+    for i in range(r1 - r0):
+        for j in range(J):
+            a = 0.0
+            b = 0.0
+            for k in range(K):
+                r = (r0 + i) * K + k
+                d = dz_rows[r - R0, j] + lw[r0 + i, k] * z[r, j]
+                a += d
+                b += d * E[k, r0 + i, j]
+            dmu[i, j] = a
+            dlv[i, j] = 0.5 * b * sr[i, j] - 0.5 * w  # −Σ_k w̃_k ½ / B, Σ_k w̃_k = 1
+    posterior_backward(x, h_enc, Ws, GWs, Gbs, acts, H, dH, n_enc, tmp_enc, r0, r1)
+    return loss, rec, klsum
+
+
+@_elementwise
+def record(s, loss, rec, klsum, B, sq, losses, recs, kls, norms):
+    """Record step s's means and gradient norm (from Σ g²); True when they are finite."""
+    losses[s] = loss / B
+    recs[s] = rec / B
+    kls[s] = klsum / B
+    norms[s] = math.sqrt(sq)
+    return math.isfinite(losses[s]) and math.isfinite(norms[s])
+
+
+@_elementwise
+def clip_factor(norm, clip):
+    """min(1, clip/‖g‖), 1 without clipping."""
+    return clip / norm if clip > 0 and norm > clip else 1.0
+
+
+@_elementwise
+def step_block(K, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl, terms, nll,
+               tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1, xk, lw, dzk):
+    """The ELBO step (K = 0; E (1, B, J)) or the K-sample importance-weighted step (E (K, B, J))
+    over the rows r0:r1; returns their Σ loss, Σ reconstruction, Σ KL."""
+    if K == 0:
+        return forward_backward(X, rows, U, E[0], dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std,
+                                kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1)
+    return iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std,
+                                 kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, w, r0, r1, K, xk,
+                                 lw, dzk)
+
+
+@jit(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
+def adam_steps(K, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
+               terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, xk, lw, dzk, betas, adam_c, clip,
+               P, G, M, V, losses, recs, kls, norms):
+    """Run S = len(idx) steps with Adam on one thread (BLAS may use its own): the ELBO
+    (K = 0) or the K-sample importance-weighted bound.  Returns the number of steps done.
+
+    X (N, D) the data, idx (S, B) the rows of each step, U (S, B, D) the binarisation
+    uniforms, E (S, max(K, 1), B, J) the ε of each step, betas (S,) the KL weights, adam_c
+    (S, 9) each step's Adam constants (see :func:`adam`), clip the gradient-norm bound (0:
+    none).  A step whose loss or gradient norm is not finite stops the run before its
+    update, and its index is returned (losses and norms hold its values)."""
+    S, B = idx.shape
+    for s in range(S):
+        loss, rec, klsum = step_block(K, X, idx[s], U[s], E[s], dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H,
+                                      dH, xb, z, std, kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar,
+                                      lik_dlogvar, betas[s], 1.0 / B, 0, B, xk, lw, dzk)
+        if not record(s, loss, rec, klsum, B, sum_squares(G), losses, recs, kls, norms):
+            return s
+        f = clip_factor(norms[s], clip)
+        if f < 1.0:
+            scale(G, f)
+        adam(P, G, M, V, adam_c[s])
+    return S
+
+
+@jit(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True, parallel=True)
+def adam_steps_blocks(K, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts, n_enc, n_dec, H, dH, xb, z, std,
+                      kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, dlogvar_t, xk, lw, dzk, betas, adam_c,
+                      clip, P, G, partials, M, V, losses, recs, kls, norms):
+    """:func:`adam_steps` with the batch split into T = len(GWs_t) row blocks, run in
+    parallel on numba's threads, each block's products on single-threaded BLAS.  Block 0
+    writes the gradients (GWs_t[0], Gbs_t[0], dlogvar_t[0] view G), block t > 0 its partial
+    sums (views of ``partials[t − 1]``, laid out as G); they are added in a fixed order, so
+    the result depends neither on timing nor on how many threads ran the blocks."""
+    S, B = idx.shape
+    T = len(GWs_t)
+    n = G.shape[0]
+    C = T * 4  # chunks of the flat buffers
+    loss_t = np.empty(T)
+    recs_t = np.empty(T)
+    kls_t = np.empty(T)
+    sq_c = np.empty(C)
+    for s in range(S):
+        rows, u, e = idx[s], U[s], E[s]
+        for tu in numba.prange(T):
+            t = np.int64(tu)  # (prange's index is unsigned)
+            r0 = t * B // T
+            r1 = (t + 1) * B // T
+            loss_t[t], recs_t[t], kls_t[t] = step_block(
+                K, X, rows, u, e, dynamic, Ws, bs, GWs_t[t], Gbs_t[t], acts, n_enc, n_dec, H, dH, xb, z, std, kl,
+                terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, dlogvar_t[t], betas[s], 1.0 / B, r0, r1, xk, lw, dzk)
+        if n < SERIAL_BELOW:  # a small model: a parallel region costs more than it saves
+            sq_c[:] = 0.0
+            sq_c[0] = add_partials(G, partials)
+        else:
+            for c in numba.prange(C):
+                a = np.int64(c) * n // C
+                b = (np.int64(c) + 1) * n // C
+                sq_c[c] = add_partials(G[a:b], partials[:, a:b])
+        loss = 0.0
+        rec = 0.0
+        klsum = 0.0
+        for t in range(T):
+            loss += loss_t[t]
+            rec += recs_t[t]
+            klsum += kls_t[t]
+        sq = 0.0
+        for c in range(C):
+            sq += sq_c[c]
+        if not record(s, loss, rec, klsum, B, sq, losses, recs, kls, norms):
+            return s
+        f = clip_factor(norms[s], clip)
+        if n < SERIAL_BELOW:
+            if f < 1.0:
+                scale(G, f)
+            adam(P, G, M, V, adam_c[s])
+        else:
+            for c in numba.prange(C):
+                a = np.int64(c) * n // C
+                b = (np.int64(c) + 1) * n // C
+                if f < 1.0:
+                    scale(G[a:b], f)
+                adam(P[a:b], G[a:b], M[a:b], V[a:b], adam_c[s])
+    return S
+
+
+@jit(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True, parallel=True)
+def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, xk, terms, nll, lik, lik_logvar, lw, T):
+    """ln w[k, i] = ln p(x_i|z_ki) + ln p(z_ki) − ln q(z_ki|x_i), z_ki = μ_i + σ_i ε[k, i],
+    in float64, for x (B, D) and E (K, B, J): the encoder once, the decoder on K·B rows
+    (example i's samples at rows iK..iK+K−1), in T blocks of examples run in parallel, each
+    on single-threaded BLAS.  No gradient: the likelihood's is written and discarded."""
+    K, B, J = E.shape
+    D = x.shape[1]
+    d0 = n_enc + 2
+    io = d0 + n_dec
+    n_out = len(Ws) - io
+    for tu in numba.prange(T):
+        t = np.int64(tu)
+        r0 = t * B // T
+        r1 = (t + 1) * B // T
+        R0, R1 = r0 * K, r1 * K
+        h_enc = chain_forward(x[r0:r1], Ws, bs, acts, H, 0, n_enc, r0, r1)
+        heads_forward(h_enc, Ws, bs, H, n_enc, 2, r0, r1)
+        mu, lv = H[n_enc][r0:r1], H[n_enc + 1][r0:r1]
+        for i in range(r1 - r0):
+            for j in range(J):
+                std[r0 + i, j] = vmath.exp(0.5 * lv[i, j])
+            for k in range(K):
+                r = (r0 + i) * K + k
+                for j in range(J):
+                    z[r, j] = mu[i, j] + std[r0 + i, j] * E[k, r0 + i, j]
+                for j in range(D):
+                    xk[r, j] = x[r0 + i, j]
+        h_dec = chain_forward(z[R0:R1], Ws, bs, acts, H, d0, io, R0, R1)
+        heads_forward(h_dec, Ws, bs, H, io, n_out, R0, R1)
+        scratch = np.empty_like(lik_logvar)  # a learned ln σ²'s gradient, discarded
+        likelihood_rows(lik, H[io][R0:R1], xk[R0:R1], 0.0, terms[R0:R1], nll[R0:R1], H, io, R0, R1, lik_logvar,
+                        scratch)
+        for i in range(r1 - r0):
+            hv = 0.0
+            for j in range(J):
+                hv += 0.5 * lv[i, j]
+            for k in range(K):
+                r = (r0 + i) * K + k
+                sz = 0.0
+                for j in range(J):
+                    zv = np.float64(z[r, j])
+                    ev = np.float64(E[k, r0 + i, j])
+                    sz += ev * ev - zv * zv
+                lw[k, r0 + i] = -nll[r] + 0.5 * sz + hv

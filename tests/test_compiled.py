@@ -1,0 +1,295 @@
+"""The compiled training path (npvae.compiled): the same mathematics as the engine, step for
+step, to rounding (1e-12 relative in float64, 1e-5 in float32), for every likelihood it
+takes, every activation, with and without hidden layers, dynamic binarisation, clipping,
+weight decay and β; bit-identical to itself from run to run and across a resume; a
+non-finite step stops before its update and is named; what it cannot train goes to the
+engine, or is refused with the reason when asked for."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import npvae
+from npvae import compiled
+from npvae.train import TrainStep
+
+pytestmark = pytest.mark.skipif(npvae.get_backend() != "numba", reason="the compiled path is numba's")
+
+LIKELIHOODS = [("bernoulli", {}), ("gaussian", {"sigma": 0.7}), ("gaussian", {"sigma": "learned"}),
+               ("gaussian", {"sigma": "per_example"})]
+ACTS = ["identity", "relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus"]
+
+
+def two_paths(dtype, lik, lik_kw, hidden, act, *, steps, B, chunk, dynamic, opt_kw, beta, seed, K=0):
+    """(engine params, engine losses, compiled params, compiled losses, the two states);
+    K > 0: the K-sample importance-weighted objective."""
+    out = []
+    kw = dict(objective="iwae", n_samples=K) if K else {}
+    for path in ("engine", "compiled"):
+        m = npvae.VAE(11, 3, hidden=hidden, activation=act, likelihood=lik, seed=seed, dtype=dtype, **lik_kw)
+        # Adam's ε at 1e-4, not 1e-8: a gradient component that cancels to 0 in one summation
+        # order and to 1e-17 in the other would otherwise be amplified up to lr·g/ε = 3e-5 (an
+        # ill-conditioning of Adam near g = 0, not a difference between the paths)
+        opt = npvae.Adam(**opt_kw, eps=1e-4)
+        state = opt.init(m.params)
+        ts = TrainStep(m, dynamic_binarize=dynamic, **kw)
+        data = np.random.default_rng([seed, 1])
+        x = (data.random((40, 11)) if lik == "bernoulli" else data.standard_normal((40, 11))).astype(dtype)
+        idx = np.stack([data.permutation(40)[:B] for _ in range(steps)])
+        rng = np.random.default_rng([seed, 2])
+        losses = []
+        if path == "engine":
+            for s in range(steps):
+                loss, parts, bad = ts(x, idx[s], rng, beta)
+                assert bad is None
+                opt.update(m.params, ts.grads, state, grad_norm=ts.grad_norm)
+                losses.append(float(loss))
+        else:
+            c = compiled.AdamSteps(m, opt, state, ts.grads, dynamic_binarize=dynamic, **kw)
+            for s0 in range(0, steps, chunk):
+                rows = idx[s0:s0 + chunk]
+                n, ls, *_ = c.run(x, rows, rng, np.full(len(rows), beta))
+                assert n == len(rows)
+                losses += list(ls[:n])
+        out.append((m.params, np.array(losses), state))
+    return out
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-300))
+
+
+@settings(max_examples=40, deadline=None)
+@given(dtype=st.sampled_from([np.float64, np.float32]), lik=st.sampled_from(LIKELIHOODS),
+       hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(ACTS),
+       B=st.integers(1, 12), chunk=st.integers(1, 5), dynamic=st.booleans(),
+       clip=st.sampled_from([None, 0.5, 100.0]), wd=st.sampled_from([0.0, 0.01]),
+       decoupled=st.booleans(), beta=st.floats(0.0, 2.0), seed=st.integers(0, 2**16))
+def test_compiled_steps_equal_the_engines(dtype, lik, hidden, act, B, chunk, dynamic, clip, wd, decoupled,
+                                          beta, seed):
+    dynamic = dynamic and lik[0] == "bernoulli"
+    opt_kw = dict(lr=3e-3, clip_norm=clip, weight_decay=wd, decoupled=decoupled)
+    (pe, le, se), (pc, lc, sc) = two_paths(dtype, *lik, hidden, act, steps=7, B=B, chunk=chunk, dynamic=dynamic,
+                                           opt_kw=opt_kw, beta=beta, seed=seed)
+    assert_close(dtype, pe, le, se, pc, lc, sc)
+
+
+@settings(max_examples=30, deadline=None)
+@given(dtype=st.sampled_from([np.float64, np.float32]),
+       lik=st.sampled_from([LIKELIHOODS[0], LIKELIHOODS[1], LIKELIHOODS[3]]),
+       hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(ACTS),
+       B=st.integers(1, 12), K=st.integers(1, 6), chunk=st.integers(1, 5), dynamic=st.booleans(),
+       clip=st.sampled_from([None, 0.5]), seed=st.integers(0, 2**16))
+def test_compiled_iwae_steps_equal_the_engines(dtype, lik, hidden, act, B, K, chunk, dynamic, clip, seed):
+    dynamic = dynamic and lik[0] == "bernoulli"
+    (pe, le, se), (pc, lc, sc) = two_paths(dtype, *lik, hidden, act, steps=6, B=B, chunk=chunk, dynamic=dynamic,
+                                           opt_kw=dict(lr=3e-3, clip_norm=clip), beta=1.0, seed=seed, K=K)
+    assert_close(dtype, pe, le, se, pc, lc, sc)
+
+
+def assert_close(dtype, pe, le, se, pc, lc, sc):
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert rel(le, lc) < tol
+    for k in pe:
+        assert rel(pe[k], pc[k]) < tol, k
+    for k in se:
+        assert rel(np.asarray(se[k], float), np.asarray(sc[k], float)) < tol * 10, k  # moments and step
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae"])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_fit_takes_the_compiled_path_and_agrees_with_the_engine(dtype, tol, objective):
+    x = (np.random.default_rng(0).random((203, 30)) < .4).astype(dtype)  # 203: a smaller last batch
+    kw = dict(beta=npvae.LinearBeta(2)) if objective == "elbo" else dict(objective="iwae", n_samples=4)
+    runs = {}
+    for path in (False, True):
+        m = npvae.VAE(30, 4, hidden=(24, 12), activation="tanh", seed=3, dtype=dtype)
+        h = npvae.fit(m, x, x_val=x[:50], epochs=3, batch_size=16, binarize="dynamic", seed=1, progress=False,
+                      compiled=path, optimizer=npvae.Adam(lr=2e-3, clip_norm=3.0, eps=1e-4), diagnostics=x[:40],
+                      **kw)
+        runs[path] = (m, h)
+    (me, he), (mc, hc) = runs[False], runs[True]
+    for k in me.params:
+        assert rel(me.params[k], mc.params[k]) < tol, k
+    for re, rc in zip(he.records, hc.records):
+        for key in ("loss", "reconstruction", "kl", "beta", "grad_norm", "lr", "val_elbo", "active_units"):
+            assert abs(re[key] - rc[key]) <= tol * max(1.0, abs(re[key])) * 10, key
+
+
+def test_the_compiled_path_is_bit_identical_from_run_to_run_and_across_resume(tmp_path):
+    x = (np.random.default_rng(1).random((100, 20)) < .3).astype(np.float32)
+    kw = dict(batch_size=8, seed=4, binarize="dynamic", progress=False, compiled=True)
+
+    def params(m):
+        return {k: v.copy() for k, v in m.params.items()}
+    a = npvae.VAE(20, 3, hidden=(10,), seed=2)
+    npvae.fit(a, x, epochs=4, **kw)
+    b = npvae.VAE(20, 3, hidden=(10,), seed=2)
+    npvae.fit(b, x, epochs=4, **kw)
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    c = npvae.VAE(20, 3, hidden=(10,), seed=2)
+    npvae.fit(c, x, epochs=2, checkpoint_dir=tmp_path, **kw)
+    c = npvae.VAE(20, 3, hidden=(10,), seed=2)
+    npvae.fit(c, x, epochs=4, checkpoint_dir=tmp_path, resume=True, **dict(kw, compiled="auto"))
+    assert all(np.array_equal(a.params[k], c.params[k]) for k in a.params)
+
+
+def test_a_run_resumes_on_the_path_it_began_on(tmp_path):
+    x = (np.random.default_rng(1).random((64, 12)) < .3).astype(np.float64)
+    kw = dict(batch_size=8, seed=4, progress=False)
+    straight = npvae.VAE(12, 2, hidden=(6,), seed=2, dtype=np.float64)
+    npvae.fit(straight, x, epochs=3, compiled=False, **kw)
+    m = npvae.VAE(12, 2, hidden=(6,), seed=2, dtype=np.float64)
+    npvae.fit(m, x, epochs=1, compiled=False, checkpoint_dir=tmp_path, **kw)
+    m = npvae.VAE(12, 2, hidden=(6,), seed=2, dtype=np.float64)
+    npvae.fit(m, x, epochs=3, checkpoint_dir=tmp_path, resume=True, **kw)  # "auto": stays on the engine
+    assert all(np.array_equal(m.params[k], straight.params[k]) for k in m.params)
+
+
+def test_a_non_finite_step_stops_before_its_update_and_names_it():
+    m = npvae.VAE(6, 2, hidden=(5,), likelihood="gaussian", sigma=1.0, seed=0, dtype=np.float64)
+    opt = npvae.Adam(lr=1e-2)
+    state = opt.init(m.params)
+    ts = TrainStep(m)
+    c = compiled.AdamSteps(m, opt, state, ts.grads)
+    x = np.random.default_rng(0).standard_normal((12, 6))
+    x[7, 2] = np.inf  # used by the third step only
+    idx = np.arange(12).reshape(4, 3)  # rows 6..8 are step 3's
+    before = None
+    ok = {k: v.copy() for k, v in m.params.items()}
+    n, losses, *_ = c.run(x, idx[:2], np.random.default_rng(1), np.ones(2))
+    assert n == 2
+    before = {k: v.copy() for k, v in m.params.items()}
+    assert not all(np.array_equal(before[k], ok[k]) for k in ok)
+    n, losses, *_ = c.run(x, idx[2:], np.random.default_rng(1), np.ones(2))
+    assert n == 0 and not np.isfinite(losses[0])
+    assert all(np.array_equal(m.params[k], before[k]) for k in before)  # no update
+    assert int(state["step"]) == 2
+
+
+def test_fit_names_the_diverged_step_on_the_compiled_path(monkeypatch):
+    x = (np.random.default_rng(0).random((300, 25)) < .5).astype(np.float32)
+    model = npvae.VAE(25, 3, hidden=(16,))
+    real = npvae.compiled.AdamSteps.run
+    calls = []
+
+    def poisoned(self, data, idx, *a, **k):
+        calls.append(len(idx))
+        if len(calls) == 2:  # epoch 2: its second step's first row becomes infinite
+            data[idx[1, 0], 0] = np.inf
+        return real(self, data, idx, *a, **k)
+    monkeypatch.setattr(npvae.compiled.AdamSteps, "run", poisoned)
+    with pytest.raises(npvae.DivergenceError, match=r"epoch 2, at step 5 \(step 2 of the epoch\).*loss"):
+        npvae.fit(model, x, epochs=3, batch_size=100, progress=False, compiled=True)
+
+
+class Doubler:
+    """A user's own layer: y = 2x."""
+
+    def init(self, rng, n_in):
+        return n_in, {}
+
+    def forward(self, params, x):
+        return 2 * x, lambda dy: (2 * dy, {})
+
+    def config(self):
+        return {}
+
+
+@pytest.mark.parametrize("case", ["own layer", "iwae with a learned sigma", "free bits", "sgd", "numpy backend",
+                                  "cb"])
+def test_what_the_compiled_path_cannot_train_runs_on_the_engine_or_is_refused(case, monkeypatch):
+    x = (np.random.default_rng(0).random((32, 8)) < .5).astype(np.float32)
+    model_kw, fit_kw = {}, {}
+    if case == "own layer":
+        model_kw = dict(encoder=[npvae.layers.Dense(6, "relu"), Doubler()], decoder=[npvae.layers.Dense(6, "relu")])
+    elif case == "iwae with a learned sigma":
+        fit_kw = dict(objective="iwae", n_samples=2)
+        model_kw = dict(likelihood="gaussian", sigma="learned")
+        x = np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32)
+    elif case == "free bits":
+        fit_kw = dict(free_bits=0.1)
+    elif case == "sgd":
+        fit_kw = dict(optimizer=npvae.SGD(lr=1e-2))
+    elif case == "cb":
+        model_kw = dict(likelihood="continuous_bernoulli")
+    if case == "numpy backend":
+        monkeypatch.setattr(npvae.kernels, "get_backend", lambda: "numpy")
+    if "encoder" not in model_kw:
+        model_kw["hidden"] = (6,)
+    model = npvae.VAE(8, 2, seed=0, **model_kw)
+    with pytest.raises(ValueError, match="compiled path cannot train this run: .+"):
+        npvae.fit(model, x, epochs=1, batch_size=8, progress=False, compiled=True, **fit_kw)
+    h = npvae.fit(model, x, epochs=1, batch_size=8, progress=False, **fit_kw)  # "auto": the engine
+    assert len(h) == 1 and np.isfinite(h[-1]["loss"])
+
+
+def test_the_result_does_not_depend_on_how_many_threads_run_the_blocks():
+    """The batch is split into a fixed number of row blocks (not one per core), added in a
+    fixed order: one thread or two give the same bits, so a run's numbers do not depend on
+    the machine's core count."""
+    import numba
+    x = (np.random.default_rng(0).random((96, 14)) < .4).astype(np.float32)
+    results = []
+    for n_threads in (1, 2):
+        if n_threads > numba.config.NUMBA_NUM_THREADS:
+            pytest.skip("numba has one thread here")
+        m = npvae.VAE(14, 3, hidden=(12, 7), activation="tanh", seed=1)
+        opt = npvae.Adam(lr=1e-2)
+        state = opt.init(m.params)
+        c = compiled.AdamSteps(m, opt, state, npvae.optim.flat_like(m.params), dynamic_binarize=True)
+        assert c.blocks_for(32) == 2
+        saved = npvae.get_threads()
+        npvae.set_threads(blas=n_threads)  # the blocks then run on n_threads numba threads
+        try:
+            c.run(x, np.arange(96).reshape(3, 32), np.random.default_rng(3), np.ones(3))
+        finally:
+            npvae.set_threads(**saved)
+        results.append({k: v.copy() for k, v in m.params.items()})
+    assert all(np.array_equal(results[0][k], results[1][k]) for k in results[0])
+
+
+def test_npvae_thread_limits_hold_inside_a_callers_own_limits():
+    """npvae sets the BLAS threads it wants even when the caller has its own threadpoolctl
+    limit around the call (it compares with the threads in effect, not with the ones the
+    process had when npvae first looked), and SciPy's BLAS, which the compiled step calls,
+    is among the libraries it limits."""
+    import scipy.linalg.cython_blas  # noqa: F401  (loaded before the caller's limits, as in use)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    for outer, inner in ((1, 2), (2, 1)):
+        with threadpool_limits(outer, user_api="blas"):
+            with npvae.threads.limited(blas=inner, numba=1):
+                seen = blas_threads()
+                assert any("scipy_openblas-" in p or "scipy/" in p or "scipy.libs" in p for p in seen), seen
+                assert set(seen.values()) == {inner}, seen
+            assert set(blas_threads().values()) == {outer}
+
+
+@settings(max_examples=30, deadline=None)
+@given(dtype=st.sampled_from([np.float64, np.float32]), lik=st.sampled_from(LIKELIHOODS),
+       hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(ACTS),
+       B=st.integers(1, 9), K=st.integers(1, 7), seed=st.integers(0, 2**16))
+def test_compiled_log_weights_equal_the_engines(dtype, lik, hidden, act, B, K, seed):
+    from npvae import estimators
+    m = npvae.VAE(10, 3, hidden=hidden, activation=act, likelihood=lik[0], seed=seed, dtype=dtype, **lik[1])
+    rng = np.random.default_rng(seed)
+    x = (rng.random((B, 10)) if lik[0] == "bernoulli" else rng.standard_normal((B, 10))).astype(dtype)
+    eps = rng.standard_normal((K, B, 3)).astype(dtype)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert rel(estimators.log_weights(m, x, eps), compiled.log_weights(m, x, eps)) < tol
+
+
+def test_log_likelihood_takes_the_compiled_weights_and_agrees(monkeypatch):
+    m = npvae.VAE(20, 3, hidden=(16,), seed=1, dtype=np.float64)
+    x = (np.random.default_rng(0).random((30, 20)) < .4).astype(np.float64)
+    calls = []
+    real = compiled.log_weights
+    monkeypatch.setattr(compiled, "log_weights", lambda *a: calls.append(1) or real(*a))
+    fast = m.log_likelihood(x, n_samples=300)
+    assert calls
+    monkeypatch.setattr(compiled, "unsupported", lambda *a, **k: "the engine, for comparison")
+    slow = m.log_likelihood(x, n_samples=300)
+    assert rel(slow, fast) < 1e-12
