@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 import npvae
+from bench_step import settle
 
 
 def main(argv=None):
@@ -73,6 +74,7 @@ def main(argv=None):
     times = {k: [] for k in runs}
     for _ in range(args.repeats):
         for name, f in runs.items():
+            settle(f, args.steps)
             t0 = time.perf_counter()
             f(args.steps)
             times[name].append((time.perf_counter() - t0) / args.steps * 1e3)

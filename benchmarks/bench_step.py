@@ -5,7 +5,8 @@ Config A: 784-400-20, ReLU, Bernoulli, batch 128.  Config B: 16-64-64-4, tanh, G
 (fixed σ = 1), batch 64.  Every implementation does one full Adam step in float32 (noise
 draw, loss, gradient, update).  Each repeat times ``--steps`` steps; the implementations
 are measured round-robin within each repeat, in this one process, and the table reports the
-median over ``--repeats`` repeats (≥ 5).  Thread settings are explicit (threadpoolctl for
+median over ``--repeats`` repeats (≥ 5); before each timed run, the same implementation runs
+untimed for 0.2 s, so that the previous one's idle threads have gone quiet (``settle``).  Thread settings are explicit (threadpoolctl for
 BLAS, numba.set_num_threads, torch.set_num_threads) and each is measured.
 
 The GEMM floor runs only the matrix products of one npvae step (same shapes, preallocated
@@ -253,12 +254,22 @@ def jax_runner(cfg, x_np):
     return run
 
 
+def settle(run, steps, seconds=0.2):
+    """Run untimed steps for ``seconds``: the previous implementation's idle threads (OpenBLAS
+    spins about 0.1 s after its last product, on the cores this one needs) would otherwise
+    slow this one's first steps, which no single training run sees."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        run(max(1, steps // 8))
+
+
 def measure(runners, steps, repeats):
     for run in runners.values():  # warm-up: compile, allocate, fill caches
         run(max(3, steps // 10))
     times = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
+            settle(run, steps)
             times[name].append(run(steps) / steps)
     return {name: statistics.median(ts) for name, ts in times.items()}, times
 

@@ -1,5 +1,10 @@
 """Thread control for training: BLAS (through threadpoolctl) and numba, set explicitly.
 
+The compiled path (:mod:`npvae.compiled`, what ``fit`` runs for Dense-only models) uses one
+pool: its 2 row blocks run on up to ``blas`` numba threads, each calling BLAS on one thread.
+The settings below are the engine path's (and the default ``blas`` = 2 is also the compiled
+path's thread count).
+
 Measured with ``benchmarks/bench_step.py`` on the 2-core development VM (784-400-20 step,
 ms, median of 7): BLAS 1 / numba 1: 5.18, BLAS 1 / numba 2: 4.60, BLAS 2 / numba 1: 4.43,
 BLAS 2 / numba 2: 51.2.  OpenBLAS threads and numba's parallel kernels interleaved on two
