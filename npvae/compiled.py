@@ -276,6 +276,6 @@ def log_weights(model, x, eps):
         step.log_weights(np.ascontiguousarray(x, dtype=dt), np.ascontiguousarray(eps, dtype=dt),
                          typed([P[s.fused[0]] for s in stages]), typed([P[s.fused[1]] for s in stages]),
                          np.array([s.fused[2] for s in stages], dtype=np.int64), len(plan.encoder),
-                         len(plan.decoder), H, np.empty((B, J), dt), np.empty((K * B, J), dt),
-                         np.empty((K * B, D), dt), np.empty((K * B, D), dt), np.empty(K * B), lik, logvar, lw, T)
+                         len(plan.decoder), H, np.empty((B, J), dt), np.empty((K * B, J), dt), np.empty((T, D)),
+                         lik, logvar, lw, T)
     return lw

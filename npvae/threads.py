@@ -78,6 +78,39 @@ def _blas_controller():
     return _controller
 
 
+_getters = None
+
+
+def _blas_thread_getters():
+    """One callable per BLAS library: its thread count now.  OpenBLAS's own
+    ``*openblas_get_num_threads*`` found once and kept (threadpoolctl looks the symbol up on
+    every call, and each failed look-up of a name variant keeps some memory); any other
+    library through threadpoolctl."""
+    global _getters
+    if _getters is None:
+        import ctypes
+        getters = []
+        for lib in _blas_controller().lib_controllers:
+            if lib.user_api != "blas":
+                continue
+            fn = None
+            if lib.internal_api == "openblas":
+                try:
+                    dll = ctypes.CDLL(lib.filepath)
+                except OSError:
+                    dll = None
+                for name in ("openblas_get_num_threads", "openblas_get_num_threads64_",
+                             "scipy_openblas_get_num_threads", "scipy_openblas_get_num_threads64_"):
+                    fn = getattr(dll, name, None) if dll is not None else None
+                    if fn is not None:
+                        fn.restype = ctypes.c_int
+                        fn.argtypes = []
+                        break
+            getters.append(fn if fn is not None else (lambda lib=lib: lib.num_threads))
+        _getters = getters
+    return _getters
+
+
 @contextmanager
 def limited(blas: int | None = None, numba: int | None = None):
     """Run a block with the training thread settings (or the ones given).  Nested blocks
@@ -99,7 +132,7 @@ def limited(blas: int | None = None, numba: int | None = None):
     # threadpoolctl limit keeps ~150 bytes (its ctypes look-ups), so it is not entered per step.
     # (the threads in effect now, not when npvae first looked: a caller's own
     # threadpool_limits may be around this call)
-    now = {lib.num_threads for lib in controller.lib_controllers if lib.user_api == "blas"}
+    now = {get() for get in _blas_thread_getters()}
     blas_limit = (contextlib.nullcontext() if now == {n_blas}
                   else controller.limit(limits=n_blas, user_api="blas"))
     _depth += 1

@@ -480,7 +480,7 @@ def binarize_(x, u):
 
 
 @jit
-def _adam_rows(p, g, m, v, lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2, r0, r1):
+def adam_rows(p, g, m, v, lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2, r0, r1):
     # slices first: a loop from 0 over fixed bases is what LLVM vectorises (~3x here)
     P, G, M, V = p[r0:r1], g[r0:r1], m[r0:r1], v[r0:r1]
     for i in range(P.shape[0]):
@@ -498,7 +498,7 @@ def _adam_rows(p, g, m, v, lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2
 def _adam_par(p, g, m, v, lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2, nchunks):
     for c in prange(nchunks):
         r0, r1 = _bounds(p.shape[0], nchunks, c)
-        _adam_rows(p, g, m, v, lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2, r0, r1)
+        adam_rows(p, g, m, v, lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2, r0, r1)
 
 
 def adam_(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
@@ -513,7 +513,7 @@ def adam_(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
     pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
     nc = n_chunks(pf.shape[0], pf.shape[0])
     if nc == 1:
-        _adam_rows(pf, gf, mf, vf, *args, 0, pf.shape[0])
+        adam_rows(pf, gf, mf, vf, *args, 0, pf.shape[0])
     else:
         _adam_par(pf, gf, mf, vf, *args, nc)
 

@@ -1,11 +1,13 @@
-"""The whole ELBO training step as one compiled function, several steps per call.
+"""The whole training step as one compiled function, several steps per call.
 
 For a VAE whose every layer is a built-in :class:`npvae.layers.Dense`, one call of
-:func:`elbo_adam_steps` runs S steps, each: gather the batch, binarise it (dynamic
-binarisation), the forward pass, the likelihood, the KL, the backward pass, the global
-gradient norm (and the check that every gradient is finite), clipping, and Adam, in place
-on the flat parameter, gradient and moment buffers.  Python is entered once per S steps.
-The mathematics is :func:`npvae.engine.elbo_step`'s, term for term:
+:func:`adam_steps` (or :func:`adam_steps_blocks`, the batch in row blocks on numba's
+threads) runs S steps, each: gather the batch, binarise it (dynamic binarisation), the
+forward pass, the likelihood, the KL (or the importance weights of :func:`iwae_forward_backward`),
+the backward pass, the global gradient norm (and the check that every gradient is finite),
+clipping, and Adam, in place on the flat parameter, gradient and moment buffers.  Python is
+entered once per S steps.  :func:`log_weights` is the forward pass of ln p(x)'s estimator.
+The ELBO's mathematics is :func:`npvae.engine.elbo_step`'s, term for term:
 
     h = encoder(x);  μ, v = heads(h);  σ = e^{v/2};  z = μ + σ ε;  outs = decoder(z)
     loss = (1/B) Σ_i [−ln p(x_i|z_i) + β KL_i],  KL_i = ½ Σ_j (μ² + e^v − 1 − v)
@@ -14,7 +16,8 @@ The mathematics is :func:`npvae.engine.elbo_step`'s, term for term:
 Matrix products call BLAS from inside the compiled code (numba's ``np.dot``, through
 SciPy's BLAS); exp, log1p and tanh are :mod:`npvae.kernels.vmath`'s, which LLVM vectorises.
 No loop here is compiled with ``reassoc`` (it would undo vmath's careful rounding); the
-sums that want it (a row's negative log-likelihood) are separate functions.
+sums that want it (a row's negative log-likelihood) are separate functions.  Adam is the
+engine's own kernel (``numba_impl.adam_rows``).
 
 Layer lists (numba typed lists, all in one order): the encoder's stages, the μ head, the v
 head, the decoder's stages, the output head(s).  ``H[k]`` is stage k's output (B, n_out),
@@ -33,8 +36,8 @@ import numpy as np
 
 from ..constants import LEAKY_SLOPE, LOG_2PI
 from .codes import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
+from . import numba_impl, vmath
 from .jit import jit
-from . import vmath
 
 BERNOULLI, GAUSSIAN_FIXED, GAUSSIAN_PER_EXAMPLE, GAUSSIAN_LEARNED = 0, 1, 2, 3
 # parameters below which the gradient reduction and Adam run on the calling thread (a model
@@ -135,15 +138,12 @@ def add_partials(g, partials):
         p = partials[t]
         for i in range(g.shape[0]):
             g[i] += p[i]
-    acc = 0.0
-    for i in range(g.shape[0]):
-        v = np.float64(g[i])
-        acc += v * v
-    return acc
+    return sum_squares(g)
 
 
 @_reduction
 def sum_squares(a):
+    """Σ a² in float64."""
     acc = 0.0
     for i in range(a.shape[0]):
         v = np.float64(a[i])
@@ -221,14 +221,7 @@ def reparam_kl_backward(dz, eps, std, mu, lv, wkl, dmu, dlv):
 def adam(p, g, m, v, c):
     """Adam over flat buffers; c = (lr/c₁, β₁, β₂, 1−β₁, 1−β₂, 1/c₂, ε, decay, l2) in the
     buffers' dtype (see npvae.ops.adam_update)."""
-    lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2 = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
-    for i in range(p.shape[0]):
-        gi = g[i] + l2 * p[i] if l2 != 0 else g[i]
-        mi = beta1 * m[i] + ob1 * gi
-        vi = beta2 * v[i] + ob2 * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] = p[i] * decay - lr_c1 * mi / (math.sqrt(vi * inv_c2) + eps)
+    numba_impl.adam_rows(p, g, m, v, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], 0, p.shape[0])
 
 
 @_elementwise
@@ -598,12 +591,41 @@ def adam_steps_blocks(K, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts, n_en
     return S
 
 
+@_elementwise
+def log_lik_terms(lik, out, out2, x, lik_logvar, terms):
+    """ln p(x|out) per element of one decoder row into terms (float64): Bernoulli logits, or
+    a Gaussian mean (out2: a per-example ln σ² head's row, else lik_logvar)."""
+    D = out.shape[0]
+    if lik == BERNOULLI:
+        for j in range(D):
+            l = out[j]
+            terms[j] = x[j] * l - (l if l > 0 else 0.0) - vmath.log1p(vmath.exp(-abs(l)))
+    else:
+        for j in range(D):
+            s = out2[j] if lik == GAUSSIAN_PER_EXAMPLE else lik_logvar[j]
+            r = out[j] - x[j]
+            terms[j] = -0.5 * (r * r * vmath.exp(-s) + s + LOG_2PI)
+
+
+@_reduction
+def sum_row(terms):
+    acc = 0.0
+    for j in range(terms.shape[0]):
+        acc += terms[j]
+    return acc
+
+
+# rows of the output head computed and consumed at a time, while they are in cache
+LOG_P_ROWS = 64
+
+
 @jit(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True, parallel=True)
-def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, xk, terms, nll, lik, lik_logvar, lw, T):
+def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_logvar, lw, T):
     """ln w[k, i] = ln p(x_i|z_ki) + ln p(z_ki) − ln q(z_ki|x_i), z_ki = μ_i + σ_i ε[k, i],
     in float64, for x (B, D) and E (K, B, J): the encoder once, the decoder on K·B rows
     (example i's samples at rows iK..iK+K−1), in T blocks of examples run in parallel, each
-    on single-threaded BLAS.  No gradient: the likelihood's is written and discarded."""
+    on single-threaded BLAS.  The output head and the likelihood go LOG_P_ROWS rows at a
+    time, so the logits are read back from cache; terms is (T, D) float64 scratch."""
     K, B, J = E.shape
     D = x.shape[1]
     d0 = n_enc + 2
@@ -624,22 +646,22 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, xk, terms, nll, lik
                 r = (r0 + i) * K + k
                 for j in range(J):
                     z[r, j] = mu[i, j] + std[r0 + i, j] * E[k, r0 + i, j]
-                for j in range(D):
-                    xk[r, j] = x[r0 + i, j]
         h_dec = chain_forward(z[R0:R1], Ws, bs, acts, H, d0, io, R0, R1)
-        heads_forward(h_dec, Ws, bs, H, io, n_out, R0, R1)
-        scratch = np.empty_like(lik_logvar)  # a learned ln σ²'s gradient, discarded
-        likelihood_rows(lik, H[io][R0:R1], xk[R0:R1], 0.0, terms[R0:R1], nll[R0:R1], H, io, R0, R1, lik_logvar,
-                        scratch)
-        for i in range(r1 - r0):
-            hv = 0.0
-            for j in range(J):
-                hv += 0.5 * lv[i, j]
-            for k in range(K):
-                r = (r0 + i) * K + k
+        tr = terms[t]
+        for a in range(R0, R1, LOG_P_ROWS):
+            b = min(a + LOG_P_ROWS, R1)
+            heads_forward(h_dec[a - R0:b - R0], Ws, bs, H, io, n_out, a, b)
+            out2 = H[io + n_out - 1]  # a per-example ln σ² head, else the output itself (unused)
+            for r in range(a, b):
+                i = r // K
+                log_lik_terms(lik, H[io][r], out2[r], x[i], lik_logvar, tr)
+                log_px = sum_row(tr)
+                k = r - i * K
                 sz = 0.0
+                hv = 0.0
                 for j in range(J):
                     zv = np.float64(z[r, j])
-                    ev = np.float64(E[k, r0 + i, j])
+                    ev = np.float64(E[k, i, j])
                     sz += ev * ev - zv * zv
-                lw[k, r0 + i] = -nll[r] + 0.5 * sz + hv
+                    hv += 0.5 * lv[i - r0, j]
+                lw[k, i] = log_px + 0.5 * sz + hv
