@@ -106,8 +106,9 @@ def _fill_data_defaults(cfg, explicit, lik_default, bin_default):
 
 def _compile_notice():
     from npvae.kernels import get_backend, implementation, jit, step
-    modules = (implementation("numba").__file__, step.__file__)  # (vmath is inlined into step)
-    if get_backend() != "numba" or all(jit.cache_is_warm(m) for m in modules):
+    # (vmath is inlined into step; step's cache is kept per BLAS)
+    modules = ((implementation("numba").__file__, ""), (step.__file__, step.CACHE))
+    if get_backend() != "numba" or all(jit.cache_is_warm(m, sub) for m, sub in modules):
         return
     where = (f"kept in {jit.KERNEL_CACHE} for later runs" if jit.KERNEL_CACHE is not None else
              "no writable cache folder, so every run compiles; set NUMBA_CACHE_DIR to keep them")

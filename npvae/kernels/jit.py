@@ -71,8 +71,10 @@ def _numba_cache_dir(path: Path):
         numba_config.CACHE_DIR = old
 
 
-def jit(**options):
-    """``numba.njit(**options)`` whose compiled code is cached in :data:`KERNEL_CACHE`.
+def jit(cache_subfolder: str = "", **options):
+    """``numba.njit(**options)`` whose compiled code is cached in :data:`KERNEL_CACHE`
+    (in its folder ``cache_subfolder`` when given: code compiled against one of several
+    external libraries, such as :mod:`npvae.kernels.blas`'s two BLAS, keeps one cache each).
 
     Used as ``@jit(fastmath=..., parallel=True)``; ``cache`` is not an option here, it is
     decided once for the package.  Under ``NUMBA_DISABLE_JIT=1`` it returns the plain Python
@@ -84,20 +86,22 @@ def jit(**options):
     def decorate(fn):
         dispatcher = njit(**options)(fn)
         if KERNEL_CACHE is not None and hasattr(dispatcher, "enable_caching"):
-            with _numba_cache_dir(KERNEL_CACHE):
+            with _numba_cache_dir(KERNEL_CACHE / cache_subfolder if cache_subfolder else KERNEL_CACHE):
                 dispatcher.enable_caching()
         return dispatcher
     return decorate
 
 
-def cache_is_warm(module_file) -> bool:
-    """True when the kernel cache already holds compiled code for the module at
-    ``module_file`` (its ``.nbi`` index files), so importing and running it will not compile."""
+def cache_is_warm(module_file, cache_subfolder: str = "") -> bool:
+    """True when the kernel cache (its folder ``cache_subfolder``) already holds compiled
+    code for the module at ``module_file`` (its ``.nbi`` index files), so importing and
+    running it will not compile."""
     if numba_config.DISABLE_JIT:
         return True
     if KERNEL_CACHE is None:
         return False
-    folder = KERNEL_CACHE / UserProvidedCacheLocator.get_suitable_cache_subpath(str(module_file))
+    root = KERNEL_CACHE / cache_subfolder if cache_subfolder else KERNEL_CACHE
+    folder = root / UserProvidedCacheLocator.get_suitable_cache_subpath(str(module_file))
     stem = Path(module_file).stem
     try:
         return any(p.name.startswith(stem + ".") for p in folder.glob("*.nbi"))

@@ -13,8 +13,8 @@ The ELBO's mathematics is :func:`npvae.engine.elbo_step`'s, term for term:
     loss = (1/B) Σ_i [−ln p(x_i|z_i) + β KL_i],  KL_i = ½ Σ_j (μ² + e^v − 1 − v)
     dμ = dz + (β/B) μ;  dv = ½ σ ε dz + (β/B) ½ (e^v − 1)
 
-Matrix products call BLAS from inside the compiled code (numba's ``np.dot``, through
-SciPy's BLAS); exp, log1p and tanh are :mod:`npvae.kernels.vmath`'s, which LLVM vectorises.
+Matrix products call BLAS from inside the compiled code (:func:`npvae.kernels.blas.gemm`:
+NumPy's bundled OpenBLAS where it is found, else numba's ``np.dot`` through SciPy's BLAS); exp, log1p and tanh are :mod:`npvae.kernels.vmath`'s, which LLVM vectorises.
 No loop here is compiled with ``reassoc`` (it would undo vmath's careful rounding); the
 sums that want it (a row's negative log-likelihood) are separate functions.  Adam is the
 engine's own kernel (``numba_impl.adam_rows``).
@@ -36,7 +36,8 @@ import numpy as np
 
 from ..constants import LEAKY_SLOPE, LOG_2PI
 from .codes import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
-from . import numba_impl, vmath
+from . import blas, numba_impl, vmath
+from .blas import gemm
 from .jit import jit
 
 BERNOULLI, GAUSSIAN_FIXED, GAUSSIAN_PER_EXAMPLE, GAUSSIAN_LEARNED = 0, 1, 2, 3
@@ -44,9 +45,12 @@ BERNOULLI, GAUSSIAN_FIXED, GAUSSIAN_PER_EXAMPLE, GAUSSIAN_LEARNED = 0, 1, 2, 3
 # size, not a thread count: the sums' order, and so the result, depends on it alone)
 SERIAL_BELOW = 1 << 16
 
+# compiled code calls one of two BLAS (npvae.kernels.blas), and is cached per BLAS
+CACHE = "blas-" + blas.BLAS
+
 # no "reassoc" (see the module's docstring); "contract" lets LLVM use FMA
-_elementwise = jit(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
-_reduction = jit(fastmath={"contract", "nsz", "arcp", "reassoc"}, error_model="numpy", nogil=True)
+_elementwise = jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
+_reduction = jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp", "reassoc"}, error_model="numpy", nogil=True)
 
 
 @_elementwise
@@ -254,7 +258,7 @@ def chain_forward(h, Ws, bs, acts, H, k0, k1, r0, r1):
     """Stages k0..k1−1 on rows r0:r1: H[k] ← f(h W + b); returns the last output (or h)."""
     for k in range(k0, k1):
         y = H[k][r0:r1]
-        np.dot(h, Ws[k], y)
+        gemm(h, Ws[k], y)
         bias_act(y, bs[k], acts[k])
         h = y
     return h
@@ -265,7 +269,7 @@ def heads_forward(h, Ws, bs, H, k0, n, r0, r1):
     """The n linear heads from stage k0 on, all reading h."""
     for k in range(k0, k0 + n):
         y = H[k][r0:r1]
-        np.dot(h, Ws[k], y)
+        gemm(h, Ws[k], y)
         bias_act(y, bs[k], IDENTITY)
 
 
@@ -277,11 +281,11 @@ def chain_backward(Ws, GWs, Gbs, acts, H, dH, k0, k1, hin0, dx0, need_dx0, r0, r
         d = dH[k][r0:r1]
         act_backward_bias_grad(d, H[k][r0:r1], acts[k], Gbs[k])
         hin = H[k - 1][r0:r1] if k > k0 else hin0
-        np.dot(hin.T, d, GWs[k])
+        gemm(hin.T, d, GWs[k])
         if k > k0:
-            np.dot(d, Ws[k].T, dH[k - 1][r0:r1])
+            gemm(d, Ws[k].T, dH[k - 1][r0:r1])
         elif need_dx0:
-            np.dot(d, Ws[k].T, dx0)
+            gemm(d, Ws[k].T, dx0)
 
 
 @_elementwise
@@ -291,11 +295,11 @@ def heads_backward(h, Ws, GWs, Gbs, H, k0, n, dh, tmp, r0, r1):
     for k in range(k0, k0 + n):
         d = H[k][r0:r1]
         act_backward_bias_grad(d, d, IDENTITY, Gbs[k])
-        np.dot(h.T, d, GWs[k])
+        gemm(h.T, d, GWs[k])
         if k == k0:
-            np.dot(d, Ws[k].T, dh)
+            gemm(d, Ws[k].T, dh)
         else:
-            np.dot(d, Ws[k].T, tmp)
+            gemm(d, Ws[k].T, tmp)
             add_into(dh, tmp)
 
 
@@ -358,13 +362,13 @@ def posterior_backward(x, h_enc, Ws, GWs, Gbs, acts, H, dH, n_enc, tmp_enc, r0, 
     dmu, dlv = dH[n_enc][r0:r1], dH[iv][r0:r1]
     act_backward_bias_grad(dmu, dmu, IDENTITY, Gbs[n_enc])
     act_backward_bias_grad(dlv, dlv, IDENTITY, Gbs[iv])
-    np.dot(h_enc.T, dmu, GWs[n_enc])
-    np.dot(h_enc.T, dlv, GWs[iv])
+    gemm(h_enc.T, dmu, GWs[n_enc])
+    gemm(h_enc.T, dlv, GWs[iv])
     if n_enc > 0:
         de = dH[n_enc - 1][r0:r1]
         te = tmp_enc[r0:r1]
-        np.dot(dmu, Ws[n_enc].T, de)
-        np.dot(dlv, Ws[iv].T, te)
+        gemm(dmu, Ws[n_enc].T, de)
+        gemm(dlv, Ws[iv].T, te)
         add_into(de, te)
         chain_backward(Ws, GWs, Gbs, acts, H, dH, 0, n_enc, x, x, False, r0, r1)
 
@@ -504,7 +508,7 @@ def step_block(K, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, 
                                  lw, dzk)
 
 
-@jit(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
+@jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
 def adam_steps(K, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
                terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, xk, lw, dzk, betas, adam_c, clip,
                P, G, M, V, losses, recs, kls, norms):
@@ -530,7 +534,7 @@ def adam_steps(K, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H
     return S
 
 
-@jit(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True, parallel=True)
+@jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True, parallel=True)
 def adam_steps_blocks(K, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts, n_enc, n_dec, H, dH, xb, z, std,
                       kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, dlogvar_t, xk, lw, dzk, betas, adam_c,
                       clip, P, G, partials, M, V, losses, recs, kls, norms):
@@ -619,7 +623,7 @@ def sum_row(terms):
 LOG_P_ROWS = 64
 
 
-@jit(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True, parallel=True)
+@jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True, parallel=True)
 def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_logvar, lw, T):
     """ln w[k, i] = ln p(x_i|z_ki) + ln p(z_ki) − ln q(z_ki|x_i), z_ki = μ_i + σ_i ε[k, i],
     in float64, for x (B, D) and E (K, B, J): the encoder once, the decoder on K·B rows

@@ -1,0 +1,81 @@
+"""npvae.kernels.blas.gemm: products from compiled code, through NumPy's bundled OpenBLAS
+where it is found, else numba's np.dot."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from numba import njit
+
+from npvae.kernels import blas
+
+
+@njit
+def _product(a, b, c):
+    blas.gemm(a, b, c)
+
+
+@njit
+def _product_of_rows(a, b, c, r0, r1):
+    # row blocks of larger arrays, as the compiled step passes them
+    blas.gemm(a[r0:r1], b, c[r0:r1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 40), n=st.integers(1, 40),
+       ta=st.booleans(), tb=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**32 - 1))
+def test_gemm_equals_numpys_product_for_every_layout(m, k, n, ta, tb, dtype, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    a, b = (a.T if ta else a), (b.T if tb else b)
+    c = np.full((m, n), np.nan, dtype)
+    _product(a, b, c)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(c, want, rtol=tol, atol=tol * np.sqrt(k) * np.abs(want).max())
+
+
+def test_gemm_on_row_blocks_writes_only_those_rows():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((10, 7)), rng.standard_normal((7, 5))
+    c = np.zeros((10, 5))
+    _product_of_rows(a, b, c, 3, 8)
+    np.testing.assert_allclose(c[3:8], a[3:8] @ b, rtol=1e-13)
+    assert not c[:3].any() and not c[8:].any()
+
+
+def test_the_blas_in_use_is_named_and_numpys_where_numpy_bundles_openblas():
+    assert blas.BLAS in ("numpy-openblas", "scipy")
+    if blas.BLAS == "numpy-openblas":
+        assert "openblas" in blas.BLAS_LIBRARY.lower()
+
+
+def test_npvae_blas_scipy_selects_numbas_dot_with_the_same_results(tmp_path):
+    # the same short compiled training run through either BLAS: agreement to float64 rounding
+    script = (
+        "import json, sys, numpy as np, npvae\n"
+        "from npvae.kernels import blas\n"
+        "m = npvae.VAE(n_inputs=12, hidden=(9,), n_latent=3, seed=0)\n"
+        "x = (np.random.default_rng(0).random((64, 12)) > 0.5).astype(float)\n"
+        "npvae.fit(m, x, epochs=2, batch_size=16, seed=0, progress=False, compiled=True)\n"
+        "json.dump({'blas': blas.BLAS, 'p': np.concatenate([v.ravel() for v in m.params.values()]).tolist()},"
+        " sys.stdout)\n")
+    out = {}
+    for choice in ("", "scipy"):
+        env = dict(os.environ, NPVAE_BLAS=choice)
+        if choice:  # the default BLAS compiles into the usual (warm) cache; the other into its own
+            env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+        res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                             timeout=600)
+        assert res.returncode == 0, res.stderr
+        out[choice] = json.loads(res.stdout)
+    assert out["scipy"]["blas"] == "scipy"
+    assert out[""]["blas"] == blas.BLAS
+    np.testing.assert_allclose(out[""]["p"], out["scipy"]["p"], rtol=1e-12, atol=1e-14)
+    # each BLAS keeps its own compiled cache
+    assert (tmp_path / "cache" / "blas-scipy").is_dir()
