@@ -6,7 +6,7 @@
     >>> history = npvae.fit(model, x, epochs=10, beta=npvae.LinearBeta(5))
 """
 from . import (activations, compiled, data, diagnostics, distributions, estimators, layers, likelihoods, metrics,
-               ops, optim, schedules, testing, trace)
+               ops, optim, parallel, schedules, testing, trace)
 from .checkpoint import CheckpointError, load
 from .model import VAE
 from .optim import SGD, Adam, AdamW, clip_grad_norm

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from . import compiled, engine, ops, threads
+from . import compiled, engine, ops, parallel, threads
 from .validation import generator, positive_int
 
 
@@ -36,7 +36,7 @@ def log_weights(model, x, eps):
 
 
 def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, return_ess=False,
-                   max_elements=1 << 22, progress=False):
+                   max_elements=1 << 22, progress=False, comm="auto"):
     """Importance-sampled ln p(x) ≈ ln (1/K) Σ_k p(x, z_k)/q(z_k|x) per example, in nats.
 
     Samples are drawn in chunks so that memory stays bounded however large K is (at most
@@ -44,6 +44,11 @@ def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, retur
     (running maximum and rescaled sums), in float64.  ``rng=None`` uses default_rng(0).
     With ``return_ess`` also returns the effective sample size (Σ w)² / Σ w² per example,
     which lies in [1, K].  ``progress=True`` shows a bar with an ETA on a terminal (tqdm).
+
+    The examples are cut into blocks of ``batch_size``, each with its own random stream
+    spawned from ``rng``.  Under MPI (``comm``, see :mod:`npvae.parallel`; "auto" under
+    ``mpiexec``) the ranks compute whole blocks and every rank receives every result: the
+    same numbers as one process.  Every rank passes the same x.
     """
     x = model.check_inputs(x)
     K = positive_int(n_samples, "n_samples")
@@ -52,21 +57,28 @@ def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, retur
     if batch_size is None:
         batch_size = max(1, min(x.shape[0], max_elements // (width * min(K, 64))))
     batch_size = positive_int(batch_size, "batch_size")
+    comm = parallel.world(comm)
     with threads.limited():
-        ll, ess = _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress)
+        ll, ess = _log_likelihood(model, x, K, rng, batch_size, max_elements, width,
+                                  progress and parallel.rank_of(comm) == 0, comm)
     return (ll, ess) if return_ess else ll
 
 
-def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress):
+def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress, comm):
     # a model the compiled path takes: each chunk's ln w in one compiled call (both cores)
     weights = compiled.log_weights if compiled.unsupported(model) is None else log_weights
-    ll = np.empty(x.shape[0])
-    ess = np.empty(x.shape[0])
+    ll = np.zeros(x.shape[0])
+    ess = np.zeros(x.shape[0])
+    n_blocks = -(-x.shape[0] // batch_size)
+    streams = parallel.block_streams(rng, n_blocks)
+    mine = parallel.my_blocks(n_blocks, comm)
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=x.shape[0], desc=f"ln p(x), K={K}", unit="ex", leave=False, disable=None)
-    for start in range(0, x.shape[0], batch_size):
+        total = min(x.shape[0], mine.stop * batch_size) - mine.start * batch_size
+        bar = tqdm(total=total, desc=f"ln p(x), K={K}", unit="ex", leave=False, disable=None)
+    for j in mine:
+        start, rng = j * batch_size, streams[j]
         xb = x[start:start + batch_size]
         B = xb.shape[0]
         chunk = max(1, min(K, max_elements // (B * width)))
@@ -88,6 +100,9 @@ def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress)
             bar.update(B)
     if bar is not None:
         bar.close()
+    # every rank's blocks to every rank: the others' entries are zeros, so the sum is exact
+    parallel.sum_in_place(comm, ll)
+    parallel.sum_in_place(comm, ess)
     return ll, ess
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import activations, distributions, engine, estimators, layers, likelihoods, threads
+from . import activations, distributions, engine, estimators, layers, likelihoods, parallel, threads
 from .layers import INITIALISERS, Dense
 from .validation import as_float_array, finite_float, generator, gradient_buffers, positive_int
 
@@ -319,33 +319,39 @@ class VAE:
         return self.decode(z)
 
     def log_likelihood(self, x, *, n_samples=5000, rng=None, batch_size=None, return_ess=False,
-                       progress=False):
+                       progress=False, comm="auto"):
         """Importance-sampled ln p(x) per example in nats, shape (B,) (correction L8):
         ln (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), by log-sum-exp, with memory
         bounded however large K is.  ``return_ess=True`` adds the effective sample size.
         ``rng=None`` uses default_rng(0).  See :func:`npvae.estimators.log_likelihood`."""
         return estimators.log_likelihood(self, x, n_samples=n_samples, rng=rng,
                                          batch_size=batch_size, return_ess=return_ess,
-                                         progress=progress)
+                                         progress=progress, comm=comm)
 
-    def elbo(self, x, *, rng=None, n_samples=1, batch_size=1024):
+    def elbo(self, x, *, rng=None, n_samples=1, batch_size=1024, comm="auto"):
         """The per-example ELBO at β = 1 in nats, shape (B,):
         (1/S) Σ_s ln p(x|z_s) − KL(q(z|x) || N(0, I)), z_s ~ q(z|x), KL analytic.
 
         ``rng=None`` uses a fresh ``default_rng(0)``, so repeated evaluations agree.
-        Memory is bounded by ``batch_size`` examples at a time.
+        Memory is bounded by ``batch_size`` examples at a time; each block of them draws from
+        its own stream spawned from ``rng``, and under MPI (``comm``, as in ``fit``) the ranks
+        compute whole blocks: the same numbers as one process.
         """
         x = self.check_inputs(x)
         n_samples = positive_int(n_samples, "n_samples")
         batch_size = positive_int(batch_size, "batch_size")
         rng = np.random.default_rng(0) if rng is None else generator(rng)
+        comm = parallel.world(comm)
         with threads.limited():
-            return self._elbo(x, rng, n_samples, batch_size)
+            return self._elbo(x, rng, n_samples, batch_size, comm)
 
-    def _elbo(self, x, rng, n_samples, batch_size):
+    def _elbo(self, x, rng, n_samples, batch_size, comm):
         P, lp = self.params, self.likelihood_params()
-        out = np.empty(x.shape[0], dtype=self.dtype)
-        for start in range(0, x.shape[0], batch_size):
+        out = np.zeros(x.shape[0], dtype=self.dtype)
+        n_blocks = -(-x.shape[0] // batch_size)
+        streams = parallel.block_streams(rng, n_blocks)
+        for j in parallel.my_blocks(n_blocks, comm):
+            start, rng = j * batch_size, streams[j]
             xb = x[start:start + batch_size]
             ws = self.workspaces(xb.shape[0])
             engine.encode(self.plan, P, xb, ws)
@@ -358,7 +364,7 @@ class VAE:
                 rec += self.likelihood.nll(xb, ws.out, lp)[0]
             kl, _ = distributions.kl_standard_normal(mu, lv)
             out[start:start + batch_size] = -(rec / self.dtype.type(n_samples)) - kl
-        return out
+        return parallel.sum_in_place(comm, out)  # the others' blocks are zeros here: exact
 
 
 # ----------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from . import checkpoint as ckpt
 from . import data as data_mod
 from . import diagnostics as diag_mod
 from . import compiled as compiled_mod
-from . import engine, kernels, threads
+from . import engine, kernels, parallel, threads
 from .model import check_objective
 from .optim import Adam, Optimizer
 from .schedules import ConstantBeta, as_beta_schedule
@@ -340,7 +340,8 @@ def _progress_bar(total, epoch, epochs, enabled, initial=0):
 def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epochs=10,
         batch_size=128, beta=1.0, seed=0, binarize=None, checkpoint_dir=None, resume=False,
         callbacks=(), progress=True, free_bits=0.0, early_stopping=None, restore_best=True,
-        keep_checkpoints=2, objective="elbo", n_samples=1, diagnostics=None, compiled="auto") -> History:
+        keep_checkpoints=2, objective="elbo", n_samples=1, diagnostics=None, compiled="auto",
+        comm="auto") -> History:
     """Train ``model`` in place on ``x_train`` (n, D) and return the History.
 
     * ``optimizer``: an :class:`npvae.SGD`, :class:`npvae.Adam` or :class:`npvae.AdamW`.
@@ -365,6 +366,13 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
       engine step by step otherwise; True insists (a ValueError says why it cannot), False
       takes the engine path.  The two agree to rounding, not bit for bit, so a resumed run
       keeps the path it began with.
+    * ``comm``: data parallelism over MPI (:mod:`npvae.parallel`).  "auto" (default) uses
+      ``MPI.COMM_WORLD`` when the process was started by ``mpiexec``/``srun`` with more than
+      one process; an mpi4py communicator is used as given; None: this process alone.  Each
+      global batch of ``batch_size`` rows is split across the ranks, the gradients are added
+      by one Allreduce, and every rank takes the same step: the result equals one process's
+      to rounding.  Every rank passes the same arguments (the same data); rank 0 alone writes
+      checkpoints and prints.  Runs on the engine path; free bits are not split (refused).
     * Ctrl-C finishes the current step (the current chunk of compiled steps), saves a
       checkpoint (with ``checkpoint_dir``) and returns the history with
       ``history.interrupted = True``.
@@ -399,6 +407,17 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     if compiled not in ("auto", True, False):
         raise ValueError(f"compiled must be 'auto', True or False, got {compiled!r}")
     why_not = compiled_mod.unsupported(model, objective=objective, free_bits=free_bits, optimizer=optimizer)
+    comm = parallel.world(comm)
+    ranks = parallel.size_of(comm)
+    if comm is not None:
+        why_not = (f"with MPI ({ranks} processes) every step's gradient is summed across the ranks "
+                   "between the gradient and the update, which the engine path does step by step")
+        if free_bits:
+            raise ValueError("free bits floor the batch's mean KL per dimension, which is not split across "
+                             f"MPI ranks: train with free_bits=0 or in one process ({ranks} processes here)")
+        if batch_size < ranks:
+            raise ValueError(f"batch_size {batch_size} is smaller than the {ranks} MPI processes: each "
+                             "needs at least one row of every batch")
     if compiled is True and why_not is not None:
         raise ValueError(f"compiled=True, but the compiled path cannot train this run: {why_not}")
 
@@ -422,17 +441,27 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     steps_per_epoch = math.ceil(n / batch_size)
     directory = None if checkpoint_dir is None else Path(checkpoint_dir)
     lock = None
-    if directory is not None:
+    writer = parallel.rank_of(comm) == 0  # the one process that writes checkpoints and prints
+    progress = progress and writer
+
+    held_lock = []
+
+    def prepare_folder():
         directory.mkdir(parents=True, exist_ok=True)
-        lock = lock_folder(directory)
+        held = lock_folder(directory)
         try:
             if not resume and list_checkpoints(directory):
                 raise ValueError(f"{directory} holds checkpoints of an earlier run: pass resume=True "
                                  "to continue it, or give an empty or new checkpoint_dir")
             _remove_stale_temporaries(directory)
         except BaseException:
-            lock.release()
+            held.release()
             raise
+        held_lock.append(held)
+    if directory is not None:
+        # rank 0 alone locks and checks the folder; an error there is raised on every rank
+        parallel.agree(comm, prepare_folder)
+        lock = held_lock[0] if held_lock else None
 
     try:
         run = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "sums": {}, "epoch_time": 0.0,
@@ -467,12 +496,24 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                 check_training_state(path, loaded, n, steps_per_epoch, opt_state)
 
             own_layers = {type(l) for l in model.encoder_layers + model.decoder_layers}
-            path, loaded = _newest_loadable(directory, same_run_and_sound, own_layers)
-            if loaded is None and list_checkpoints(directory):
-                # never start afresh over a run's checkpoints: that would prune them
-                raise ValueError(f"resume=True, but none of the {len(list_checkpoints(directory))} checkpoints in "
-                                 f"{directory} can continue this run (the warnings above say why); move them "
-                                 "away to start a new run there")
+
+            def choose():
+                path, loaded = _newest_loadable(directory, same_run_and_sound, own_layers)
+                if loaded is None and list_checkpoints(directory):
+                    # never start afresh over a run's checkpoints: that would prune them
+                    raise ValueError(f"resume=True, but none of the {len(list_checkpoints(directory))} checkpoints "
+                                     f"in {directory} can continue this run (the warnings above say why); move "
+                                     "them away to start a new run there")
+                return path, loaded
+            # rank 0 chooses the checkpoint; the others read that same file
+            chosen = []
+
+            def choose_path():
+                chosen[:] = choose()
+                return None if chosen[0] is None else str(chosen[0])
+            path = parallel.agree(comm, choose_path)
+            loaded = None if path is None else (chosen[1] if writer else
+                                                load_training_checkpoint(path, own_layers))
             if loaded is not None:
                 saved_model, meta, saved_opt, perm, best_params = loaded
                 for k in model.params:
@@ -489,12 +530,17 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                         and (began == "engine" or why_not is None):
                     run["step_path"] = began
 
+        # rank 0's parameters on every rank (a model built from another seed would differ)
+        parallel.broadcast_params(comm, model.params)
         history = History(run["history"])
         history.best_epoch = run["best_epoch"]
         val_rng_seed = [seed, 4]
 
         def save():
-            if directory is not None:
+            if comm is not None and not parallel.same_everywhere(comm, model.params.values()):
+                raise RuntimeError("the MPI ranks' parameters have drifted apart (their Allreduce gave "
+                                   "different sums on different ranks); nothing was saved")
+            if directory is not None and writer:
                 # the state itself is checked, not only the loss: a checkpoint never holds NaN
                 for name, arr in [*model.params.items(), *opt_state.items()]:
                     if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not kernels.all_finite(arr):
@@ -505,7 +551,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                                keep_checkpoints)
 
         step = TrainStep(model, dynamic_binarize=binarize == "dynamic", free_bits=free_bits,
-                         objective=objective, n_samples=n_samples)
+                         objective=objective, n_samples=n_samples, comm=comm)
         chunks = None
         if run["step_path"] == "compiled":
             chunks = compiled_mod.AdamSteps(model, optimizer, opt_state, step.grads,
@@ -535,6 +581,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                         if chunks is None:
                             idx = perm[i * batch_size:(i + 1) * batch_size]
                             b = beta_schedule(run["global_step"], steps_per_epoch)
+                            step.stop_requested = interrupt.set
                             loss, parts, bad = step(x, idx, rng, b)
                             if bad is not None:
                                 raise DivergenceError(epoch, run["global_step"] + 1, i + 1, bad,
@@ -562,13 +609,14 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                             if i % 10 < len(done) or run["step_in_epoch"] == steps_per_epoch:
                                 bar.set_postfix(loss=f"{loss_s:.3f}", kl=f"{kl_s:.3f}", beta=f"{b:.3f}",
                                                 refresh=False)
-                        if interrupt.set:
+                        if step.stop_everywhere if comm is not None else interrupt.set:
                             break
                 finally:
                     if bar is not None:
                         bar.close()
                     run["epoch_time"] += time.perf_counter() - t0
-                if interrupt.set and run["step_in_epoch"] < steps_per_epoch:
+                if (step.stop_everywhere if comm is not None else interrupt.set) and \
+                        run["step_in_epoch"] < steps_per_epoch:
                     history.interrupted = True
                     save()
                     break
@@ -605,7 +653,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                     if cb(record, model) is True:
                         stop = True
                 save()
-                if interrupt.set:
+                if parallel.any_rank(comm, interrupt.set):
                     history.interrupted = True
                     break
 
@@ -679,28 +727,38 @@ class TrainStep:
     trusted: ``fit`` checks it (shape, finiteness, support) once, before training.
     """
 
-    def __init__(self, model, *, dynamic_binarize=False, free_bits=0.0, objective="elbo", n_samples=1):
+    def __init__(self, model, *, dynamic_binarize=False, free_bits=0.0, objective="elbo", n_samples=1, comm=None):
         from .optim import flat_like
 
         self.model, self.dynamic, self.free_bits = model, dynamic_binarize, free_bits
+        self.comm = comm
+        self.stop_requested = False   # this rank's wish to stop (a signal), sent with the step's sums
+        self.stop_everywhere = False  # some rank's wish, known to every rank after the step
         self.objective, self.n_samples = _check_fit_objective(objective, n_samples, free_bits)
         self.grads = flat_like(model.params)
         self._flat = next(iter(self.grads.values())).base
         self._buffers: dict[int, tuple] = {}
 
-    def _buffers_for(self, B):
-        bufs = self._buffers.get(B)
+    def _buffers_for(self, B, rows=None):
+        """(x rows, uniforms, ε) for a batch of B rows, of which this process takes ``rows``
+        (all by default): the noise is drawn for the whole batch."""
+        rows = B if rows is None else rows
+        bufs = self._buffers.get((B, rows))
         if bufs is None:
             m = self.model
             if len(self._buffers) >= 2:
                 self._buffers.pop(next(iter(self._buffers)))
             eps_shape = (B, m.n_latent) if self.objective == "elbo" else (self.n_samples, B, m.n_latent)
-            bufs = (np.empty((B, m.n_inputs), m.dtype), np.empty((B, m.n_inputs), m.dtype),
+            bufs = (np.empty((rows, m.n_inputs), m.dtype), np.empty((B, m.n_inputs), m.dtype),
                     np.empty(eps_shape, m.dtype))
-            self._buffers[B] = bufs
+            if rows != B and self.objective == "iwae":
+                bufs += (np.empty((self.n_samples, rows, m.n_latent), m.dtype),)
+            self._buffers[(B, rows)] = bufs
         return bufs
 
     def __call__(self, x, idx, rng, beta):
+        if self.comm is not None:
+            return self._shard_step(x, idx, rng, beta)
         model = self.model
         xb, u, eps = self._buffers_for(len(idx))
         np.take(x, idx, axis=0, out=xb, mode="clip")  # mode="raise" buffers out: a copy
@@ -708,13 +766,58 @@ class TrainStep:
             rng.random(out=u, dtype=model.dtype)
             kernels.binarize_(xb, u)
         rng.standard_normal(out=eps, dtype=model.dtype)
-        grads = self.grads
+        loss, parts = self._loss_and_grad(xb, eps, beta)
+        return loss, parts, self._check(loss)
+
+    def _loss_and_grad(self, xb, eps, beta):
+        model, grads = self.model, self.grads
         if self.objective == "iwae":
-            loss, parts = engine.iwae_step(model.plan, model.params, grads, xb, eps, model.workspaces(len(idx)),
-                                           model.workspaces(self.n_samples * len(idx)))
+            loss, parts = engine.iwae_step(model.plan, model.params, grads, xb, eps, model.workspaces(len(xb)),
+                                           model.workspaces(self.n_samples * len(xb)))
         else:
-            loss, parts = engine.elbo_step(model.plan, model.params, grads, xb, eps, model.workspaces(len(idx)),
+            loss, parts = engine.elbo_step(model.plan, model.params, grads, xb, eps, model.workspaces(len(xb)),
                                            beta=float(beta), free_bits=self.free_bits)
+        return loss, parts
+
+    def _shard_step(self, x, idx, rng, beta):
+        """The step over this rank's rows of the batch: the whole batch's noise is drawn (so
+        that each example's noise does not depend on the number of ranks), the shard's
+        gradient is weighted by its share of the batch, and one Allreduce adds the shards."""
+        model, comm = self.model, self.comm
+        B = len(idx)
+        r0, r1 = parallel.shard(B, comm.Get_rank(), comm.Get_size())
+        bufs = self._buffers_for(B, r1 - r0)
+        xb, u, eps = bufs[:3]
+        np.take(x, idx[r0:r1], axis=0, out=xb, mode="clip")
+        if self.dynamic:
+            rng.random(out=u, dtype=model.dtype)
+            if r1 > r0:
+                kernels.binarize_(xb, u[r0:r1])
+        rng.standard_normal(out=eps, dtype=model.dtype)
+        if self.objective == "iwae":
+            mine = bufs[3] if len(bufs) > 3 else eps
+            if mine is not eps:
+                np.copyto(mine, eps[:, r0:r1])
+        else:
+            mine = eps[r0:r1]
+        sums = np.zeros(4)  # the shard's share of: loss, reconstruction, KL; a stop request
+        if r1 > r0:
+            loss, parts = self._loss_and_grad(xb, mine, beta)
+            share = (r1 - r0) / B
+            if share != 1.0:
+                self._flat *= model.dtype.type(share)
+            sums[:3] = float(loss) * share, float(parts["reconstruction"]) * share, float(parts["kl"]) * share
+        else:
+            self._flat[...] = 0
+        sums[3] = 1.0 if self.stop_requested else 0.0
+        parallel.sum_in_place(comm, self._flat)  # the one Allreduce of the gradient buffer
+        parallel.sum_in_place(comm, sums)
+        self.stop_everywhere = sums[3] > 0
+        loss = sums[0]
+        return loss, {"reconstruction": sums[1], "kl": sums[2]}, self._check(loss)
+
+    def _check(self, loss):
+        grads = self.grads
         bad = None
         # Σ g² (float64) is finite exactly when every gradient is: one pass checks them all
         self.grad_norm = math.sqrt(kernels.sum_squares(self._flat))
@@ -727,4 +830,4 @@ class TrainStep:
                     break
             else:
                 bad = "the gradient norm overflows"
-        return loss, parts, bad
+        return bad

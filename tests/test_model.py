@@ -111,7 +111,8 @@ def test_gradient_descent_raises_the_elbo():
 def test_elbo_per_example_matches_the_loss_terms():
     model = npvae.VAE(6, 3, hidden=(4,), activation="tanh", dtype=np.float64)
     x = np.random.default_rng(0).random((5, 6))
-    eps = np.random.default_rng(3).standard_normal((5, 3))
+    # one block of examples: its noise is the block's stream, spawned from the generator
+    eps = npvae.parallel.block_streams(np.random.default_rng(3), 1)[0].standard_normal((5, 3))
     _, rec, kl = reference_forward(model, x, eps)
     np.testing.assert_allclose(model.elbo(x, rng=np.random.default_rng(3)), -(rec + kl), rtol=1e-12)
     assert np.array_equal(model.elbo(x), model.elbo(x))  # rng=None is repeatable
@@ -119,8 +120,12 @@ def test_elbo_per_example_matches_the_loss_terms():
     # more samples, less noise: E_q[ln p(x|z)] converges, the KL is analytic
     again = model.elbo(x, n_samples=4000, rng=np.random.default_rng(2))
     np.testing.assert_allclose(many, again, atol=0.05)
-    np.testing.assert_allclose(model.elbo(x, batch_size=2, rng=np.random.default_rng(3)),
-                               model.elbo(x, rng=np.random.default_rng(3)), rtol=1e-12)
+    # blocks of 2 examples: block j draws its ε from the j-th stream spawned from the generator
+    streams = npvae.parallel.block_streams(np.random.default_rng(3), 3)
+    eps2 = np.concatenate([streams[j].standard_normal((len(x[2 * j:2 * j + 2]), 3)) for j in range(3)])
+    _, rec2, kl2 = reference_forward(model, x, eps2)
+    np.testing.assert_allclose(model.elbo(x, batch_size=2, rng=np.random.default_rng(3)), -(rec2 + kl2),
+                               rtol=1e-12)
 
 
 def test_eps_makes_the_call_deterministic_and_rng_reproducible():

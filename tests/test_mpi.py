@@ -1,0 +1,156 @@
+"""Data parallelism over MPI: N = 1, 2 and 3 processes give one process's result.
+
+Every test starts ``mpiexec`` in a subprocess under a timeout, so a hang fails instead of
+blocking the suite.  Skipped, with the reason, where mpi4py or mpiexec is missing (install
+the extra: pip install ".[mpi]")."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import npvae
+
+HERE = Path(__file__).parent
+JOB = HERE / "mpi_job.py"
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+try:
+    import mpi4py  # noqa: F401
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
+needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC),
+                               reason="needs mpi4py and mpiexec: pip install '.[mpi]'")
+TIMEOUT = 300
+
+SPEC = dict(n=203, D=10, latent=3, hidden=[12], seed=4, epochs=6, batch=29)  # 7 steps an epoch: 42
+
+
+def launch(n, args, timeout=TIMEOUT, env=None):
+    """Run ``args`` (a python command line) under mpiexec -n n (n = 0: without mpiexec)."""
+    cmd = ([MPIEXEC, "-n", str(n)] if n else []) + [sys.executable, *args]
+    e = dict(os.environ, **(env or {}))
+    e.pop("NPVAE_MPI", None)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=HERE.parent)
+
+
+def job(n, spec, tmp_path, name):
+    out = tmp_path / f"{name}.npz"
+    res = launch(n, [str(JOB), json.dumps(spec), str(out)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    with np.load(out) as f:
+        return {k: f[k] for k in f.files}
+
+
+def assert_same_params(a, b, rtol):
+    keys = [k for k in a if k.startswith("p/")]
+    assert keys and keys == [k for k in b if k.startswith("p/")]
+    for k in keys:
+        np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=rtol * np.abs(a[k]).max(), err_msg=k)
+
+
+@needs_mpi
+@pytest.mark.parametrize("objective", ["elbo", "iwae"])
+def test_two_and_three_ranks_train_as_one_process(tmp_path, objective):
+    # batch 29: shards 14 + 15 and 9 + 10 + 10; the epoch's last batch has 0 < 203 − 6·29 = 29 rows
+    spec = dict(SPEC, objective=objective, k=3 if objective == "iwae" else 1)
+    one = job(0, spec, tmp_path, "one")
+    assert int(one["ranks"]) == 1
+    for n in (2, 3):
+        many = job(n, spec, tmp_path, f"n{n}")
+        assert int(many["ranks"]) == n
+        assert_same_params(one, many, 1e-12)
+        np.testing.assert_allclose(many["loss"], one["loss"], rtol=1e-12)
+        np.testing.assert_allclose(many["val_elbo"], one["val_elbo"], rtol=1e-12)
+    # and training moved the parameters (the comparison is not of untouched ones)
+    init = npvae.VAE(SPEC["D"], SPEC["latent"], hidden=tuple(SPEC["hidden"]), seed=SPEC["seed"])
+    assert max(np.abs(one["p/" + k] - v).max() for k, v in init.params.items()) > 1e-2
+
+
+@needs_mpi
+def test_float32_agrees_to_float32_rounding(tmp_path):
+    spec = dict(SPEC, dtype="float32", epochs=3)
+    one, two = job(0, spec, tmp_path, "one"), job(2, spec, tmp_path, "two")
+    assert_same_params(one, two, 2e-5)
+
+
+@needs_mpi
+def test_stopped_under_two_ranks_resumes_under_three(tmp_path):
+    spec = dict(SPEC, ckpt=str(tmp_path / "run"))
+    whole = job(0, dict(SPEC), tmp_path, "whole")
+    job(2, dict(spec, epochs=2), tmp_path, "first")
+    assert len(list((tmp_path / "run").glob("ckpt-*.npz"))) == 2  # written once, by rank 0
+    resumed = job(3, dict(spec, resume=True), tmp_path, "resumed")
+    assert_same_params(whole, resumed, 1e-12)
+    np.testing.assert_allclose(resumed["loss"], whole["loss"], rtol=1e-12)
+
+
+@needs_mpi
+def test_evaluation_splits_the_examples_and_gives_one_process_numbers(tmp_path):
+    spec = dict(SPEC, epochs=0, evaluate=True, n=40)
+    one = job(0, spec, tmp_path, "one")
+    for n in (2, 3):
+        many = job(n, spec, tmp_path, f"n{n}")
+        np.testing.assert_array_equal(many["ll"], one["ll"])
+        np.testing.assert_array_equal(many["elbo"], one["elbo"])
+    assert np.all(np.isfinite(one["ll"])) and np.all(one["ll"] < 0)
+
+
+@needs_mpi
+def test_bad_data_on_one_rank_stops_the_job_with_its_message(tmp_path):
+    spec = dict(SPEC, bad_rows_on_rank=1)
+    res = launch(2, [str(JOB), json.dumps(spec), str(tmp_path / "x.npz")], timeout=120)
+    assert res.returncode != 0
+    assert "rank 1 of 2 failed" in res.stderr and "NaN" in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "x.npz").exists()
+
+
+@needs_mpi
+def test_a_divergence_stops_every_rank_with_the_divergence_message(tmp_path):
+    spec = dict(SPEC, lr=1e300)  # parameters of 1e300 after a step: products overflow
+    spec_text = json.dumps(spec)
+    res = launch(2, [str(JOB), spec_text, str(tmp_path / "x.npz")], timeout=120)
+    assert res.returncode != 0
+    assert "training diverged" in res.stderr or "NaN" in res.stderr, res.stderr[-2000:]
+
+
+@needs_mpi
+def test_groups_split_the_ranks_for_many_models(tmp_path):
+    script = (
+        "import json, sys, numpy as np, npvae\n"
+        "from npvae import parallel\n"
+        "g, sub = parallel.groups(2)\n"
+        "mine = parallel.my_share(range(5), n_groups=2)\n"
+        "print(json.dumps({'group': g, 'sub': parallel.size_of(sub), 'mine': mine}))\n")
+    res = launch(3, ["-c", script], timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    seen = sorted((r["group"], r["sub"], tuple(r["mine"])) for r in rows)
+    # ranks 0 and 1 → group 0 (a communicator of 2), rank 2 → group 1 (alone); items 0, 2, 4 and 1, 3
+    assert seen == [(0, 2, (0, 2, 4)), (0, 2, (0, 2, 4)), (1, 1, (1, 3))]
+
+
+def test_without_a_launcher_there_is_no_communicator(monkeypatch):
+    for v in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE", "NPVAE_MPI"):
+        monkeypatch.delenv(v, raising=False)
+    assert npvae.parallel.world() is None
+    assert npvae.parallel.world(None) is None
+    monkeypatch.setenv("NPVAE_MPI", "0")
+    monkeypatch.setenv("PMI_SIZE", "4")
+    assert npvae.parallel.world() is None
+    with pytest.raises(ValueError, match="communicator"):
+        npvae.parallel.world("yes")
+
+
+@pytest.mark.parametrize("n", [1, 7, 29, 128])
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+def test_shards_cover_the_batch_in_order(n, size):
+    bounds = [npvae.parallel.shard(n, r, size) for r in range(size)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    sizes = [b - a for a, b in bounds]
+    assert max(sizes) - min(sizes) <= 1
