@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -35,8 +36,11 @@ class UsageError(Exception):
     """A bad flag, config file or data path: printed without a traceback, exit code 2."""
 
 
+_RANK = 0  # this process's MPI rank (0 without MPI): rank 0 alone prints and writes
+
+
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(msg if _RANK == 0 else f"rank {_RANK}: {msg}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -105,6 +109,8 @@ def _fill_data_defaults(cfg, explicit, lik_default, bin_default):
 
 
 def _compile_notice():
+    if _RANK != 0:
+        return
     from npvae.kernels import get_backend, implementation, jit, step
     # (vmath is inlined into step; step's cache is kept per BLAS)
     modules = ((implementation("numba").__file__, ""), (step.__file__, step.CACHE))
@@ -207,9 +213,17 @@ def _train(args, finishing) -> int:
 
     import npvae
 
-    cfg, explicit, out = _settings_for(args)
+    comm = npvae.parallel.world()
+    writer = _RANK == 0
+    # under MPI, rank 0 reads the run folder and decides; every rank gets its answer
+    cfg, explicit, out = npvae.parallel.agree(comm, lambda: _settings_for(args), kinds=(UsageError,))
     _stop_point()
-    x, labels, label_name, lik_default, bin_default, image_shape = load_data(cfg, progress=not args.quiet)
+    if comm is not None and not writer:
+        comm.Barrier()  # rank 0 reads (or generates and caches) the data first
+    x, labels, label_name, lik_default, bin_default, image_shape = load_data(
+        cfg, progress=not args.quiet and writer)
+    if comm is not None and writer:
+        comm.Barrier()
     _stop_point()
     _fill_data_defaults(cfg, explicit, lik_default, bin_default)
     likelihood, binarize = cfg["likelihood"], cfg["binarize"]
@@ -239,6 +253,24 @@ def _train(args, finishing) -> int:
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
 
+    def train():
+        return npvae.fit(model, x_train, x_val=x_val, optimizer=npvae.Adam(lr=cfg["lr"]),
+                         epochs=cfg["epochs"], batch_size=cfg["batch_size"], beta=beta,
+                         seed=cfg["seed"], binarize=None if binarize == "none" else binarize,
+                         checkpoint_dir=out / "checkpoints", resume=cfg["resume"],
+                         progress=not args.quiet and writer, free_bits=cfg["free_bits"],
+                         objective=cfg["objective"], n_samples=cfg["n_samples"],
+                         diagnostics=x_val[:500], comm=comm)
+
+    if not writer:  # another MPI rank: its share of every step; rank 0 writes the run
+        try:
+            history = train()
+        except npvae.DivergenceError:
+            return 1  # rank 0 says it
+        except (ValueError, TypeError, npvae.train.RunLockedError) as exc:
+            raise UsageError(str(exc)) from None
+        return 130 if history.interrupted else 0
+
     # accepted: from here on the run directory is written, by this process alone
     new_folder = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -260,13 +292,7 @@ def _train(args, finishing) -> int:
         t0 = time.perf_counter()
         try:
             _stop_point()  # fit takes the signals over from here
-            history = npvae.fit(model, x_train, x_val=x_val, optimizer=npvae.Adam(lr=cfg["lr"]),
-                                epochs=cfg["epochs"], batch_size=cfg["batch_size"], beta=beta,
-                                seed=cfg["seed"], binarize=None if binarize == "none" else binarize,
-                                checkpoint_dir=out / "checkpoints", resume=cfg["resume"],
-                                progress=not args.quiet, free_bits=cfg["free_bits"],
-                                objective=cfg["objective"], n_samples=cfg["n_samples"],
-                                diagnostics=x_val[:500])
+            history = train()
         except npvae.DivergenceError as exc:
             _say(f"npvae train: error: {exc}")
             return 1
@@ -361,6 +387,7 @@ def cmd_evaluate(args) -> int:
 
     import npvae
     run, cfg, model = load_run(args.run)
+    comm = npvae.parallel.world()  # under MPI, the examples are split across the ranks
     x, labels, *_ = load_data(cfg)
     if x.shape[1] != model.n_inputs:
         raise UsageError(f"{cfg['data']} has {x.shape[1]} features per example, the model in {run} "
@@ -376,6 +403,8 @@ def cmd_evaluate(args) -> int:
     elbo = float(model.elbo(x_val, rng=np.random.default_rng(0)).mean())
     ll, ess = model.log_likelihood(x_val, n_samples=args.n_samples, rng=np.random.default_rng(1),
                                    return_ess=True, progress=not args.quiet)
+    if _RANK != 0:  # rank 0 writes and prints
+        return 1 if not np.all(np.isfinite(ll)) or not math.isfinite(elbo) else 0
     res = {"examples": len(x_val), "test_elbo": _finite_or_none(elbo),
            "test_log_px": _finite_or_none(float(ll.mean())), "K": args.n_samples,
            "mean_ess": _finite_or_none(float(ess.mean())),
@@ -612,6 +641,30 @@ def _stop_point():
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    global _RANK
+    comm = None
+    if args.command in ("train", "evaluate"):
+        from npvae import parallel
+        comm = parallel.world()
+        _RANK = parallel.rank_of(comm)
+    elif _launched_on_another_rank():
+        return 0  # sample and gradcheck run once, on rank 0
+    code = _main(args)
+    if comm is not None and code not in (0, 130):
+        # an error on one rank must not leave the others waiting: stop the whole job
+        from npvae import parallel
+        parallel.abort(comm, code)
+    return code
+
+
+def _launched_on_another_rank() -> bool:
+    from npvae import parallel
+    if not parallel.launched_by_mpi():
+        return False
+    return any(os.environ.get(v, "0") not in ("", "0") for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"))
+
+
+def _main(args) -> int:
     # SIGTERM (what batch schedulers send) is a Ctrl-C: training saves and stops cleanly,
     # anything before it stops with a message instead of dying without one
     global _STOP

@@ -146,10 +146,10 @@ def same_everywhere(comm, arrays) -> bool:
     return int(mine[0]) == crc and int(-mine[1]) == crc
 
 
-def agree(comm, fn, root: int = 0):
+def agree(comm, fn, root: int = 0, kinds=()):
     """Run ``fn()`` on rank ``root`` and give its result to every rank; an exception it raises
-    is raised on every rank (same type where it is a built-in one, same message), so that no
-    rank waits for another that failed.  Without MPI: ``fn()``."""
+    is raised on every rank (same type where it is a built-in one or one of ``kinds``, same
+    message), so that no rank waits for another that failed.  Without MPI: ``fn()``."""
     if comm is None:
         return fn()
     outcome = None
@@ -161,7 +161,7 @@ def agree(comm, fn, root: int = 0):
     outcome = comm.bcast(outcome, root=root)  # small Python values only (a result, a message)
     if outcome[0] == "ok":
         return outcome[1]
-    raise _rebuilt(outcome[1], outcome[2])
+    raise _rebuilt(outcome[1], outcome[2], kinds)
 
 
 def all_succeed(comm, fn):
@@ -194,9 +194,9 @@ def any_rank(comm, flag: bool) -> bool:
     return bool(buf[0])
 
 
-def _rebuilt(type_name: str, message: str) -> Exception:
+def _rebuilt(type_name: str, message: str, kinds=()) -> Exception:
     import builtins
-    kind = getattr(builtins, type_name, None)
+    kind = next((k for k in kinds if k.__name__ == type_name), None) or getattr(builtins, type_name, None)
     if isinstance(kind, type) and issubclass(kind, Exception):
         return kind(message)
     return RuntimeError(f"{type_name}: {message}")

@@ -121,14 +121,16 @@ def test_a_divergence_stops_every_rank_with_the_divergence_message(tmp_path):
 @needs_mpi
 def test_groups_split_the_ranks_for_many_models(tmp_path):
     script = (
-        "import json, sys, numpy as np, npvae\n"
+        "import json, sys, npvae\n"
         "from npvae import parallel\n"
         "g, sub = parallel.groups(2)\n"
         "mine = parallel.my_share(range(5), n_groups=2)\n"
-        "print(json.dumps({'group': g, 'sub': parallel.size_of(sub), 'mine': mine}))\n")
-    res = launch(3, ["-c", script], timeout=120)
+        "rank = parallel.rank_of(parallel.world())\n"
+        "open(sys.argv[1] + str(rank), 'w').write(json.dumps({'group': g, 'sub': parallel.size_of(sub), "
+        "'mine': mine}))\n")
+    res = launch(3, ["-c", script, str(tmp_path / "rank")], timeout=120)
     assert res.returncode == 0, res.stderr
-    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    rows = [json.loads((tmp_path / f"rank{r}").read_text()) for r in range(3)]
     seen = sorted((r["group"], r["sub"], tuple(r["mine"])) for r in rows)
     # ranks 0 and 1 → group 0 (a communicator of 2), rank 2 → group 1 (alone); items 0, 2, 4 and 1, 3
     assert seen == [(0, 2, (0, 2, 4)), (0, 2, (0, 2, 4)), (1, 1, (1, 3))]
@@ -154,3 +156,42 @@ def test_shards_cover_the_batch_in_order(n, size):
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
     sizes = [b - a for a, b in bounds]
     assert max(sizes) - min(sizes) <= 1
+
+
+@needs_mpi
+def test_the_command_line_trains_and_evaluates_under_mpiexec(tmp_path):
+    common = ["--epochs", "2", "--no-plots", "--quiet"]
+    res = launch(2, ["-m", "npvae.cli", "train", *common[:3], "--out", str(tmp_path / "two")])
+    assert res.returncode == 0, res.stderr
+    # one log: every epoch line once (rank 0's), no other rank's
+    assert res.stdout.count("epoch 1/2") == 1 and res.stdout.count("trained 2 epochs") == 1, res.stdout
+    assert "rank 1" not in res.stdout + res.stderr
+    one = launch(0, ["-m", "npvae.cli", "train", *common, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr
+    # the command line trains in float32, and one process takes the compiled path, MPI the
+    # engine's: the same run to float32 rounding (exactness is tested above, in float64)
+    h1 = json.loads((tmp_path / "one" / "history.json").read_text())["records"]
+    h2 = json.loads((tmp_path / "two" / "history.json").read_text())["records"]
+    # (float32 trajectories drift apart slowly under Adam: 1e-4 after one epoch, 2e-3 after two)
+    for key in ("loss", "kl", "val_elbo"):
+        np.testing.assert_allclose(h2[0][key], h1[0][key], rtol=1e-3, err_msg=key)
+        np.testing.assert_allclose(h2[1][key], h1[1][key], rtol=1e-2, err_msg=key)
+    evals = {}
+    for n, name in ((2, "two"), (0, "one")):
+        res = launch(n, ["-m", "npvae.cli", "evaluate", str(tmp_path / name), "--n-samples", "50", "--quiet"])
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.count("held-out examples") == 1
+        evals[name] = json.loads((tmp_path / name / "evaluation.json").read_text())
+    # the same model evaluated by one process and by two: the same numbers
+    res = launch(0, ["-m", "npvae.cli", "evaluate", str(tmp_path / "two"), "--n-samples", "50", "--quiet"])
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "two" / "evaluation.json").read_text()) == evals["two"]
+
+
+@needs_mpi
+def test_a_usage_error_under_mpiexec_ends_the_job_with_its_message(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.toml").write_text("seed = 1\n")
+    res = launch(2, ["-m", "npvae.cli", "train", "--epochs", "1", "--out", str(tmp_path / "run")], timeout=120)
+    assert res.returncode != 0
+    assert "already holds a run" in res.stderr
