@@ -227,17 +227,32 @@ def load_fashion_mnist(split: str = "train", path=None, *, dtype=np.float32, lab
 MAX_CSV_BYTES = 1 << 30
 
 
-def load_array(path, *, key=None, dtype=np.float32) -> np.ndarray:
+def load_array(path, *, key=None, dtype=np.float32, mmap=False) -> np.ndarray:
     """A 2-D float array (rows are examples) from .npy, .npz (``key``, or the only array) or
     .csv (numbers only, comma-separated; a first line that is not numeric is taken as a
     header; a UTF-8 byte-order mark is allowed).  A 1-D array is one feature per row.
 
     The format is told by the file's first bytes, and every size is checked before memory is
-    allocated (:mod:`npvae.files`); anything wrong raises :class:`DataError`."""
+    allocated (:mod:`npvae.files`); anything wrong raises :class:`DataError`.
+
+    ``mmap=True`` (an .npy file only): the array memory-mapped read-only, in the file's own
+    dtype and not yet read, so that each process reads only the rows it uses (``fit`` under
+    MPI: a rank's shards; its values are checked there, each rank its share of the rows)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz", ".csv"):
         raise DataError(f"{path}: unsupported data format {suffix!r} (use .npy, .npz or .csv)")
+    if mmap:
+        if suffix != ".npy":
+            raise DataError(f"{path}: only an .npy file can be memory-mapped (mmap=True)")
+        try:
+            arr = files.map_npy(path, what="data file")
+        except files.FileFormatError as exc:
+            raise DataError(str(exc)) from None
+        if arr.dtype.kind not in "fiub" or arr.ndim != 2 or arr.size == 0:
+            raise DataError(f"{path}: a memory-mapped data file must hold a non-empty 2-D numeric array "
+                            f"(rows are examples); it holds {arr.dtype} of shape {arr.shape}")
+        return arr
     try:
         files.regular_file(path, "data file")
         if suffix == ".npy":

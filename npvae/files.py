@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 MAX_ARRAY_BYTES = 8 << 30   # one array read from a file: 8 GiB
+MAX_MAPPED_BYTES = 1 << 44  # one array memory-mapped (nothing allocated): 16 TiB
 MAX_MEMBERS = 10_000        # arrays in one .npz
 MAX_HEADER_BYTES = 1 << 16  # an .npy header (NumPy writes under 100 bytes; it allows 2**32)
 MAGIC = {b"PK\x03\x04": "zip", b"PK\x05\x06": "zip", b"\x93NUMPY": "npy", b"\x1f\x8b": "gzip"}
@@ -62,6 +63,35 @@ def read_npy(f, name, *, available: int | None = None, max_bytes: int = MAX_ARRA
     """One array from an open ``.npy`` stream, its header checked first: a pickled (object)
     dtype is refused, and the data size the header declares must fit ``max_bytes`` and, when
     ``available`` (the bytes in the stream) is known, match it exactly."""
+    shape, fortran, dtype, count, nbytes = _npy_header(f, name, available, max_bytes)
+    raw = f.read(nbytes)
+    if len(raw) != nbytes:
+        raise FileFormatError(f"{name} is truncated: {len(raw)} of {nbytes} bytes of data")
+    arr = np.frombuffer(raw, dtype=dtype, count=count)
+    arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    return arr.copy() if not arr.flags.writeable else arr
+
+
+def map_npy(path, *, what: str = "file", max_bytes: int = MAX_MAPPED_BYTES) -> np.ndarray:
+    """The array of an ``.npy`` file, memory-mapped read-only: nothing is read until it is
+    indexed, so a process reads only the rows it touches (an MPI rank, its share).  The
+    header is checked as :func:`read_npy` checks it, and the data size it declares must equal
+    the file's exactly (a truncated file would fault when a missing page is touched)."""
+    path = regular_file(path, what)
+    kind = sniff(path)
+    if kind != "npy":
+        raise FileFormatError(f"{what} {path} is {describe(kind)}, not an .npy array")
+    with open(path, "rb") as f:
+        shape, fortran, dtype, count, nbytes = _npy_header(f, str(path), os.fstat(f.fileno()).st_size, max_bytes)
+        offset = f.tell()
+    if count == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order="F" if fortran else "C")
+
+
+def _npy_header(f, name, available, max_bytes):
+    """(shape, fortran order, dtype, element count, data bytes) from an open ``.npy`` stream,
+    left at the first byte of the data; every check of :func:`read_npy`."""
     # The preamble is read here, so that a header length is checked before it is read (NumPy
     # would first ask the file for that many bytes, up to 4 GiB)
     pre = f.read(8)
@@ -103,12 +133,7 @@ def read_npy(f, name, *, available: int | None = None, max_bytes: int = MAX_ARRA
         if available - header != nbytes:
             raise FileFormatError(f"{name}: its header declares {nbytes} bytes of data (shape "
                                   f"{shape}, {dtype}) but the file holds {available - header}")
-    raw = f.read(nbytes)
-    if len(raw) != nbytes:
-        raise FileFormatError(f"{name} is truncated: {len(raw)} of {nbytes} bytes of data")
-    arr = np.frombuffer(raw, dtype=dtype, count=count)
-    arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
-    return arr.copy() if not arr.flags.writeable else arr
+    return shape, fortran, dtype, count, nbytes
 
 
 def load_npy(path, *, max_bytes: int = MAX_ARRAY_BYTES, what: str = "file") -> np.ndarray:

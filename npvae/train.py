@@ -132,8 +132,43 @@ def list_checkpoints(directory) -> list[Path]:
     return sorted(Path(directory).glob(CHECKPOINT_GLOB))
 
 
-def _fingerprint(x: np.ndarray) -> str:
+FINGERPRINT_ROWS = 1 << 14  # rows per block of the data's fingerprint
+
+
+def _fingerprint(x: np.ndarray, comm=None) -> str:
+    """Shape and a CRC of the data (in its training dtype): the CRC of the CRCs of blocks of
+    FINGERPRINT_ROWS rows, so that under MPI each rank reads only its share of the blocks, and
+    the value is the same for any number of ranks."""
+    n = x.shape[0]
+    n_blocks = -(-n // FINGERPRINT_ROWS)
+    crcs = np.zeros(n_blocks, dtype=np.int64)
+    for j in parallel.my_blocks(n_blocks, comm):
+        block = x[j * FINGERPRINT_ROWS:(j + 1) * FINGERPRINT_ROWS]
+        crcs[j] = zlib.crc32(np.ascontiguousarray(block).view(np.uint8))
+    parallel.sum_in_place(comm, crcs)
+    return f"{n}x{x.shape[1]}:b{zlib.crc32(crcs.astype('<i8').tobytes()):08x}"
+
+
+def _legacy_fingerprint(x: np.ndarray) -> str:
+    # checkpoints written before 2026-12-01 hold the CRC of the whole array
     return f"{x.shape[0]}x{x.shape[1]}:{zlib.crc32(np.ascontiguousarray(x).view(np.uint8)):08x}"
+
+
+def _check_mapped_rows(x, model, binarize, rows=FINGERPRINT_ROWS, comm=None) -> None:
+    """The checks of in-memory training data, on a memory-mapped array: its dtype and
+    shape, then this rank's share of the rows, a block at a time (finite, in [0, 1] for
+    binarisation, valid targets of the likelihood)."""
+    if x.dtype.kind != "f":
+        raise TypeError(f"x_train must be a floating-point array, got dtype {x.dtype}")
+    if x.ndim != 2 or x.shape[1] != model.n_inputs or x.shape[0] == 0:
+        raise ValueError(f"x_train must have shape (any, {model.n_inputs}), got {x.shape}")
+    n_blocks = -(-x.shape[0] // rows)
+    for j in parallel.my_blocks(n_blocks, comm):
+        a, b = j * rows, min(x.shape[0], (j + 1) * rows)
+        block = as_float_array(x[a:b], f"x_train rows {a}:{b}", dtype=model.dtype, shape=(None, model.n_inputs))
+        if binarize is not None and (block.min() < 0 or block.max() > 1):
+            raise ValueError(f"binarize needs x_train in [0, 1] (rows {a}:{b} are not)")
+        model.likelihood.check_targets(block, f"x_train rows {a}:{b}")
 
 
 def _save_training(directory: Path, model, opt_state, run: dict, rng, perm, best_params,
@@ -421,13 +456,23 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
     if compiled is True and why_not is not None:
         raise ValueError(f"compiled=True, but the compiled path cannot train this run: {why_not}")
 
-    x = as_float_array(x_train, "x_train", dtype=model.dtype, shape=(None, model.n_inputs))
-    if binarize is not None:
-        if x.min() < 0 or x.max() > 1:
-            raise ValueError("binarize needs x_train in [0, 1]")
+    if isinstance(x_train, np.memmap):
+        # memory-mapped: each rank checks its share of the rows, and reads only the rows of its
+        # shards while training
         if binarize == "static":
-            x = data_mod.binarize(x, np.random.default_rng([seed, 2]))
-    model.likelihood.check_targets(x, "x_train")
+            raise ValueError("static binarisation draws over the whole data set at once: binarise the "
+                             "memory-mapped file beforehand, or use binarize='dynamic'")
+        x = x_train
+        parallel.all_succeed(comm, lambda: _check_mapped_rows(x, model, binarize, comm=comm))
+        why_not = why_not or "the training data is memory-mapped (the compiled step reads it from memory)"
+    else:
+        x = as_float_array(x_train, "x_train", dtype=model.dtype, shape=(None, model.n_inputs))
+        if binarize is not None:
+            if x.min() < 0 or x.max() > 1:
+                raise ValueError("binarize needs x_train in [0, 1]")
+            if binarize == "static":
+                x = data_mod.binarize(x, np.random.default_rng([seed, 2]))
+        model.likelihood.check_targets(x, "x_train")
     if diagnostics is not None:
         diagnostics = as_float_array(diagnostics, "diagnostics", dtype=model.dtype,
                                      shape=(None, model.n_inputs))
@@ -467,7 +512,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
         run = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "sums": {}, "epoch_time": 0.0,
                "best_val": None, "best_epoch": None, "bad_epochs": 0, "history": [],
                "seed": seed, "batch_size": batch_size, "binarize": binarize, "free_bits": free_bits,
-               "data": _fingerprint(x), "optimizer": optimizer.config(),
+               "data": _fingerprint(x, comm), "optimizer": optimizer.config(),
                "objective": objective, "n_samples": n_samples,
                "beta_schedule": beta_schedule.config(),
                "step_path": "compiled" if compiled is not False and why_not is None else "engine"}
@@ -486,7 +531,10 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                     raise ValueError(f"cannot resume from {path}: it was made for {saved_model.config()}, "
                                      f"not {model.config()}")
                 for key in ("seed", "batch_size", "binarize", "data", "free_bits", "objective", "n_samples"):
-                    if isinstance(meta, dict) and meta.get(key) != run[key]:
+                    now = run[key]
+                    if key == "data" and isinstance(meta, dict) and ":b" not in str(meta.get(key)):
+                        now = _legacy_fingerprint(x)  # a checkpoint written before the blockwise one
+                    if isinstance(meta, dict) and meta.get(key) != now:
                         raise ValueError(f"cannot resume from {path}: {key} was {meta.get(key)!r}, "
                                          f"now {run[key]!r}")
                 if set(saved_opt) != set(opt_state) or any(saved_opt[k].shape != opt_state[k].shape
@@ -761,7 +809,7 @@ class TrainStep:
             return self._shard_step(x, idx, rng, beta)
         model = self.model
         xb, u, eps = self._buffers_for(len(idx))
-        np.take(x, idx, axis=0, out=xb, mode="clip")  # mode="raise" buffers out: a copy
+        _gather(x, idx, xb)
         if self.dynamic:
             rng.random(out=u, dtype=model.dtype)
             kernels.binarize_(xb, u)
@@ -788,7 +836,7 @@ class TrainStep:
         r0, r1 = parallel.shard(B, comm.Get_rank(), comm.Get_size())
         bufs = self._buffers_for(B, r1 - r0)
         xb, u, eps = bufs[:3]
-        np.take(x, idx[r0:r1], axis=0, out=xb, mode="clip")
+        _gather(x, idx[r0:r1], xb)
         if self.dynamic:
             rng.random(out=u, dtype=model.dtype)
             if r1 > r0:
@@ -831,3 +879,12 @@ class TrainStep:
             else:
                 bad = "the gradient norm overflows"
         return bad
+
+
+def _gather(x, rows, out) -> None:
+    """out ← x[rows]: in place for an in-memory array of out's dtype; from a memory-mapped
+    file (or another dtype), by reading just those rows and converting them."""
+    if x.dtype == out.dtype and not isinstance(x, np.memmap):
+        np.take(x, rows, axis=0, out=out, mode="clip")  # mode="raise" buffers out: a copy
+    else:
+        out[...] = x[rows]

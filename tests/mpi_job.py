@@ -23,6 +23,9 @@ def main(spec_text, out):
     spec = json.loads(spec_text)
     dtype = np.dtype(spec.get("dtype", "float64"))
     x = data(spec)
+    if spec.get("mmap"):  # the data from an .npy file: memory-mapped, or read whole
+        x = npvae.data.load_array(spec["mmap"], mmap=True) if spec.get("mapped", True) else \
+            npvae.data.load_array(spec["mmap"], dtype=np.float64)
     model = npvae.VAE(spec["D"], spec["latent"], hidden=tuple(spec["hidden"]), dtype=dtype, seed=spec["seed"])
     result = {}
     if spec.get("epochs"):
@@ -30,7 +33,7 @@ def main(spec_text, out):
                             binarize="dynamic", objective=spec.get("objective", "elbo"),
                             n_samples=spec.get("k", 1), progress=False, compiled=False,
                             checkpoint_dir=spec.get("ckpt"), resume=spec.get("resume", False),
-                            x_val=x[:40], optimizer=npvae.Adam(lr=spec.get("lr", 3e-3), clip_norm=5.0))
+                            x_val=np.array(x[:40], dtype=dtype), optimizer=npvae.Adam(lr=spec.get("lr", 3e-3), clip_norm=5.0))
         result["loss"] = np.array(history["loss"])
         result["val_elbo"] = np.array(history["val_elbo"])
     for k, v in model.params.items():

@@ -203,3 +203,50 @@ def test_standardizer_saves_and_refuses_bad_files(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros(3))
     with pytest.raises(data.DataError):
         data.Standardizer.load(tmp_path / "a.npy")
+
+
+def test_a_memory_mapped_npy_is_checked_like_a_read_one(tmp_path):
+    from npvae import data, files
+    good = tmp_path / "good.npy"
+    np.save(good, np.arange(12, dtype=np.float32).reshape(4, 3))
+    m = data.load_array(good, mmap=True)
+    assert isinstance(m, np.memmap) and m.shape == (4, 3) and m.dtype == np.float32
+    np.testing.assert_array_equal(m, np.arange(12).reshape(4, 3))
+    # truncated: the header declares more than the file holds
+    cut = tmp_path / "cut.npy"
+    cut.write_bytes(good.read_bytes()[:-4])
+    with pytest.raises(data.DataError, match="declares"):
+        data.load_array(cut, mmap=True)
+    # pickled objects are refused before anything is mapped
+    obj = tmp_path / "obj.npy"
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(data.DataError, match="pickled"):
+        data.load_array(obj, mmap=True)
+    with pytest.raises(data.DataError, match="only an .npy"):
+        data.load_array(tmp_path / "x.csv", mmap=True)
+    with pytest.raises(data.DataError, match="2-D"):
+        np.save(tmp_path / "one.npy", np.arange(3.0))
+        data.load_array(tmp_path / "one.npy", mmap=True)
+    assert files.map_npy(good).flags.writeable is False
+
+
+def test_fit_on_a_memory_mapped_file_equals_fit_on_the_array(tmp_path):
+    import npvae
+    x = np.random.default_rng(0).random((90, 6))
+    np.save(tmp_path / "x.npy", x)
+    runs = []
+    for arr in (x, npvae.data.load_array(tmp_path / "x.npy", mmap=True)):
+        m = npvae.VAE(6, 2, hidden=(5,), dtype=np.float64, seed=1)
+        npvae.fit(m, arr, epochs=2, batch_size=16, binarize="dynamic", compiled=False, progress=False)
+        runs.append(m.params)
+    for k in runs[0]:
+        np.testing.assert_array_equal(runs[0][k], runs[1][k])
+    bad = x.copy()
+    bad[70, 2] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(ValueError, match="rows 0:90"):
+        npvae.fit(npvae.VAE(6, 2, dtype=np.float64), npvae.data.load_array(tmp_path / "bad.npy", mmap=True),
+                  epochs=1, progress=False)
+    with pytest.raises(ValueError, match="static binarisation"):
+        npvae.fit(npvae.VAE(6, 2, dtype=np.float64), npvae.data.load_array(tmp_path / "x.npy", mmap=True),
+                  epochs=1, progress=False, binarize="static")

@@ -90,6 +90,18 @@ def test_stopped_under_two_ranks_resumes_under_three(tmp_path):
 
 
 @needs_mpi
+def test_a_memory_mapped_npy_trains_as_the_array_read_whole(tmp_path):
+    # float32 on disk, trained in float64: each rank reads and converts only its rows
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).random((SPEC["n"], SPEC["D"])).astype(np.float32))
+    spec = dict(SPEC, mmap=str(path), epochs=3, ckpt=str(tmp_path / "run"))
+    whole = job(0, dict(spec, mapped=False, ckpt=None), tmp_path, "whole")
+    job(2, dict(spec, epochs=2), tmp_path, "first")
+    mapped = job(3, dict(spec, resume=True), tmp_path, "mapped")  # the fingerprint is rank-invariant
+    assert_same_params(whole, mapped, 1e-12)
+
+
+@needs_mpi
 def test_evaluation_splits_the_examples_and_gives_one_process_numbers(tmp_path):
     spec = dict(SPEC, epochs=0, evaluate=True, n=40)
     one = job(0, spec, tmp_path, "one")
