@@ -268,6 +268,47 @@ def my_share(items, comm="auto", n_groups=None):
     return [it for i, it in enumerate(items) if i % G == group]
 
 
-__all__ = ["world", "launched_by_mpi", "rank_of", "size_of", "shard", "sum_in_place", "broadcast_in_place",
+def train_many(items, train, *, n_groups=None, comm="auto", layers=()):
+    """``[train(item, group_comm) for item in items]``, the items shared out over groups of
+    ranks, and every trained model given to every rank: an ensemble or a hyperparameter grid,
+    one model per rank or per group of ranks.
+
+    The ranks are split into G = ``n_groups`` groups (default: one per rank, at most one per
+    item) with ``MPI.Comm.Split``; group g trains items g, g + G, …, calling
+    ``train(item, group_comm)``, which must return an :class:`npvae.VAE` and pass
+    ``comm=group_comm`` to ``fit`` (None when the group is one rank).  Each model is then
+    broadcast from its group's first rank: its configuration as JSON text, its parameters
+    by buffer.  ``layers``: the classes of your own layers that the models use.  Without MPI:
+    the plain loop, ``train(item, None)`` for each item."""
+    items = list(items)
+    comm = world(comm)
+    if comm is None:
+        return [train(item, None) for item in items]
+    import json
+
+    from .checkpoint import model_from_arrays
+    size = comm.Get_size()
+    G = min(size if n_groups is None else int(n_groups), max(1, len(items)))
+    group, sub = groups(G, comm)
+    mine = {i: train(item, sub) for i, item in enumerate(items) if i % G == group}
+    models = []
+    for i in range(len(items)):
+        root = -(-(i % G) * size // G)  # the first rank of item i's group
+        model = mine.get(i) if comm.Get_rank() == root else None
+        layout = None
+        if model is not None:
+            layout = (json.dumps(model.config()),
+                      [(k, v.shape, v.dtype.str) for k, v in model.params.items()])
+        layout = comm.bcast(layout, root=root)  # the configuration and the parameters' shapes: small
+        if model is None:
+            arrays = {"config": np.array(layout[0])}
+            arrays.update({f"param/{k}": np.zeros(shape, dtype) for k, shape, dtype in layout[1]})
+            model = model_from_arrays(arrays, f"model {i} of rank {root}", layers)
+        broadcast_params(comm, model.params, root=root)
+        models.append(model)
+    return models
+
+
+__all__ = ["train_many", "world", "launched_by_mpi", "rank_of", "size_of", "shard", "sum_in_place", "broadcast_in_place",
            "broadcast_params", "same_everywhere", "agree", "all_succeed", "any_rank", "abort_on_uncaught_error", "abort",
            "groups", "my_share", "my_blocks", "block_streams"]

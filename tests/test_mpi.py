@@ -207,3 +207,38 @@ def test_a_usage_error_under_mpiexec_ends_the_job_with_its_message(tmp_path):
     res = launch(2, ["-m", "npvae.cli", "train", "--epochs", "1", "--out", str(tmp_path / "run")], timeout=120)
     assert res.returncode != 0
     assert "already holds a run" in res.stderr
+
+
+TRAIN_MANY = """
+import sys, numpy as np, npvae
+from npvae import parallel
+x = np.random.default_rng(0).random((97, 8))
+
+def train(item, group_comm):
+    seed, latent = item
+    m = npvae.VAE(8, latent, hidden=(6,), dtype=np.float64, seed=seed)
+    npvae.fit(m, x, epochs=3, batch_size=16, seed=seed, binarize="dynamic", progress=False, compiled=False,
+              comm=group_comm)
+    return m
+
+models = parallel.train_many([(1, 2), (2, 3), (3, 2), (4, 1)], train, n_groups=int(sys.argv[2]))
+if parallel.rank_of(parallel.world()) == int(sys.argv[3]):
+    np.savez(sys.argv[1], **{f"{i}/{k}": v for i, m in enumerate(models) for k, v in m.params.items()})
+"""
+
+
+@needs_mpi
+def test_train_many_shares_models_over_groups_and_gives_every_rank_all_of_them(tmp_path):
+    one = tmp_path / "one.npz"
+    res = launch(0, ["-c", TRAIN_MANY, str(one), "1", "0"])
+    assert res.returncode == 0, res.stderr
+    # 3 ranks in 2 groups: ranks 0 and 1 train items 0 and 2 data-parallel, rank 2 items 1 and 3;
+    # rank 2 writes what it received, so the broadcast is checked too
+    for groups, reader in (("2", "2"), ("3", "0")):
+        many = tmp_path / f"many{groups}.npz"
+        res = launch(3, ["-c", TRAIN_MANY, str(many), groups, reader])
+        assert res.returncode == 0, res.stderr
+        with np.load(one) as a, np.load(many) as b:
+            assert a.files == b.files and len(a.files) == 4 * 10  # 10 arrays a model
+            for k in a.files:
+                np.testing.assert_allclose(b[k], a[k], rtol=1e-12, atol=1e-14, err_msg=k)
