@@ -242,3 +242,34 @@ def test_train_many_shares_models_over_groups_and_gives_every_rank_all_of_them(t
             assert a.files == b.files and len(a.files) == 4 * 10  # 10 arrays a model
             for k in a.files:
                 np.testing.assert_allclose(b[k], a[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@needs_mpi
+def test_sigterm_to_mpiexec_stops_every_rank_at_one_step_and_the_run_resumes(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "npvae.cli", "train", "--epochs", "40", "--no-plots",
+           "--out", str(out)]
+    env = dict(os.environ)
+    env.pop("NPVAE_MPI", None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=HERE.parent)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not list((out / "checkpoints").glob("ckpt-*.npz")):  # after the first epoch
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # what a scheduler sends; mpiexec forwards it to the ranks
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stdout + stderr
+    assert "interrupted after" in stdout and "Traceback" not in stderr
+    done = len(json.loads((out / "history.json").read_text())["records"])
+    assert 1 <= done < 40
+    res = launch(3, ["-m", "npvae.cli", "train", "--resume", "--epochs", str(done + 1), "--no-plots",
+                     "--quiet", "--out", str(out)])
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads((out / "history.json").read_text())["records"]) == done + 1
