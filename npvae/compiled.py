@@ -37,7 +37,7 @@ def unsupported(model, *, objective="elbo", free_bits=0.0, optimizer=None) -> st
     """None when the compiled path can train ``model``; otherwise why not (one phrase)."""
     if kernels.get_backend() != "numba":
         return "the NumPy backend is selected"
-    if objective not in ("elbo", "iwae"):
+    if objective not in ("elbo", "iwae", "iwae-dreg", "iwae-stl"):
         return f"the {objective} objective runs on the engine path"
     if free_bits > 0:
         return "free bits run on the engine path"
@@ -50,7 +50,7 @@ def unsupported(model, *, objective="elbo", free_bits=0.0, optimizer=None) -> st
     lik = model.likelihood
     if not isinstance(lik, (Bernoulli, Gaussian)) or type(lik) not in (Bernoulli, Gaussian):
         return f"the {type(lik).__name__} likelihood runs on the engine path"
-    if objective == "iwae" and isinstance(lik, Gaussian) and lik.sigma == "learned":
+    if objective != "elbo" and isinstance(lik, Gaussian) and lik.sigma == "learned":
         return "IWAE with a learned σ runs on the engine path"
     if flat_base(model.params.values()) is None:
         return "the parameters are not views of one flat buffer"
@@ -89,7 +89,9 @@ class AdamSteps:
             raise ValueError(f"the compiled path cannot train this model: {reason}")
         self.model, self.optimizer, self.state = model, optimizer, opt_state
         self.dynamic = bool(dynamic_binarize)
-        self.K = int(n_samples) if objective == "iwae" else 0  # 0: the ELBO
+        self.K = int(n_samples) if objective != "elbo" else 0  # 0: the ELBO
+        # the encoder's gradient estimator of the importance-weighted objectives
+        self.estimator = {"iwae-dreg": step.DREG, "iwae-stl": step.STL}.get(objective, step.PLAIN)
         names = list(model.params)
         self.P = flat_base(model.params.values())
         self.G = flat_base(grads[k] for k in names)
@@ -226,7 +228,7 @@ class AdamSteps:
         b["betas"][:] = betas
         clip = 0.0 if opt.clip_norm is None else float(opt.clip_norm)
         T = self.blocks_for(B)
-        common = (self.K, x, idx, U, E, self.dynamic, self.Ws, self.bs)
+        common = (self.K, self.estimator, x, idx, U, E, self.dynamic, self.Ws, self.bs)
         buffers = (b["H"], b["dH"], b["xb"], b["z"], b["std"], b["kl"], b["terms"], b["nll"], b["tmp_dec"],
                    b["tmp_enc"], self.lik, self.lik_logvar)
         iwae = (b["xk"], b["lw"], b["dzk"])

@@ -356,12 +356,29 @@ def elbo_step(plan: Plan, P, G, x, eps, ws: Workspace, *, beta, free_bits=0.0, r
     return loss, parts
 
 
-def iwae_step(plan: Plan, P, G, x, eps, ws: Workspace, ws_rows: Workspace, *, record=None):
-    """(loss, parts): the batch mean of −L_K, L_K = ln (1/K) Σ_k w_k, and its gradient in G.
+ESTIMATORS = ("iwae", "dreg", "stl")
+
+
+def iwae_step(plan: Plan, P, G, x, eps, ws: Workspace, ws_rows: Workspace, *, estimator="iwae", record=None):
+    """(loss, parts): the batch mean of −L_K, L_K = ln (1/K) Σ_k w_k, and a gradient estimate
+    in G.
 
     x (B, D), eps (K, B, J); ``ws`` is the workspace of B rows, ``ws_rows`` of K·B rows (the
-    decoder runs once on all samples).  The encoder runs once.  Gradient, ε fixed, with
-    normalised weights w̃_k: ∂L_K/∂θ = Σ_k w̃_k ∂ ln w_k/∂θ (see :mod:`npvae.estimators`)."""
+    decoder runs once on all samples).  The encoder runs once.  With normalised weights w̃_k
+    and ε fixed, the decoder's (and the likelihood's) gradient is always
+    ∂L_K/∂θ = Σ_k w̃_k ∂ ln w_k/∂θ.  The encoder's (φ: μ and v = ln σ²) depends on
+    ``estimator`` (docs/math.md, section 8), with g_k = ∂ ln w_k/∂z_k at q's parameters held
+    fixed (the path derivative, ln q included):
+
+    * "iwae": the reparametrised gradient, Σ_k w̃_k d ln w_k/dφ (path and score terms);
+    * "dreg": doubly reparametrised (Tucker et al. 2018), Σ_k w̃_k² g_k ∂z_k/∂φ, unbiased
+      for the "iwae" gradient's expectation;
+    * "stl": sticking the landing (Roeder et al. 2017), Σ_k w̃_k g_k ∂z_k/∂φ, the score term
+      dropped: unbiased for the ELBO's gradient at K = 1, biased for K > 1.
+
+    Here g_k = −∂(−ln p(x|z_k) − ln p(z_k))/∂z_k − ε_k/σ, since −∂ ln q(z|x)/∂z = (z − μ)/σ² = ε/σ."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     K, B, J = eps.shape
     dt = plan.dtype.type
     _record(record, x=x, eps=eps)
@@ -394,10 +411,16 @@ def iwae_step(plan: Plan, P, G, x, eps, ws: Workspace, ws_rows: Workspace, *, re
     plan.likelihood.loss_and_grad_(x_rows, ws_rows.out, lik, rows_w, ws_rows.nll, lik_grads)
     dz = decoder_backward(plan, P, G, ws_rows, z_rows, h_dec, record).reshape(K, B, J)
     dz = dz + rows_w.reshape(K, B, 1) * z              # −∂ ln p(z)/∂z = z, weighted
+    if estimator != "iwae":
+        # the path derivative of −ln w through ln q: ∂ ln q(z|x)/∂z = −ε/σ, weighted
+        dz = dz - rows_w.reshape(K, B, 1) * (eps / std)
+        if estimator == "dreg":  # weights w̃² instead of w̃: each sample's row times its w̃
+            dz = dz * wn.astype(plan.dtype)[:, :, None]
     _record(record, grad__z=dz)
     dmu, dlv = ops.reparametrize_backward(dz, eps, std)
     ws.dmu[...] = dmu
-    ws.dlv[...] = dlv - dt(0.5 / B)                    # −Σ_k w̃_k ½ / B, Σ_k w̃_k = 1
+    # the score term of ln q at fixed ε: −Σ_k w̃_k ½ / B (Σ_k w̃_k = 1); DReG and STL drop it
+    ws.dlv[...] = dlv - dt(0.5 / B) if estimator == "iwae" else dlv
     _posterior_backward(plan, P, G, ws, x, h_enc, record)
 
     kl = ops.kl_normal(mu, lv)

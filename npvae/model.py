@@ -20,15 +20,28 @@ from .validation import as_float_array, finite_float, generator, gradient_buffer
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+# the importance-weighted objectives: the bound L_K, and the estimator of its encoder gradient
+IMPORTANCE_WEIGHTED = {"iwae": "iwae", "iwae-dreg": "dreg", "iwae-stl": "stl"}
+OBJECTIVES = ("elbo", *IMPORTANCE_WEIGHTED)
+
+
+def importance_weighted(objective) -> bool:
+    """True for the objectives that train on the importance-weighted bound L_K."""
+    return objective in IMPORTANCE_WEIGHTED
+
+
 def check_objective(objective, n_samples, beta, free_bits):
-    """Validate the training objective: ("elbo", 1) or ("iwae", K)."""
-    if objective not in ("elbo", "iwae"):
-        raise ValueError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
+    """Validate the training objective: ("elbo", 1), or an importance-weighted one with K
+    samples: ("iwae", K) the plain reparametrised gradient, ("iwae-dreg", K) the doubly
+    reparametrised one, ("iwae-stl", K) sticking the landing."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(map(repr, OBJECTIVES))}, got {objective!r}")
     n_samples = positive_int(n_samples, "n_samples")
     if objective == "elbo" and n_samples != 1:
-        raise ValueError("n_samples > 1 needs objective='iwae' (the ELBO uses one sample)")
-    if objective == "iwae" and (beta != 1.0 or free_bits != 0.0):
-        raise ValueError("objective='iwae' takes beta=1 and free_bits=0 (it is a bound on ln p(x))")
+        raise ValueError("n_samples > 1 needs an importance-weighted objective such as 'iwae' (the ELBO "
+                         "uses one sample)")
+    if objective != "elbo" and (beta != 1.0 or free_bits != 0.0):
+        raise ValueError(f"objective={objective!r} takes beta=1 and free_bits=0 (it is a bound on ln p(x))")
     return objective, n_samples
 
 
@@ -233,7 +246,9 @@ class VAE:
         ``objective="iwae"`` with ``n_samples=K`` minimises instead the negative
         importance-weighted bound −ln (1/K) Σ_k w_k (Burda et al. 2015); eps then has shape
         (K, B, J); see :mod:`npvae.estimators` for its gradient.  It takes β = 1 and no
-        free bits.
+        free bits.  ``"iwae-dreg"`` and ``"iwae-stl"`` have the same loss and estimate the
+        encoder's gradient otherwise: doubly reparametrised (Tucker et al. 2018) and sticking
+        the landing (Roeder et al. 2017); see :func:`npvae.engine.iwae_step`.
 
         Returns (loss, grads, parts): loss a scalar of the model dtype; grads with exactly the
         keys of ``params``; parts with the batch means ``reconstruction``, ``kl`` (the true
@@ -255,10 +270,11 @@ class VAE:
             from .trace import Trace
             record = Trace()
         with threads.limited():  # fit's thread settings, in a user's own loop too
-            if objective == "iwae":
+            if importance_weighted(objective):
                 eps = self._noise((n_samples, x.shape[0], self.n_latent), eps, rng)
                 loss, parts = engine.iwae_step(self.plan, self.params, G, x, eps, self.workspaces(x.shape[0]),
-                                               self.workspaces(n_samples * x.shape[0]), record=record)
+                                               self.workspaces(n_samples * x.shape[0]),
+                                               estimator=IMPORTANCE_WEIGHTED[objective], record=record)
             else:
                 eps = self._noise((x.shape[0], self.n_latent), eps, rng)
                 loss, parts = engine.elbo_step(self.plan, self.params, G, x, eps, self.workspaces(x.shape[0]),

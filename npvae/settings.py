@@ -19,7 +19,8 @@ from pathlib import Path
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "identity")
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 BINARIZE = ("none", "static", "dynamic")
-OBJECTIVES = ("elbo", "iwae")
+OBJECTIVES = ("elbo", "iwae", "iwae-dreg", "iwae-stl")
+EXACT_GRADIENT_OBJECTIVES = ("elbo", "iwae")  # the estimators whose gradient is the loss's own
 BUILT_IN = ("ising", "fashion-mnist")
 DATA_KINDS = ("ising", "fashion-mnist", "table")
 MAX_WIDTH = 1 << 16  # one hidden layer's width; wider models belong in the Python API
@@ -79,8 +80,9 @@ SETTINGS: dict[str, Setting] = {
     "free_bits": Setting("float", "a floor λ on each latent dimension's KL, in nats (0: off)",
                          0.0, 1e6),
     "objective": Setting("choice", "elbo, or iwae (the importance-weighted bound, with "
-                                   "--n-samples K)", choices=OBJECTIVES),
-    "n_samples": Setting("int", "importance samples K of the iwae objective", 1, 10_000),
+                                   "--n-samples K; iwae-dreg and iwae-stl: the same bound, the encoder's "
+                                   "gradient by DReG or by sticking the landing)", choices=OBJECTIVES),
+    "n_samples": Setting("int", "importance samples K of the iwae objectives", 1, 10_000),
     "binarize": Setting("choice", "none, static (once) or dynamic (every step): x ~ "
                                   "Bernoulli(x), for data in [0, 1] (default: dynamic for "
                                   "fashion-mnist, none otherwise)", choices=BINARIZE),
@@ -288,7 +290,7 @@ def check_combination(cfg: dict, explicit: set, source: dict | None = None) -> N
     source = source or {}
     name = lambda k: source.get(k, f"--{k.replace('_', '-')}")
     kind = data_kind(cfg["data"])
-    iwae = cfg["objective"] == "iwae"
+    iwae = cfg["objective"] != "elbo"
     rules = [
         ("sigma", cfg["likelihood"] not in (None, "gaussian"),
          f"applies to the gaussian likelihood only, and the likelihood is {cfg['likelihood']}"),

@@ -26,7 +26,7 @@ from . import data as data_mod
 from . import diagnostics as diag_mod
 from . import compiled as compiled_mod
 from . import engine, kernels, parallel, threads
-from .model import check_objective
+from .model import IMPORTANCE_WEIGHTED, check_objective, importance_weighted
 from .optim import Adam, Optimizer
 from .schedules import ConstantBeta, as_beta_schedule
 from .validation import as_float_array, finite_float, positive_int
@@ -396,6 +396,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
       ``record["active_units"]``); a posterior collapse at the end warns.
     * ``objective="iwae"`` with ``n_samples=K`` trains on the importance-weighted bound
       (Burda et al. 2015) instead of the ELBO; it takes β = 1 and no free bits.
+      ``"iwae-dreg"`` and ``"iwae-stl"``: the same bound, the encoder's gradient estimated
+      by DReG or STL (:func:`npvae.engine.iwae_step`).
     * ``compiled``: "auto" (default) runs the steps through :mod:`npvae.compiled` (one
       numba call per chunk of steps) when the model and settings allow it, and through the
       engine step by step otherwise; True insists (a ValueError says why it cannot), False
@@ -431,7 +433,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
         if x_val is None:
             raise ValueError("early_stopping needs validation data: pass x_val")
     beta_schedule = as_beta_schedule(beta)
-    if objective == "iwae" and beta_schedule != ConstantBeta(1.0):
+    if importance_weighted(objective) and beta_schedule != ConstantBeta(1.0):
         raise ValueError("objective='iwae' takes beta=1 (it is a bound on ln p(x), not annealed)")
     objective, n_samples = _check_fit_objective(objective, n_samples, free_bits)
     callbacks = tuple(callbacks)
@@ -799,7 +801,7 @@ class TrainStep:
             eps_shape = (B, m.n_latent) if self.objective == "elbo" else (self.n_samples, B, m.n_latent)
             bufs = (np.empty((rows, m.n_inputs), m.dtype), np.empty((B, m.n_inputs), m.dtype),
                     np.empty(eps_shape, m.dtype))
-            if rows != B and self.objective == "iwae":
+            if rows != B and importance_weighted(self.objective):
                 bufs += (np.empty((self.n_samples, rows, m.n_latent), m.dtype),)
             self._buffers[(B, rows)] = bufs
         return bufs
@@ -819,9 +821,10 @@ class TrainStep:
 
     def _loss_and_grad(self, xb, eps, beta):
         model, grads = self.model, self.grads
-        if self.objective == "iwae":
+        if importance_weighted(self.objective):
             loss, parts = engine.iwae_step(model.plan, model.params, grads, xb, eps, model.workspaces(len(xb)),
-                                           model.workspaces(self.n_samples * len(xb)))
+                                           model.workspaces(self.n_samples * len(xb)),
+                                           estimator=IMPORTANCE_WEIGHTED[self.objective])
         else:
             loss, parts = engine.elbo_step(model.plan, model.params, grads, xb, eps, model.workspaces(len(xb)),
                                            beta=float(beta), free_bits=self.free_bits)
@@ -842,7 +845,7 @@ class TrainStep:
             if r1 > r0:
                 kernels.binarize_(xb, u[r0:r1])
         rng.standard_normal(out=eps, dtype=model.dtype)
-        if self.objective == "iwae":
+        if importance_weighted(self.objective):
             mine = bufs[3] if len(bufs) > 3 else eps
             if mine is not eps:
                 np.copyto(mine, eps[:, r0:r1])

@@ -19,11 +19,12 @@ LIKELIHOODS = [("bernoulli", {}), ("gaussian", {"sigma": 0.7}), ("gaussian", {"s
 ACTS = ["identity", "relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus"]
 
 
-def two_paths(dtype, lik, lik_kw, hidden, act, *, steps, B, chunk, dynamic, opt_kw, beta, seed, K=0):
+def two_paths(dtype, lik, lik_kw, hidden, act, *, steps, B, chunk, dynamic, opt_kw, beta, seed, K=0,
+              objective="iwae"):
     """(engine params, engine losses, compiled params, compiled losses, the two states);
-    K > 0: the K-sample importance-weighted objective."""
+    K > 0: the K-sample importance-weighted objective (``objective``: its estimator)."""
     out = []
-    kw = dict(objective="iwae", n_samples=K) if K else {}
+    kw = dict(objective=objective, n_samples=K) if K else {}
     for path in ("engine", "compiled"):
         m = npvae.VAE(11, 3, hidden=hidden, activation=act, likelihood=lik, seed=seed, dtype=dtype, **lik_kw)
         # Adam's ε at 1e-4, not 1e-8: a gradient component that cancels to 0 in one summation
@@ -74,16 +75,18 @@ def test_compiled_steps_equal_the_engines(dtype, lik, hidden, act, B, chunk, dyn
     assert_close(dtype, pe, le, se, pc, lc, sc)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=45, deadline=None)
 @given(dtype=st.sampled_from([np.float64, np.float32]),
        lik=st.sampled_from([LIKELIHOODS[0], LIKELIHOODS[1], LIKELIHOODS[3]]),
        hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(ACTS),
        B=st.integers(1, 12), K=st.integers(1, 6), chunk=st.integers(1, 5), dynamic=st.booleans(),
-       clip=st.sampled_from([None, 0.5]), seed=st.integers(0, 2**16))
-def test_compiled_iwae_steps_equal_the_engines(dtype, lik, hidden, act, B, K, chunk, dynamic, clip, seed):
+       clip=st.sampled_from([None, 0.5]), seed=st.integers(0, 2**16),
+       objective=st.sampled_from(["iwae", "iwae-dreg", "iwae-stl"]))
+def test_compiled_iwae_steps_equal_the_engines(dtype, lik, hidden, act, B, K, chunk, dynamic, clip, seed, objective):
     dynamic = dynamic and lik[0] == "bernoulli"
     (pe, le, se), (pc, lc, sc) = two_paths(dtype, *lik, hidden, act, steps=6, B=B, chunk=chunk, dynamic=dynamic,
-                                           opt_kw=dict(lr=3e-3, clip_norm=clip), beta=1.0, seed=seed, K=K)
+                                           opt_kw=dict(lr=3e-3, clip_norm=clip), beta=1.0, seed=seed, K=K,
+                                           objective=objective)
     assert_close(dtype, pe, le, se, pc, lc, sc)
 
 
@@ -97,11 +100,11 @@ def assert_close(dtype, pe, le, se, pc, lc, sc):
 
 
 @pytest.mark.filterwarnings("ignore:posterior collapse")  # 3 epochs of a tiny model: both paths alike
-@pytest.mark.parametrize("objective", ["elbo", "iwae"])
+@pytest.mark.parametrize("objective", ["elbo", "iwae", "iwae-dreg", "iwae-stl"])
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 def test_fit_takes_the_compiled_path_and_agrees_with_the_engine(dtype, tol, objective):
     x = (np.random.default_rng(0).random((203, 30)) < .4).astype(dtype)  # 203: a smaller last batch
-    kw = dict(beta=npvae.LinearBeta(2)) if objective == "elbo" else dict(objective="iwae", n_samples=4)
+    kw = dict(beta=npvae.LinearBeta(2)) if objective == "elbo" else dict(objective=objective, n_samples=4)
     runs = {}
     for path in (False, True):
         m = npvae.VAE(30, 4, hidden=(24, 12), activation="tanh", seed=3, dtype=dtype)

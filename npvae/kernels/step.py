@@ -41,6 +41,8 @@ from .blas import gemm
 from .jit import jit
 
 BERNOULLI, GAUSSIAN_FIXED, GAUSSIAN_PER_EXAMPLE, GAUSSIAN_LEARNED = 0, 1, 2, 3
+# the encoder's gradient estimator of the importance-weighted step (npvae.engine.iwae_step)
+PLAIN, DREG, STL = 0, 1, 2
 # parameters below which the gradient reduction and Adam run on the calling thread (a model
 # size, not a thread count: the sums' order, and so the result, depends on it alone)
 SERIAL_BELOW = 1 << 16
@@ -375,14 +377,17 @@ def posterior_backward(x, h_enc, Ws, GWs, Gbs, acts, H, dH, n_enc, tmp_enc, r0, 
 
 @_elementwise
 def iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
-                          terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, w, r0, r1, K, xk, lw, dzk):
+                          terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, w, r0, r1, K, xk, lw, dzk,
+                          est):
     """One importance-weighted step (K samples per example) over the batch rows r0:r1, as
     :func:`npvae.engine.iwae_step`: L_K = ln (1/K) Σ_k w_k, ln w_k = ln p(x|z_k) + ln p(z_k)
     − ln q(z_k|x); gradient Σ_k w̃_k ∂ ln w_k/∂θ with ε fixed, w̃ the normalised weights.
     The decoder runs on K·B rows, example i's samples at rows iK..iK+K−1 (z, xk, terms,
     nll, dzk, the decoder's buffers); E is (K, B, J); lw (B, K) float64.  Returns the rows'
     Σ −L_K, Σ_k w̃_k (−ln p(x|z_k)) and Σ KL.  (A learned ln σ² per dimension is not
-    taken here: its gradient would need the weights before they exist.)"""
+    taken here: its gradient would need the weights before they exist.)  ``est``: the
+    encoder's gradient, PLAIN (reparametrised), DREG (weights w̃², no score term) or STL (no
+    score term), the path derivative through ln q being −ε/σ (see the engine's iwae_step)."""
     iv = n_enc + 1
     d0 = n_enc + 2
     io = d0 + n_dec
@@ -470,11 +475,17 @@ def iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc,
             b = 0.0
             for k in range(K):
                 r = (r0 + i) * K + k
-                d = dz_rows[r - R0, j] + lw[r0 + i, k] * z[r, j]
+                rho = lw[r0 + i, k]
+                d = dz_rows[r - R0, j] + rho * z[r, j]
+                if est != PLAIN:  # the path derivative through ln q: −ε/σ, weighted
+                    d -= rho * (E[k, r0 + i, j] / sr[i, j])
+                    if est == DREG:  # weights w̃² instead of w̃
+                        d *= rho / w
                 a += d
                 b += d * E[k, r0 + i, j]
             dmu[i, j] = a
-            dlv[i, j] = 0.5 * b * sr[i, j] - 0.5 * w  # −Σ_k w̃_k ½ / B, Σ_k w̃_k = 1
+            # the score term of ln q at fixed ε, −Σ_k w̃_k ½ / B (Σ_k w̃_k = 1); DReG and STL drop it
+            dlv[i, j] = 0.5 * b * sr[i, j] - (0.5 * w if est == PLAIN else 0.0)
     posterior_backward(x, h_enc, Ws, GWs, Gbs, acts, H, dH, n_enc, tmp_enc, r0, r1)
     return loss, rec, klsum
 
@@ -496,7 +507,7 @@ def clip_factor(norm, clip):
 
 
 @_elementwise
-def step_block(K, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl, terms, nll,
+def step_block(K, est, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl, terms, nll,
                tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1, xk, lw, dzk):
     """The ELBO step (K = 0; E (1, B, J)) or the K-sample importance-weighted step (E (K, B, J))
     over the rows r0:r1; returns their Σ loss, Σ reconstruction, Σ KL."""
@@ -505,11 +516,11 @@ def step_block(K, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, 
                                 kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1)
     return iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std,
                                  kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, w, r0, r1, K, xk,
-                                 lw, dzk)
+                                 lw, dzk, est)
 
 
 @jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
-def adam_steps(K, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
+def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
                terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, xk, lw, dzk, betas, adam_c, clip,
                P, G, M, V, losses, recs, kls, norms):
     """Run S = len(idx) steps with Adam on one thread (BLAS may use its own): the ELBO
@@ -522,7 +533,7 @@ def adam_steps(K, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H
     update, and its index is returned (losses and norms hold its values)."""
     S, B = idx.shape
     for s in range(S):
-        loss, rec, klsum = step_block(K, X, idx[s], U[s], E[s], dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H,
+        loss, rec, klsum = step_block(K, est, X, idx[s], U[s], E[s], dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H,
                                       dH, xb, z, std, kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar,
                                       lik_dlogvar, betas[s], 1.0 / B, 0, B, xk, lw, dzk)
         if not record(s, loss, rec, klsum, B, sum_squares(G), losses, recs, kls, norms):
@@ -535,7 +546,7 @@ def adam_steps(K, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H
 
 
 @jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True, parallel=True)
-def adam_steps_blocks(K, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts, n_enc, n_dec, H, dH, xb, z, std,
+def adam_steps_blocks(K, est, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts, n_enc, n_dec, H, dH, xb, z, std,
                       kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, dlogvar_t, xk, lw, dzk, betas, adam_c,
                       clip, P, G, partials, M, V, losses, recs, kls, norms):
     """:func:`adam_steps` with the batch split into T = len(GWs_t) row blocks, run in
@@ -558,7 +569,7 @@ def adam_steps_blocks(K, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts, n_en
             r0 = t * B // T
             r1 = (t + 1) * B // T
             loss_t[t], recs_t[t], kls_t[t] = step_block(
-                K, X, rows, u, e, dynamic, Ws, bs, GWs_t[t], Gbs_t[t], acts, n_enc, n_dec, H, dH, xb, z, std, kl,
+                K, est, X, rows, u, e, dynamic, Ws, bs, GWs_t[t], Gbs_t[t], acts, n_enc, n_dec, H, dH, xb, z, std, kl,
                 terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, dlogvar_t[t], betas[s], 1.0 / B, r0, r1, xk, lw, dzk)
         if n < SERIAL_BELOW:  # a small model: a parallel region costs more than it saves
             sq_c[:] = 0.0
