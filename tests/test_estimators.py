@@ -126,7 +126,7 @@ def test_fit_with_the_iwae_objective():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(objective="iwae", n_samples=3, beta=0.5), "takes beta=1"),
     (dict(objective="iwae", n_samples=3, free_bits=0.1), "takes beta=1 and free_bits=0"),
-    (dict(objective="elbo", n_samples=3), "needs objective='iwae'"),
+    (dict(objective="elbo", n_samples=3), "needs an importance-weighted objective such as 'iwae'"),
     (dict(objective="vimco"), "objective must be"),
     (dict(objective="iwae", n_samples=0), "n_samples must be >= 1"),
 ])
