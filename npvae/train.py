@@ -676,7 +676,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                 record["beta"] = sums["beta"] / steps_per_epoch
                 record["grad_norm"] = sums["grad_norm"] / steps_per_epoch
                 if x_val is not None:
-                    val = float(model.elbo(x_val, rng=np.random.default_rng(val_rng_seed)).mean())
+                    val = float(model.elbo(x_val, rng=np.random.default_rng(val_rng_seed), comm=comm).mean())
                     record["val_elbo"] = val
                     if run["best_val"] is None or val > run["best_val"]:
                         run["best_val"], run["best_epoch"], run["bad_epochs"] = val, epoch, 0

@@ -217,8 +217,9 @@ x = np.random.default_rng(0).random((97, 8))
 def train(item, group_comm):
     seed, latent = item
     m = npvae.VAE(8, latent, hidden=(6,), dtype=np.float64, seed=seed)
-    npvae.fit(m, x, epochs=3, batch_size=16, seed=seed, binarize="dynamic", progress=False, compiled=False,
-              comm=group_comm)
+    # validation and early stopping inside each group: its own communicator, never the world's
+    npvae.fit(m, x, x_val=x[:30], early_stopping=1, epochs=4, batch_size=16, seed=seed, binarize="dynamic",
+              progress=False, compiled=False, comm=group_comm)
     return m
 
 models = parallel.train_many([(1, 2), (2, 3), (3, 2), (4, 1)], train, n_groups=int(sys.argv[2]))
