@@ -152,15 +152,17 @@ def agree(comm, fn, root: int = 0, kinds=()):
     message), so that no rank waits for another that failed.  Without MPI: ``fn()``."""
     if comm is None:
         return fn()
-    outcome = None
+    outcome, mine = None, None
     if comm.Get_rank() == root:
         try:
             outcome = ("ok", fn())
         except Exception as exc:  # noqa: BLE001 - handed to every rank below
-            outcome = ("error", type(exc).__name__, str(exc))
+            outcome, mine = ("error", type(exc).__name__, str(exc)), exc
     outcome = comm.bcast(outcome, root=root)  # small Python values only (a result, a message)
     if outcome[0] == "ok":
         return outcome[1]
+    if mine is not None:
+        raise mine  # the root's own exception, with its type and traceback
     raise _rebuilt(outcome[1], outcome[2], kinds)
 
 

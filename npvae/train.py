@@ -507,7 +507,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
         held_lock.append(held)
     if directory is not None:
         # rank 0 alone locks and checks the folder; an error there is raised on every rank
-        parallel.agree(comm, prepare_folder)
+        parallel.agree(comm, prepare_folder, kinds=(RunLockedError,))
         lock = held_lock[0] if held_lock else None
 
     try:
