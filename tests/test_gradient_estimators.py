@@ -92,6 +92,12 @@ def encoder_gradients(model, x, eps_draws, objective, K):
     return np.array(out)
 
 
+def gradients_on_shared_draws(model, x, K, M, seed, objectives):
+    """{objective: (M, n) encoder gradients}, every objective on the same M draws of ε."""
+    draws = np.random.default_rng(seed).standard_normal((M, K, x.shape[0], model.n_latent))
+    return {o: encoder_gradients(model, x, draws, o, K) for o in objectives}
+
+
 def paired_z(a, b):
     """z-scores of the mean of a − b (paired draws), per coordinate."""
     d = a - b
@@ -111,24 +117,17 @@ def trained():
 
 def test_dreg_is_unbiased_for_the_iwae_gradient(trained):
     m, x = trained
-    K, M = 5, 3000
-    draws = np.random.default_rng(11).standard_normal((M, K, x.shape[0], m.n_latent))
-    plain = encoder_gradients(m, x, draws, "iwae", K)
-    dreg = encoder_gradients(m, x, draws, "iwae-dreg", K)
-    z = paired_z(dreg, plain)
+    g = gradients_on_shared_draws(m, x, 5, 3000, 11, ("iwae", "iwae-dreg", "iwae-stl"))
+    z = paired_z(g["iwae-dreg"], g["iwae"])
     assert np.abs(z).max() < 4.5, z  # about 40 coordinates: 4.5σ is a 3e-4 family-wise false alarm
     # and the test has power: a slip (the weights w̃ instead of w̃², i.e. STL) is detected
-    stl = encoder_gradients(m, x, draws, "iwae-stl", K)
-    assert np.abs(paired_z(stl, plain)).max() > 6
+    assert np.abs(paired_z(g["iwae-stl"], g["iwae"])).max() > 6
 
 
 def test_stl_is_unbiased_for_the_elbo_gradient_at_k_1(trained):
     m, x = trained
-    M = 4000
-    draws = np.random.default_rng(12).standard_normal((M, 1, x.shape[0], m.n_latent))
-    elbo = encoder_gradients(m, x, draws, "elbo", 1)
-    stl = encoder_gradients(m, x, draws, "iwae-stl", 1)
-    z = paired_z(stl, elbo)
+    g = gradients_on_shared_draws(m, x, 1, 4000, 12, ("elbo", "iwae-stl"))
+    z = paired_z(g["iwae-stl"], g["elbo"])
     assert np.abs(z).max() < 4.5, z
     # (its variance is lower only where q is close to the true posterior, its selling point:
     # not a property of every model, so measured in docs/math.md, not asserted here)
@@ -136,10 +135,8 @@ def test_stl_is_unbiased_for_the_elbo_gradient_at_k_1(trained):
 
 def test_stl_is_biased_for_the_iwae_gradient_at_k_above_1(trained):
     m, x = trained
-    K, M = 5, 3000
-    draws = np.random.default_rng(13).standard_normal((M, K, x.shape[0], m.n_latent))
-    plain = encoder_gradients(m, x, draws, "iwae", K)
-    stl = encoder_gradients(m, x, draws, "iwae-stl", K)
+    g = gradients_on_shared_draws(m, x, 5, 3000, 13, ("iwae", "iwae-stl"))
+    plain, stl = g["iwae"], g["iwae-stl"]
     bias = stl.mean(axis=0) - plain.mean(axis=0)
     z = paired_z(stl, plain)
     assert np.abs(z).max() > 6  # measured, not hidden: docs/math.md reports its size
