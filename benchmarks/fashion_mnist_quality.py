@@ -26,35 +26,9 @@ import npvae
 from npvae.diagnostics import active_units
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--minutes", type=float, default=30.0, help="training wall-time budget")
-    ap.add_argument("--epochs", type=int, default=1000, help="at most (the cosine's length)")
-    ap.add_argument("--objective", default="iwae-dreg", choices=["elbo", "iwae", "iwae-dreg", "iwae-stl"])
-    ap.add_argument("--k", type=int, default=5, help="importance samples of the training objective")
-    ap.add_argument("--hidden", default="300,300")
-    ap.add_argument("--latent", type=int, default=40)
-    ap.add_argument("--activation", default="relu")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--patience", type=int, default=50, help="early stopping on the validation ELBO")
-    ap.add_argument("--eval-k", type=int, default=5000)
-    ap.add_argument("--test-images", type=int, default=10000)
-    ap.add_argument("--val-images", type=int, default=2000, help="validation images scored every epoch")
-    ap.add_argument("--score-on", choices=["test", "validation"], default="test",
-                    help="validation: score held-out validation images (not those of early stopping) "
-                         "instead of the test set, for choosing a recipe without touching the test set")
-    ap.add_argument("--json")
-    ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
-
-    x_all = npvae.data.load_fashion_mnist("train")
-    x_train, x_val_all = npvae.data.train_val_split(x_all, 1 / 6, 2026)  # 50,000 / 10,000, every run alike
-    x_val_all = npvae.data.binarize(x_val_all, np.random.default_rng(1))
-    x_val = x_val_all[:args.val_images]
-    hidden = tuple(int(h) for h in args.hidden.split(","))
-    model = npvae.VAE(784, args.latent, hidden=hidden, activation=args.activation, seed=args.seed)
+def train(model, x_train, x_val, args):
+    """Train within the budget; returns (history, the best validation epoch, seconds), the
+    model holding the best epoch's parameters."""
     steps = args.epochs * -(-len(x_train) // args.batch)
     lr = npvae.schedules.Warmup(npvae.schedules.Cosine(args.lr, steps, args.lr / 10), 1000)
     kw = dict(objective=args.objective, n_samples=args.k) if args.objective != "elbo" else \
@@ -77,6 +51,59 @@ def main(argv=None):
     train_seconds = time.perf_counter() - t0
     for k, v in best["params"].items():
         model.params[k][...] = v
+    return history, best, train_seconds
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--minutes", type=float, default=30.0, help="training wall-time budget")
+    ap.add_argument("--epochs", type=int, default=1000, help="at most (the cosine's length)")
+    ap.add_argument("--objective", default="iwae-dreg", choices=["elbo", "iwae", "iwae-dreg", "iwae-stl"])
+    ap.add_argument("--k", type=int, default=5, help="importance samples of the training objective")
+    ap.add_argument("--hidden", default="300,300")
+    ap.add_argument("--latent", type=int, default=40)
+    ap.add_argument("--activation", default="relu", help="of the dense hidden layers")
+    ap.add_argument("--layer", choices=["dense", "gated"], default="dense",
+                    help="gated: every hidden layer a GatedDense (the published tables' gated MLP)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--patience", type=int, default=50, help="early stopping on the validation ELBO")
+    ap.add_argument("--eval-k", type=int, default=5000)
+    ap.add_argument("--test-images", type=int, default=10000)
+    ap.add_argument("--val-images", type=int, default=2000, help="validation images scored every epoch")
+    ap.add_argument("--score-on", choices=["test", "validation"], default="test",
+                    help="validation: score held-out validation images (not those of early stopping) "
+                         "instead of the test set, for choosing a recipe without touching the test set")
+    ap.add_argument("--save", help="save the trained model (the best validation epoch's) here, .npz")
+    ap.add_argument("--load", help="skip training: score this saved model (say --score-on test only once "
+                                   "the recipe is chosen on validation)")
+    ap.add_argument("--json")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+
+    x_all = npvae.data.load_fashion_mnist("train")
+    x_train, x_val_all = npvae.data.train_val_split(x_all, 1 / 6, 2026)  # 50,000 / 10,000, every run alike
+    x_val_all = npvae.data.binarize(x_val_all, np.random.default_rng(1))
+    x_val = x_val_all[:args.val_images]
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+
+    def build(dtype):
+        if args.layer == "gated":
+            return npvae.VAE(784, args.latent, encoder=[npvae.layers.GatedDense(h) for h in hidden],
+                             decoder=[npvae.layers.GatedDense(h) for h in hidden[::-1]], seed=args.seed,
+                             dtype=dtype)
+        return npvae.VAE(784, args.latent, hidden=hidden, activation=args.activation, seed=args.seed, dtype=dtype)
+    model = build(np.float32)
+    if args.load:
+        trained = npvae.load(args.load)
+        for k in model.params:
+            model.params[k][...] = trained.params[k]
+        history, best, train_seconds = [], {"val": float("nan"), "epoch": None}, float("nan")
+    else:
+        history, best, train_seconds = train(model, x_train, x_val, args)
+        if args.save:
+            model.save(args.save)
 
     # the test set, once (or, for choosing a recipe, validation images early stopping did not see)
     if args.score_on == "test":
@@ -92,12 +119,12 @@ def main(argv=None):
     n_active, _ = active_units(model, x_test[:2000])
     # float32 (the model's dtype, the compiled log-weights) against float64 (the engine's),
     # on the same ε, for 100 images
-    m64 = npvae.VAE(784, args.latent, hidden=hidden, activation=args.activation, dtype=np.float64)
+    m64 = build(np.float64)
     for k in m64.params:
         m64.params[k][...] = model.params[k]
     r = np.random.default_rng(6)
     ll32, ll64 = [], []
-    for i in range(0, 100, 10):
+    for i in range(0, min(100, len(x_test)), 10):
         xb = x_test[i:i + 10]
         eps = r.standard_normal((args.eval_k, len(xb), args.latent))
         for m, out, e, xx in ((model, ll32, eps.astype(np.float32), xb),
@@ -109,8 +136,9 @@ def main(argv=None):
     ll32, ll64 = np.concatenate(ll32), np.concatenate(ll64)
 
     res = {"seed": args.seed, "objective": args.objective, "k": args.k, "hidden": list(hidden),
-           "latent": args.latent, "activation": args.activation, "batch": args.batch, "lr": args.lr,
-           "epochs_run": len(history), "best_epoch": best["epoch"], "stopped_early": history.stopped_early,
+           "latent": args.latent, "layer": args.layer, "activation": args.activation, "batch": args.batch, "lr": args.lr,
+           "epochs_run": len(history), "best_epoch": best["epoch"],
+           "stopped_early": bool(getattr(history, "stopped_early", False)), "loaded": args.load,
            "train_minutes": train_seconds / 60, "eval_minutes": eval_seconds / 60,
            "test_log_px": float(ll.mean()), "test_log_px_se": float(ll.std(ddof=1) / np.sqrt(len(ll))),
            "test_elbo": float(elbo.mean()), "test_iwae5": float(iw5.mean()), "active_units": n_active,

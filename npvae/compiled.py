@@ -1,7 +1,7 @@
 """The compiled training path: chunks of training steps with Adam, run by one numba call each.
 
 ``fit`` uses it when the model qualifies (:func:`unsupported` returns None): every layer a
-built-in :class:`npvae.layers.Dense`, a Bernoulli or Gaussian likelihood, the ELBO without
+built-in :class:`npvae.layers.Dense` or :class:`npvae.layers.GatedDense`, a Bernoulli or Gaussian likelihood, the ELBO without
 free bits or the importance-weighted bound (not with a learned σ), an :class:`npvae.Adam` or
 :class:`npvae.AdamW` optimizer, and the numba backend.  Anything else (a user's own layer,
 free bits, SGD, the continuous Bernoulli, the NumPy backend) takes the engine path, step by
@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from . import kernels, threads
-from .layers import Dense
+from .layers import Dense, GatedDense
 from .likelihoods import Bernoulli, Gaussian
 from .optim import Adam, flat_base
 
@@ -45,8 +45,8 @@ def unsupported(model, *, objective="elbo", free_bits=0.0, optimizer=None) -> st
         return f"{type(optimizer).__name__} runs on the engine path"
     plan = model.plan
     for s in [*plan.encoder, *plan.decoder]:
-        if type(s.layer) is not Dense:
-            return f"{s.prefix} is a {type(s.layer).__name__}, not a built-in Dense"
+        if type(s.layer) not in (Dense, GatedDense):
+            return f"{s.prefix} is a {type(s.layer).__name__}, not a built-in Dense or GatedDense"
     lik = model.likelihood
     if not isinstance(lik, (Bernoulli, Gaussian)) or type(lik) not in (Bernoulli, Gaussian):
         return f"the {type(lik).__name__} likelihood runs on the engine path"
@@ -55,6 +55,26 @@ def unsupported(model, *, objective="elbo", free_bits=0.0, optimizer=None) -> st
     if flat_base(model.params.values()) is None:
         return "the parameters are not views of one flat buffer"
     return None
+
+
+def stage_list(plan):
+    """The compiled step's stages in order, each (weight key, bias key, code, n_out): the
+    encoder's, the μ and v heads, the decoder's, the output heads; a GatedDense is two (its
+    gate's V, c with code GATE, then its W, b with code GATED: see npvae.kernels.step).
+    Returns (stages, number of the encoder's, number of the decoder's)."""
+    from .kernels import step
+
+    def expand(stages):
+        out = []
+        for s in stages:
+            if type(s.layer) is GatedDense:
+                out.append((f"{s.prefix}.V", f"{s.prefix}.c", step.GATE, s.n_out))
+                out.append((f"{s.prefix}.W", f"{s.prefix}.b", step.GATED, s.n_out))
+            else:
+                out.append((*s.fused, s.n_out))
+        return out
+    enc, dec = expand(plan.encoder), expand(plan.decoder)
+    return [*enc, *expand(plan.heads), *dec, *expand(plan.outputs)], len(enc), len(dec)
 
 
 def _likelihood_code(lik, D, dtype):
@@ -99,10 +119,8 @@ class AdamSteps:
             raise ValueError("grads must be views of one flat buffer, in the parameters' order")
         self.M = self._flat_slot(opt_state, "m", names)
         self.V = self._flat_slot(opt_state, "v", names)
-        plan = model.plan
-        stages = [*plan.encoder, *plan.heads, *plan.decoder, *plan.outputs]
+        stages, self.n_enc, self.n_dec = stage_list(model.plan)
         self.stages = stages
-        self.n_enc, self.n_dec = len(plan.encoder), len(plan.decoder)
 
         def typed(arrays):
             out = numba.typed.List()
@@ -110,11 +128,11 @@ class AdamSteps:
                 out.append(a)
             return out
         P, G = model.params, grads
-        self.Ws = typed([P[s.fused[0]] for s in stages])
-        self.bs = typed([P[s.fused[1]] for s in stages])
-        self.GWs = typed([G[s.fused[0]] for s in stages])
-        self.Gbs = typed([G[s.fused[1]] for s in stages])
-        self.acts = np.array([s.fused[2] for s in stages], dtype=np.int64)
+        self.Ws = typed([P[s[0]] for s in stages])
+        self.bs = typed([P[s[1]] for s in stages])
+        self.GWs = typed([G[s[0]] for s in stages])
+        self.Gbs = typed([G[s[1]] for s in stages])
+        self.acts = np.array([s[2] for s in stages], dtype=np.int64)
         D, dt = model.n_inputs, model.dtype
         self.lik, logvar = _likelihood_code(model.likelihood, D, dt)
         if logvar is None:  # learned: the parameter and its gradient
@@ -160,8 +178,8 @@ class AdamSteps:
                 for name, g in self.grads.items():
                     views[name] = partials[t, offset:offset + g.size].reshape(g.shape)
                     offset += g.size
-                GWs_t.append(self._typed([views[s.fused[0]] for s in self.stages]))
-                Gbs_t.append(self._typed([views[s.fused[1]] for s in self.stages]))
+                GWs_t.append(self._typed([views[s[0]] for s in self.stages]))
+                Gbs_t.append(self._typed([views[s[1]] for s in self.stages]))
                 dlv_t.append(views["likelihood.logvar"] if "likelihood.logvar" in views
                              else np.zeros_like(self.lik_dlogvar))
             cached = self._threads_cache[T] = (GWs_t, Gbs_t, dlv_t, partials)
@@ -190,8 +208,8 @@ class AdamSteps:
             K1 = max(self.K, 1)
             R = K1 * B  # the decoder's rows: K per example for IWAE
             d0 = self.n_enc + 2
-            H = self._typed([e(B if k < d0 else R, s.n_out) for k, s in enumerate(self.stages)])
-            dH = self._typed([e(B if k < d0 else R, s.n_out) for k, s in enumerate(self.stages)])
+            H = self._typed([e(B if k < d0 else R, s[3]) for k, s in enumerate(self.stages)])
+            dH = self._typed([e(B if k < d0 else R, s[3]) for k, s in enumerate(self.stages)])
             plan, D, J = m.plan, m.n_inputs, m.n_latent
             bufs = dict(
                 U=e(S, B, D) if self.dynamic else e(S, 1, 1), E=e(S, K1, B, J),
@@ -258,9 +276,9 @@ def log_weights(model, x, eps):
 
     from .kernels import step
     K, B, J = eps.shape
-    plan, dt, D = model.plan, model.dtype, model.n_inputs
-    stages = [*plan.encoder, *plan.heads, *plan.decoder, *plan.outputs]
-    d0 = len(plan.encoder) + 2
+    dt, D = model.dtype, model.n_inputs
+    stages, n_enc, n_dec = stage_list(model.plan)
+    d0 = n_enc + 2
 
     def typed(arrays):
         out = numba.typed.List()
@@ -271,13 +289,12 @@ def log_weights(model, x, eps):
     lik, logvar = _likelihood_code(model.likelihood, D, dt)
     if logvar is None:
         logvar = P["likelihood.logvar"]
-    H = typed([np.empty((B if k < d0 else K * B, s.n_out), dt) for k, s in enumerate(stages)])
+    H = typed([np.empty((B if k < d0 else K * B, s[3]), dt) for k, s in enumerate(stages)])
     lw = np.empty((K, B))
     T = max(1, min(BLOCKS, B))
     with threads.limited(blas=1, numba=max(1, min(T, threads.get_threads()["blas"], numba.config.NUMBA_NUM_THREADS))):
         step.log_weights(np.ascontiguousarray(x, dtype=dt), np.ascontiguousarray(eps, dtype=dt),
-                         typed([P[s.fused[0]] for s in stages]), typed([P[s.fused[1]] for s in stages]),
-                         np.array([s.fused[2] for s in stages], dtype=np.int64), len(plan.encoder),
-                         len(plan.decoder), H, np.empty((B, J), dt), np.empty((K * B, J), dt), np.empty((T, D)),
+                         typed([P[s[0]] for s in stages]), typed([P[s[1]] for s in stages]),
+                         np.array([s[2] for s in stages], dtype=np.int64), n_enc, n_dec, H, np.empty((B, J), dt), np.empty((K * B, J), dt), np.empty((T, D)),
                          lik, logvar, lw, T)
     return lw

@@ -17,6 +17,20 @@ pytestmark = pytest.mark.skipif(npvae.get_backend() != "numba", reason="the comp
 LIKELIHOODS = [("bernoulli", {}), ("gaussian", {"sigma": 0.7}), ("gaussian", {"sigma": "learned"}),
                ("gaussian", {"sigma": "per_example"})]
 ACTS = ["identity", "relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus"]
+# besides the activations of Dense layers: every hidden layer a GatedDense ("gated"), or
+# GatedDense and Dense(·, "tanh") in turn ("mixed")
+LAYERS = ACTS + ["gated", "mixed"]
+
+
+def make_vae(n_in, n_lat, hidden, act, **kw):
+    """A VAE of Dense layers with activation ``act``, or with gated layers (see LAYERS)."""
+    if act not in ("gated", "mixed"):
+        return npvae.VAE(n_in, n_lat, hidden=hidden, activation=act, **kw)
+
+    def layer(i, h):
+        return npvae.layers.GatedDense(h) if act == "gated" or i % 2 == 0 else npvae.layers.Dense(h, "tanh")
+    return npvae.VAE(n_in, n_lat, encoder=[layer(i, h) for i, h in enumerate(hidden)],
+                     decoder=[layer(i, h) for i, h in enumerate(hidden[::-1])], **kw)
 
 
 def two_paths(dtype, lik, lik_kw, hidden, act, *, steps, B, chunk, dynamic, opt_kw, beta, seed, K=0,
@@ -26,7 +40,7 @@ def two_paths(dtype, lik, lik_kw, hidden, act, *, steps, B, chunk, dynamic, opt_
     out = []
     kw = dict(objective=objective, n_samples=K) if K else {}
     for path in ("engine", "compiled"):
-        m = npvae.VAE(11, 3, hidden=hidden, activation=act, likelihood=lik, seed=seed, dtype=dtype, **lik_kw)
+        m = make_vae(11, 3, hidden, act, likelihood=lik, seed=seed, dtype=dtype, **lik_kw)
         # Adam's ε at 1e-4, not 1e-8: a gradient component that cancels to 0 in one summation
         # order and to 1e-17 in the other would otherwise be amplified up to lr·g/ε = 3e-5 (an
         # ill-conditioning of Adam near g = 0, not a difference between the paths)
@@ -62,7 +76,7 @@ def rel(a, b):
 
 @settings(max_examples=40, deadline=None)
 @given(dtype=st.sampled_from([np.float64, np.float32]), lik=st.sampled_from(LIKELIHOODS),
-       hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(ACTS),
+       hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(LAYERS),
        B=st.integers(1, 12), chunk=st.integers(1, 5), dynamic=st.booleans(),
        clip=st.sampled_from([None, 0.5, 100.0]), wd=st.sampled_from([0.0, 0.01]),
        decoupled=st.booleans(), beta=st.floats(0.0, 2.0), seed=st.integers(0, 2**16))
@@ -78,7 +92,7 @@ def test_compiled_steps_equal_the_engines(dtype, lik, hidden, act, B, chunk, dyn
 @settings(max_examples=45, deadline=None)
 @given(dtype=st.sampled_from([np.float64, np.float32]),
        lik=st.sampled_from([LIKELIHOODS[0], LIKELIHOODS[1], LIKELIHOODS[3]]),
-       hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(ACTS),
+       hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(LAYERS),
        B=st.integers(1, 12), K=st.integers(1, 6), chunk=st.integers(1, 5), dynamic=st.booleans(),
        clip=st.sampled_from([None, 0.5]), seed=st.integers(0, 2**16),
        objective=st.sampled_from(["iwae", "iwae-dreg", "iwae-stl"]))
@@ -93,8 +107,18 @@ def test_compiled_iwae_steps_equal_the_engines(dtype, lik, hidden, act, B, K, ch
 def assert_close(dtype, pe, le, se, pc, lc, sc):
     tol = 1e-12 if dtype == np.float64 else 1e-5
     assert rel(le, lc) < tol
+    # the parameters after several Adam steps: Adam divides each gradient component by its
+    # own scale, so in float32 a rounding difference in a component near zero moves its
+    # parameter by a sizeable part of one step (seen: 7e-6 on encoder.mu.b with B = 1, K = 2,
+    # a 1-unit hidden layer; float64 agrees to 2e-16 there).  So float32 parameters may also
+    # differ by 1/1000 of the 6 × lr = 0.018 that Adam can move them in these runs; the
+    # losses above carry the paths' agreement at 1e-5
     for k in pe:
-        assert rel(pe[k], pc[k]) < tol, k
+        if dtype == np.float64:
+            assert rel(pe[k], pc[k]) < tol, k
+        else:
+            diff = float(np.max(np.abs(pe[k].astype(np.float64) - pc[k])))
+            assert diff <= max(tol * float(np.max(np.abs(pe[k]))), 2e-5), k
     for k in se:
         assert rel(np.asarray(se[k], float), np.asarray(sc[k], float)) < tol * 10, k  # moments and step
 
@@ -274,11 +298,11 @@ def test_npvae_thread_limits_hold_inside_a_callers_own_limits():
 
 @settings(max_examples=30, deadline=None)
 @given(dtype=st.sampled_from([np.float64, np.float32]), lik=st.sampled_from(LIKELIHOODS),
-       hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(ACTS),
+       hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(LAYERS),
        B=st.integers(1, 9), K=st.integers(1, 7), seed=st.integers(0, 2**16))
 def test_compiled_log_weights_equal_the_engines(dtype, lik, hidden, act, B, K, seed):
     from npvae import estimators
-    m = npvae.VAE(10, 3, hidden=hidden, activation=act, likelihood=lik[0], seed=seed, dtype=dtype, **lik[1])
+    m = make_vae(10, 3, hidden, act, likelihood=lik[0], seed=seed, dtype=dtype, **lik[1])
     rng = np.random.default_rng(seed)
     x = (rng.random((B, 10)) if lik[0] == "bernoulli" else rng.standard_normal((B, 10))).astype(dtype)
     eps = rng.standard_normal((K, B, 3)).astype(dtype)

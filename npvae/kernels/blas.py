@@ -81,7 +81,7 @@ else:
 address) or ``"scipy"`` (numba's ``np.dot``).  ``NPVAE_BLAS=scipy`` forces the second."""
 
 
-def _gemm_intrinsic(symbol, real):
+def _gemm_intrinsic(symbol, real, beta):
     @intrinsic
     def call(typingctx, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
         i32, i64 = types.int32, types.int64
@@ -95,17 +95,20 @@ def _gemm_intrinsic(symbol, real):
             fnty = ir.FunctionType(ir.VoidType(), [lt_i32, lt_i32, lt_i32, lt_i64, lt_i64, lt_i64, lt_real,
                                                    ptr, lt_i64, ptr, lt_i64, lt_real, ptr, lt_i64])
             fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
-            one, zero = ir.Constant(lt_real, 1.0), ir.Constant(lt_real, 0.0)
+            one, b_ = ir.Constant(lt_real, 1.0), ir.Constant(lt_real, beta)
             builder.call(fn, [ir.Constant(lt_i32, _ROW_MAJOR), ta, tb, m_, n_, k_, one,
-                              builder.inttoptr(pa, ptr), la, builder.inttoptr(pb, ptr), lb, zero,
+                              builder.inttoptr(pa, ptr), la, builder.inttoptr(pb, ptr), lb, b_,
                               builder.inttoptr(pc, ptr), lc])
             return context.get_dummy_value()
         return sig, codegen
     return call
 
 
-_sgemm = _gemm_intrinsic("npvae_sgemm", "float")
-_dgemm = _gemm_intrinsic("npvae_dgemm", "double")
+# c ← a b (β = 0) and c ← c + a b (β = 1)
+_sgemm = _gemm_intrinsic("npvae_sgemm", "float", 0.0)
+_dgemm = _gemm_intrinsic("npvae_dgemm", "double", 0.0)
+_sgemm_acc = _gemm_intrinsic("npvae_sgemm", "float", 1.0)
+_dgemm_acc = _gemm_intrinsic("npvae_dgemm", "double", 1.0)
 
 
 @njit(inline="always")
@@ -119,16 +122,33 @@ def _layout(x):
 
 
 @njit(inline="always")
-def _gemm_openblas(a, b, c):
+def _openblas(a, b, c, acc):
+    """c ← a b, or c ← c + a b when ``acc``, by NumPy's OpenBLAS."""
     m, k = a.shape
     n = b.shape[1]
     ta, lda = _layout(a)
     tb, ldb = _layout(b)
     ldc = max(c.strides[0] // c.itemsize, n, 1)
+    pa, pb, pc = a.ctypes.data, b.ctypes.data, c.ctypes.data
     if c.itemsize == 4:
-        _sgemm(ta, tb, m, n, k, a.ctypes.data, lda, b.ctypes.data, ldb, c.ctypes.data, ldc)
+        if acc:
+            _sgemm_acc(ta, tb, m, n, k, pa, lda, pb, ldb, pc, ldc)
+        else:
+            _sgemm(ta, tb, m, n, k, pa, lda, pb, ldb, pc, ldc)
+    elif acc:
+        _dgemm_acc(ta, tb, m, n, k, pa, lda, pb, ldb, pc, ldc)
     else:
-        _dgemm(ta, tb, m, n, k, a.ctypes.data, lda, b.ctypes.data, ldb, c.ctypes.data, ldc)
+        _dgemm(ta, tb, m, n, k, pa, lda, pb, ldb, pc, ldc)
+
+
+@njit(inline="always")
+def _gemm_openblas(a, b, c):
+    _openblas(a, b, c, False)
+
+
+@njit(inline="always")
+def _gemm_acc_openblas(a, b, c):
+    _openblas(a, b, c, True)
 
 
 @njit(inline="always")
@@ -136,7 +156,14 @@ def _gemm_numba(a, b, c):
     np.dot(a, b, c)
 
 
+@njit(inline="always")
+def _gemm_acc_numba(a, b, c):
+    c += np.dot(a, b)
+
+
 gemm = _gemm_openblas if BLAS == "numpy-openblas" else _gemm_numba
 """c ← a b in compiled code; a (m, k), b (k, n), c (m, n), one dtype (float32 or float64)."""
+gemm_acc = _gemm_acc_openblas if BLAS == "numpy-openblas" else _gemm_acc_numba
+"""c ← c + a b in compiled code (the product added to what c holds); shapes as :data:`gemm`."""
 
-__all__ = ["gemm", "BLAS", "BLAS_LIBRARY"]
+__all__ = ["gemm", "gemm_acc", "BLAS", "BLAS_LIBRARY"]

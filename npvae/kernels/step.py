@@ -37,12 +37,16 @@ import numpy as np
 from ..constants import LEAKY_SLOPE, LOG_2PI
 from .codes import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
 from . import blas, numba_impl, vmath
-from .blas import gemm
+from .blas import gemm, gemm_acc
 from .jit import jit
 
 BERNOULLI, GAUSSIAN_FIXED, GAUSSIAN_PER_EXAMPLE, GAUSSIAN_LEARNED = 0, 1, 2, 3
 # the encoder's gradient estimator of the importance-weighted step (npvae.engine.iwae_step)
 PLAIN, DREG, STL = 0, 1, 2
+# a gated dense layer (npvae.layers.GatedDense) is two stages in the lists, both reading the
+# layer's input: the gate's product (code GATE; its H holds g = σ(x V + c)), then the linear
+# part (code GATED; its H holds the layer's output h = (x W + b) ⊙ g)
+GATE, GATED = 100, 101
 # parameters below which the gradient reduction and Adam run on the calling thread (a model
 # size, not a thread count: the sums' order, and so the result, depends on it alone)
 SERIAL_BELOW = 1 << 16
@@ -256,12 +260,55 @@ def gather_binarize(X, rows, u, dynamic, xb):
 
 
 @_elementwise
+def gate_forward(a, b, g, c):
+    """g ← σ(g + c), a ← (a + b) ⊙ g: a gated dense layer's output from its two products.
+    a, g (B, H), b, c (H,)."""
+    B, H = a.shape
+    for i in range(B):
+        for j in range(H):
+            v = g[i, j] + c[j]
+            e = vmath.exp(-abs(v))
+            r = 1.0 / (1.0 + e)
+            s = r if v >= 0 else e * r
+            g[i, j] = s
+            a[i, j] = (a[i, j] + b[j]) * s
+
+
+@_elementwise
+def gate_backward(d, h, g, dg, db, dc):
+    """A gated dense layer's backward from d = dL/dh, h = a ⊙ g, g = σ(ĝ):
+    dĝ = dh ⊙ a ⊙ g (1 − g) = dh ⊙ h ⊙ (1 − g) into dg (so a need not be kept), d ← dh ⊙ g
+    (= dL/da); db ← Σ_rows dL/da, dc ← Σ_rows dĝ.  d, h, g, dg (B, H), db, dc (H,)."""
+    B, H = d.shape
+    for j in range(H):
+        db[j] = 0
+        dc[j] = 0
+    for i in range(B):
+        for j in range(H):
+            dh = d[i, j]
+            gv = g[i, j]
+            v = dh * h[i, j] * (1.0 - gv)
+            dg[i, j] = v
+            dc[j] += v
+            u = dh * gv
+            d[i, j] = u
+            db[j] += u
+
+
+@_elementwise
 def chain_forward(h, Ws, bs, acts, H, k0, k1, r0, r1):
-    """Stages k0..k1−1 on rows r0:r1: H[k] ← f(h W + b); returns the last output (or h)."""
+    """Stages k0..k1−1 on rows r0:r1: H[k] ← f(h W + b) (a GATE and its GATED partner: the
+    gated layer's g and h); returns the last output (or h)."""
     for k in range(k0, k1):
         y = H[k][r0:r1]
         gemm(h, Ws[k], y)
-        bias_act(y, bs[k], acts[k])
+        act = acts[k]
+        if act == GATE:  # the gate's product; its partner, the next stage, reads the same h
+            continue
+        if act == GATED:
+            gate_forward(y, bs[k], H[k - 1][r0:r1], bs[k - 1])
+        else:
+            bias_act(y, bs[k], act)
         h = y
     return h
 
@@ -278,16 +325,28 @@ def heads_forward(h, Ws, bs, H, k0, n, r0, r1):
 @_elementwise
 def chain_backward(Ws, GWs, Gbs, acts, H, dH, k0, k1, hin0, dx0, need_dx0, r0, r1):
     """Back through stages k1−1..k0 on rows r0:r1, from dH[k1−1]: each stage's weight and
-    bias gradients, and dL/d(input) into dH[k − 1] (or dx0 for the first, when needed)."""
-    for k in range(k1 - 1, k0 - 1, -1):
+    bias gradients, and dL/d(input) into the previous stage's dH (or dx0 for the first, when
+    needed).  A GATED stage k takes its GATE k − 1 along: dx = da Wᵀ + dĝ Vᵀ."""
+    k = k1 - 1
+    while k >= k0:
         d = dH[k][r0:r1]
-        act_backward_bias_grad(d, H[k][r0:r1], acts[k], Gbs[k])
-        hin = H[k - 1][r0:r1] if k > k0 else hin0
+        gated = acts[k] == GATED
+        kin = k - 2 if gated else k - 1  # the stage whose output is this one's input
+        dg = dH[k - 1][r0:r1] if gated else d
+        if gated:
+            gate_backward(d, H[k][r0:r1], H[k - 1][r0:r1], dg, Gbs[k], Gbs[k - 1])
+        else:
+            act_backward_bias_grad(d, H[k][r0:r1], acts[k], Gbs[k])
+        hin = H[kin][r0:r1] if kin >= k0 else hin0
         gemm(hin.T, d, GWs[k])
-        if k > k0:
-            gemm(d, Ws[k].T, dH[k - 1][r0:r1])
-        elif need_dx0:
-            gemm(d, Ws[k].T, dx0)
+        if gated:
+            gemm(hin.T, dg, GWs[k - 1])
+        if kin >= k0 or need_dx0:
+            dx = dH[kin][r0:r1] if kin >= k0 else dx0
+            gemm(d, Ws[k].T, dx)
+            if gated:
+                gemm_acc(dg, Ws[k - 1].T, dx)
+        k = kin
 
 
 @_elementwise
