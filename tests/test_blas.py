@@ -1,5 +1,5 @@
-"""npvae.kernels.blas.gemm: products from compiled code, through NumPy's bundled OpenBLAS
-where it is found, else numba's np.dot."""
+"""npvae.kernels.blas.gemm (c ← a b) and gemm_acc (c ← c + a b): products from compiled
+code, through NumPy's bundled OpenBLAS where it is found, else numba's np.dot."""
 import json
 import os
 import subprocess
@@ -16,6 +16,11 @@ from npvae.kernels import blas
 @njit
 def _product(a, b, c):
     blas.gemm(a, b, c)
+
+
+@njit
+def _product_added(a, b, c):
+    blas.gemm_acc(a, b, c)
 
 
 @njit
@@ -40,6 +45,24 @@ def test_gemm_equals_numpys_product_for_every_layout(m, k, n, ta, tb, dtype, see
     np.testing.assert_allclose(c, want, rtol=tol, atol=tol * np.sqrt(k) * np.abs(want).max())
 
 
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 30), k=st.integers(1, 30), n=st.integers(1, 30),
+       ta=st.booleans(), tb=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**32 - 1))
+def test_gemm_acc_adds_the_product_to_what_c_holds(m, k, n, ta, tb, dtype, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    a, b = (a.T if ta else a), (b.T if tb else b)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    c = c0.copy()
+    _product_added(a, b, c)
+    want = c0.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(c, want, rtol=tol, atol=tol * np.sqrt(k + 1) * np.abs(want).max())
+    assert not np.allclose(c, a.astype(np.float64) @ b.astype(np.float64), rtol=tol, atol=tol)  # c0 kept
+
+
 def test_gemm_on_row_blocks_writes_only_those_rows():
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((10, 7)), rng.standard_normal((7, 5))
@@ -60,7 +83,9 @@ def test_npvae_blas_scipy_selects_numbas_dot_with_the_same_results(tmp_path):
     script = (
         "import json, sys, numpy as np, npvae\n"
         "from npvae.kernels import blas\n"
-        "m = npvae.VAE(n_inputs=12, hidden=(9,), n_latent=3, seed=0)\n"
+        "L = npvae.layers\n"  # dense and gated layers: gemm and gemm_acc
+        "m = npvae.VAE(12, 3, encoder=[L.Dense(9, 'relu'), L.GatedDense(6)], decoder=[L.GatedDense(6),"
+        " L.Dense(9, 'relu')], seed=0)\n"
         "x = (np.random.default_rng(0).random((64, 12)) > 0.5).astype(float)\n"
         "npvae.fit(m, x, epochs=2, batch_size=16, seed=0, progress=False, compiled=True)\n"
         "json.dump({'blas': blas.BLAS, 'p': np.concatenate([v.ravel() for v in m.params.values()]).tolist()},"

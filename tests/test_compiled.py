@@ -6,7 +6,7 @@ non-finite step stops before its update and is named; what it cannot train goes 
 engine, or is refused with the reason when asked for."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import npvae
 from npvae import compiled
@@ -80,6 +80,8 @@ def rel(a, b):
        B=st.integers(1, 12), chunk=st.integers(1, 5), dynamic=st.booleans(),
        clip=st.sampled_from([None, 0.5, 100.0]), wd=st.sampled_from([0.0, 0.01]),
        decoupled=st.booleans(), beta=st.floats(0.0, 2.0), seed=st.integers(0, 2**16))
+@example(dtype=np.float64, lik=LIKELIHOODS[0], hidden=(4, 3), act="gated", B=9, chunk=3, dynamic=True, clip=None,
+         wd=0.0, decoupled=False, beta=1.0, seed=1)  # always a gated network, two row blocks
 def test_compiled_steps_equal_the_engines(dtype, lik, hidden, act, B, chunk, dynamic, clip, wd, decoupled,
                                           beta, seed):
     dynamic = dynamic and lik[0] == "bernoulli"
@@ -96,6 +98,8 @@ def test_compiled_steps_equal_the_engines(dtype, lik, hidden, act, B, chunk, dyn
        B=st.integers(1, 12), K=st.integers(1, 6), chunk=st.integers(1, 5), dynamic=st.booleans(),
        clip=st.sampled_from([None, 0.5]), seed=st.integers(0, 2**16),
        objective=st.sampled_from(["iwae", "iwae-dreg", "iwae-stl"]))
+@example(dtype=np.float64, lik=LIKELIHOODS[0], hidden=(4, 3), act="mixed", B=9, K=3, chunk=2, dynamic=True, clip=None,
+         seed=2, objective="iwae-dreg")
 def test_compiled_iwae_steps_equal_the_engines(dtype, lik, hidden, act, B, K, chunk, dynamic, clip, seed, objective):
     dynamic = dynamic and lik[0] == "bernoulli"
     (pe, le, se), (pc, lc, sc) = two_paths(dtype, *lik, hidden, act, steps=6, B=B, chunk=chunk, dynamic=dynamic,
@@ -300,6 +304,7 @@ def test_npvae_thread_limits_hold_inside_a_callers_own_limits():
 @given(dtype=st.sampled_from([np.float64, np.float32]), lik=st.sampled_from(LIKELIHOODS),
        hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(LAYERS),
        B=st.integers(1, 9), K=st.integers(1, 7), seed=st.integers(0, 2**16))
+@example(dtype=np.float64, lik=LIKELIHOODS[3], hidden=(3, 5), act="gated", B=5, K=3, seed=3)
 def test_compiled_log_weights_equal_the_engines(dtype, lik, hidden, act, B, K, seed):
     from npvae import estimators
     m = make_vae(10, 3, hidden, act, likelihood=lik[0], seed=seed, dtype=dtype, **lik[1])
@@ -308,6 +313,33 @@ def test_compiled_log_weights_equal_the_engines(dtype, lik, hidden, act, B, K, s
     eps = rng.standard_normal((K, B, 3)).astype(dtype)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     assert rel(estimators.log_weights(m, x, eps), compiled.log_weights(m, x, eps)) < tol
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", ["zero", "confident", "wrong", "mixed"])
+def test_compiled_bernoulli_log_weights_take_logs_of_products_in_range(case, dtype):
+    """The compiled Bernoulli ln p(x|z) takes one logarithm per 512 factors 1 + e^{−|l|}.
+    With 1100 inputs (three groups) it equals the engine's log1p per element: logits all 0
+    (every factor 2, the largest products); confident and right (|l| from 10 to 30 with the
+    sign of x: ln p(x|z) ≈ −Σ e^{−|l|}, tiny, so an absolute error shows); confident and
+    wrong; and a mix of scales."""
+    from npvae import estimators
+    D = 1100
+    m = npvae.VAE(D, 3, hidden=(5,), seed=0, dtype=dtype)
+    j = np.arange(D)
+    x_row = (np.cos(j) > 0).astype(dtype)
+    sign = 2 * x_row - 1
+    mag = {"zero": 0 * j, "confident": 20 + 10 * np.sin(j), "wrong": 20 + 10 * np.sin(j),
+           "mixed": 10.0 ** np.linspace(-3, 1.5, D)}[case]
+    m.params["decoder.out.W"][...] = 0.0  # the logits do not depend on z: set by the bias alone
+    m.params["decoder.out.b"][...] = (-sign if case == "wrong" else sign) * mag
+    x = np.tile(x_row, (3, 1))
+    eps = np.random.default_rng(0).standard_normal((4, 3, 3)).astype(dtype)
+    want, got = estimators.log_weights(m, x, eps), compiled.log_weights(m, x, eps)
+    if dtype == np.float64:
+        assert np.max(np.abs(want - got)) < 1e-12 * max(1.0, np.max(np.abs(want)) / 100)
+    else:
+        assert rel(want, got) < 1e-5
 
 
 def test_log_likelihood_takes_the_compiled_weights_and_agrees(monkeypatch):

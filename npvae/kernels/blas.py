@@ -1,4 +1,5 @@
-"""Matrix products from compiled code: ``gemm(a, b, c)`` writes c ← a b.
+"""Matrix products from compiled code: ``gemm(a, b, c)`` writes c ← a b, ``gemm_acc(a, b, c)``
+adds it, c ← c + a b (the second product of a gated layer's input gradient).
 
 numba's own ``np.dot`` inside compiled code calls SciPy's BLAS (``scipy.linalg.cython_blas``).
 SciPy's wheels bundle an OpenBLAS of their own, and NumPy's wheels another; on the

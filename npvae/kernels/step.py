@@ -1,6 +1,7 @@
 """The whole training step as one compiled function, several steps per call.
 
-For a VAE whose every layer is a built-in :class:`npvae.layers.Dense`, one call of
+For a VAE whose every layer is a built-in :class:`npvae.layers.Dense` or
+:class:`npvae.layers.GatedDense`, one call of
 :func:`adam_steps` (or :func:`adam_steps_blocks`, the batch in row blocks on numba's
 threads) runs S steps, each: gather the batch, binarise it (dynamic binarisation), the
 forward pass, the likelihood, the KL (or the importance weights of :func:`iwae_forward_backward`),
@@ -21,7 +22,11 @@ engine's own kernel (``numba_impl.adam_rows``).
 
 Layer lists (numba typed lists, all in one order): the encoder's stages, the μ head, the v
 head, the decoder's stages, the output head(s).  ``H[k]`` is stage k's output (B, n_out),
-``dH[k]`` the gradient of the loss with respect to it.
+``dH[k]`` the gradient of the loss with respect to it, and stage k reads stage k − 1's
+output; except that a gated dense layer is two stages, its gate (code GATE: ``H[k]`` holds
+g = σ(x V + c), ``dH[k]`` dL/dĝ) and then its linear part (code GATED: ``H[k + 1]`` holds the
+layer's output h = (x W + b) ⊙ g), both reading the layer's input.  The last stage of a chain
+is never a GATE, so the encoder's (decoder's) output is always its last stage's H.
 
 Likelihood codes: 0 Bernoulli (logits), 1 Gaussian with fixed ln σ² (``lik_logvar``),
 2 Gaussian with a per-example ln σ² head (a second output head), 3 Gaussian with a learned
@@ -666,14 +671,18 @@ def adam_steps_blocks(K, est, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts,
 
 
 @_elementwise
-def log_lik_terms(lik, out, out2, x, lik_logvar, terms):
-    """ln p(x|out) per element of one decoder row into terms (float64): Bernoulli logits, or
-    a Gaussian mean (out2: a per-example ln σ² head's row, else lik_logvar)."""
+def log_lik_terms(lik, out, out2, x, lik_logvar, terms, factors):
+    """ln p(x|out) of one decoder row, by elements, into float64 scratch: for Bernoulli logits
+    l, terms ← x l − max(l, 0) and factors ← 1 + e^{−|l|}, so that ln p = Σ terms − ln Π
+    factors (:func:`row_log_lik`: one logarithm per 512 elements instead of a log1p per
+    element); for a Gaussian mean (out2: a per-example ln σ² head's row, else lik_logvar),
+    terms ← ln N(x; out, e^s) and factors is not used."""
     D = out.shape[0]
     if lik == BERNOULLI:
         for j in range(D):
             l = out[j]
-            terms[j] = x[j] * l - (l if l > 0 else 0.0) - vmath.log1p(vmath.exp(-abs(l)))
+            terms[j] = x[j] * l - (l if l > 0 else 0.0)
+            factors[j] = 1.0 + np.float64(vmath.exp(-abs(l)))
     else:
         for j in range(D):
             s = out2[j] if lik == GAUSSIAN_PER_EXAMPLE else lik_logvar[j]
@@ -681,11 +690,24 @@ def log_lik_terms(lik, out, out2, x, lik_logvar, terms):
             terms[j] = -0.5 * (r * r * vmath.exp(-s) + s + LOG_2PI)
 
 
+# factors multiplied before a logarithm is taken: each lies in [1, 2], so a product of 512
+# stays below 2^512, far inside float64's range
+FACTORS_PER_LOG = 512
+
+
 @_reduction
-def sum_row(terms):
+def row_log_lik(lik, terms, factors):
+    """Σ terms, minus Σ ln factors for Bernoulli (as ln of products of FACTORS_PER_LOG)."""
     acc = 0.0
-    for j in range(terms.shape[0]):
+    D = terms.shape[0]
+    for j in range(D):
         acc += terms[j]
+    if lik == BERNOULLI:
+        for j0 in range(0, D, FACTORS_PER_LOG):
+            p = 1.0
+            for j in range(j0, min(j0 + FACTORS_PER_LOG, D)):
+                p *= factors[j]
+            acc -= math.log(p)
     return acc
 
 
@@ -699,7 +721,7 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_log
     in float64, for x (B, D) and E (K, B, J): the encoder once, the decoder on K·B rows
     (example i's samples at rows iK..iK+K−1), in T blocks of examples run in parallel, each
     on single-threaded BLAS.  The output head and the likelihood go LOG_P_ROWS rows at a
-    time, so the logits are read back from cache; terms is (T, D) float64 scratch."""
+    time, so the logits are read back from cache; terms is (T, 2, D) float64 scratch."""
     K, B, J = E.shape
     D = x.shape[1]
     d0 = n_enc + 2
@@ -728,8 +750,8 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_log
             out2 = H[io + n_out - 1]  # a per-example ln σ² head, else the output itself (unused)
             for r in range(a, b):
                 i = r // K
-                log_lik_terms(lik, H[io][r], out2[r], x[i], lik_logvar, tr)
-                log_px = sum_row(tr)
+                log_lik_terms(lik, H[io][r], out2[r], x[i], lik_logvar, tr[0], tr[1])
+                log_px = row_log_lik(lik, tr[0], tr[1])
                 k = r - i * K
                 sz = 0.0
                 hv = 0.0
