@@ -16,7 +16,9 @@ The ELBO's mathematics is :func:`npvae.engine.elbo_step`'s, term for term:
 
 Matrix products call BLAS from inside the compiled code (:func:`npvae.kernels.blas.gemm`:
 NumPy's bundled OpenBLAS where it is found, else numba's ``np.dot`` through SciPy's BLAS); exp, log1p and tanh are :mod:`npvae.kernels.vmath`'s, which LLVM vectorises.
-No loop here is compiled with ``reassoc`` (it would undo vmath's careful rounding); the
+Constant arguments of the shared functions are passed as ``np.int64(·)`` or ``np.bool_(·)``:
+a bare literal would make numba compile a second copy of the function for it (a slower
+first start, with no gain).  No loop here is compiled with ``reassoc`` (it would undo vmath's careful rounding); the
 sums that want it (a row's negative log-likelihood) are separate functions.  Adam is the
 engine's own kernel (``numba_impl.adam_rows``).
 
@@ -324,7 +326,7 @@ def heads_forward(h, Ws, bs, H, k0, n, r0, r1):
     for k in range(k0, k0 + n):
         y = H[k][r0:r1]
         gemm(h, Ws[k], y)
-        bias_act(y, bs[k], IDENTITY)
+        bias_act(y, bs[k], np.int64(IDENTITY))
 
 
 @_elementwise
@@ -360,7 +362,7 @@ def heads_backward(h, Ws, GWs, Gbs, H, k0, n, dh, tmp, r0, r1):
     weight and bias gradients, and dL/dh = Σ_heads d Wᵀ into dh (tmp a scratch of its shape)."""
     for k in range(k0, k0 + n):
         d = H[k][r0:r1]
-        act_backward_bias_grad(d, d, IDENTITY, Gbs[k])
+        act_backward_bias_grad(d, d, np.int64(IDENTITY), Gbs[k])
         gemm(h.T, d, GWs[k])
         if k == k0:
             gemm(d, Ws[k].T, dh)
@@ -375,11 +377,11 @@ def likelihood_rows(lik, out, x, w, terms, nll, H, io, r0, r1, lik_logvar, lik_d
     if lik == BERNOULLI:
         bernoulli(out, x, w, terms)
     elif lik == GAUSSIAN_FIXED:
-        gaussian(out, x, lik_logvar.reshape((1, -1)), False, w, terms, lik_dlogvar, 0)
+        gaussian(out, x, lik_logvar.reshape((1, -1)), np.bool_(False), w, terms, lik_dlogvar, np.int64(0))
     elif lik == GAUSSIAN_PER_EXAMPLE:
-        gaussian(out, x, H[io + 1][r0:r1], True, w, terms, lik_dlogvar, 2)
+        gaussian(out, x, H[io + 1][r0:r1], np.bool_(True), w, terms, lik_dlogvar, np.int64(2))
     else:
-        gaussian(out, x, lik_logvar.reshape((1, -1)), False, w, terms, lik_dlogvar, 1)
+        gaussian(out, x, lik_logvar.reshape((1, -1)), np.bool_(False), w, terms, lik_dlogvar, np.int64(1))
     row_sums(terms, nll)
 
 
@@ -399,8 +401,8 @@ def forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_de
     gather_binarize(X, rows[r0:r1], U[r0:r1], dynamic, x)
     eps = E[r0:r1]
     zr, sr, klr, nr = z[r0:r1], std[r0:r1], kl[r0:r1], nll[r0:r1]
-    h_enc = chain_forward(x, Ws, bs, acts, H, 0, n_enc, r0, r1)
-    heads_forward(h_enc, Ws, bs, H, n_enc, 2, r0, r1)
+    h_enc = chain_forward(x, Ws, bs, acts, H, np.int64(0), n_enc, r0, r1)
+    heads_forward(h_enc, Ws, bs, H, n_enc, np.int64(2), r0, r1)
     mu, lv = H[n_enc][r0:r1], H[iv][r0:r1]
     reparam_kl(mu, lv, eps, zr, sr, klr)
     h_dec = chain_forward(zr, Ws, bs, acts, H, d0, io, r0, r1)
@@ -415,7 +417,7 @@ def forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_de
     dmu, dlv = dH[n_enc][r0:r1], dH[iv][r0:r1]
     dh = dH[io - 1][r0:r1] if n_dec > 0 else dmu
     heads_backward(h_dec, Ws, GWs, Gbs, H, io, n_out, dh, tmp_dec[r0:r1], r0, r1)
-    chain_backward(Ws, GWs, Gbs, acts, H, dH, d0, io, zr, dmu, True, r0, r1)
+    chain_backward(Ws, GWs, Gbs, acts, H, dH, d0, io, zr, dmu, np.bool_(True), r0, r1)
     reparam_kl_backward(dmu, eps, sr, mu, lv, beta * w, dmu, dlv)
     posterior_backward(x, h_enc, Ws, GWs, Gbs, acts, H, dH, n_enc, tmp_enc, r0, r1)
     return rec + beta * klsum, rec, klsum
@@ -426,8 +428,8 @@ def posterior_backward(x, h_enc, Ws, GWs, Gbs, acts, H, dH, n_enc, tmp_enc, r0, 
     """From dμ, dv (dH[n_enc], dH[n_enc + 1] rows) through the heads and the encoder."""
     iv = n_enc + 1
     dmu, dlv = dH[n_enc][r0:r1], dH[iv][r0:r1]
-    act_backward_bias_grad(dmu, dmu, IDENTITY, Gbs[n_enc])
-    act_backward_bias_grad(dlv, dlv, IDENTITY, Gbs[iv])
+    act_backward_bias_grad(dmu, dmu, np.int64(IDENTITY), Gbs[n_enc])
+    act_backward_bias_grad(dlv, dlv, np.int64(IDENTITY), Gbs[iv])
     gemm(h_enc.T, dmu, GWs[n_enc])
     gemm(h_enc.T, dlv, GWs[iv])
     if n_enc > 0:
@@ -436,7 +438,7 @@ def posterior_backward(x, h_enc, Ws, GWs, Gbs, acts, H, dH, n_enc, tmp_enc, r0, 
         gemm(dmu, Ws[n_enc].T, de)
         gemm(dlv, Ws[iv].T, te)
         add_into(de, te)
-        chain_backward(Ws, GWs, Gbs, acts, H, dH, 0, n_enc, x, x, False, r0, r1)
+        chain_backward(Ws, GWs, Gbs, acts, H, dH, np.int64(0), n_enc, x, x, np.bool_(False), r0, r1)
 
 
 @_elementwise
@@ -461,8 +463,8 @@ def iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc,
     R0, R1 = r0 * K, r1 * K
     x = xb[r0:r1]
     gather_binarize(X, rows[r0:r1], U[r0:r1], dynamic, x)
-    h_enc = chain_forward(x, Ws, bs, acts, H, 0, n_enc, r0, r1)
-    heads_forward(h_enc, Ws, bs, H, n_enc, 2, r0, r1)
+    h_enc = chain_forward(x, Ws, bs, acts, H, np.int64(0), n_enc, r0, r1)
+    heads_forward(h_enc, Ws, bs, H, n_enc, np.int64(2), r0, r1)
     mu, lv = H[n_enc][r0:r1], H[iv][r0:r1]
     sr = std[r0:r1]
     klsum = 0.0
@@ -530,7 +532,7 @@ def iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc,
     dz_rows = dzk[R0:R1]
     dh = dH[io - 1][R0:R1] if n_dec > 0 else dz_rows
     heads_backward(h_dec, Ws, GWs, Gbs, H, io, n_out, dh, tmp_dec[R0:R1], R0, R1)
-    chain_backward(Ws, GWs, Gbs, acts, H, dH, d0, io, zr, dz_rows, True, R0, R1)
+    chain_backward(Ws, GWs, Gbs, acts, H, dH, d0, io, zr, dz_rows, np.bool_(True), R0, R1)
     # −∂ ln p(z)/∂z = z, weighted; then through z = μ + σ ε, summed over the K samples
     dmu, dlv = dH[n_enc][r0:r1], dH[iv][r0:r1]
     for i in range(r1 - r0):
@@ -732,8 +734,8 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_log
         r0 = t * B // T
         r1 = (t + 1) * B // T
         R0, R1 = r0 * K, r1 * K
-        h_enc = chain_forward(x[r0:r1], Ws, bs, acts, H, 0, n_enc, r0, r1)
-        heads_forward(h_enc, Ws, bs, H, n_enc, 2, r0, r1)
+        h_enc = chain_forward(x[r0:r1], Ws, bs, acts, H, np.int64(0), n_enc, r0, r1)
+        heads_forward(h_enc, Ws, bs, H, n_enc, np.int64(2), r0, r1)
         mu, lv = H[n_enc][r0:r1], H[n_enc + 1][r0:r1]
         for i in range(r1 - r0):
             for j in range(J):
