@@ -17,8 +17,9 @@ The ELBO's mathematics is :func:`npvae.engine.elbo_step`'s, term for term:
 Matrix products call BLAS from inside the compiled code (:func:`npvae.kernels.blas.gemm`:
 NumPy's bundled OpenBLAS where it is found, else numba's ``np.dot`` through SciPy's BLAS); exp, log1p and tanh are :mod:`npvae.kernels.vmath`'s, which LLVM vectorises.
 Constant arguments of the shared functions are passed as ``np.int64(·)`` or ``np.bool_(·)``:
-a bare literal would make numba compile a second copy of the function for it (a slower
-first start, with no gain).  No loop here is compiled with ``reassoc`` (it would undo vmath's careful rounding); the
+a bare literal makes numba compile a copy of the function for it (a slower first start);
+except :func:`gaussian`'s, whose literal mode lets LLVM drop the branches from its
+per-element loop (measured: 16-64-64-4 steps 7% faster).  No loop here is compiled with ``reassoc`` (it would undo vmath's careful rounding); the
 sums that want it (a row's negative log-likelihood) are separate functions.  Adam is the
 engine's own kernel (``numba_impl.adam_rows``).
 
@@ -377,11 +378,11 @@ def likelihood_rows(lik, out, x, w, terms, nll, H, io, r0, r1, lik_logvar, lik_d
     if lik == BERNOULLI:
         bernoulli(out, x, w, terms)
     elif lik == GAUSSIAN_FIXED:
-        gaussian(out, x, lik_logvar.reshape((1, -1)), np.bool_(False), w, terms, lik_dlogvar, np.int64(0))
+        gaussian(out, x, lik_logvar.reshape((1, -1)), False, w, terms, lik_dlogvar, 0)
     elif lik == GAUSSIAN_PER_EXAMPLE:
-        gaussian(out, x, H[io + 1][r0:r1], np.bool_(True), w, terms, lik_dlogvar, np.int64(2))
+        gaussian(out, x, H[io + 1][r0:r1], True, w, terms, lik_dlogvar, 2)
     else:
-        gaussian(out, x, lik_logvar.reshape((1, -1)), np.bool_(False), w, terms, lik_dlogvar, np.int64(1))
+        gaussian(out, x, lik_logvar.reshape((1, -1)), False, w, terms, lik_dlogvar, 1)
     row_sums(terms, nll)
 
 
