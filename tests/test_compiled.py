@@ -340,6 +340,14 @@ def test_compiled_bernoulli_log_weights_take_logs_of_products_in_range(case, dty
         assert np.max(np.abs(want - got)) < 1e-12 * max(1.0, np.max(np.abs(want)) / 100)
     else:
         assert rel(want, got) < 1e-5
+    # and the intended mathematics: the logits do not depend on z, so against the same model
+    # with logits 0 (ln p(x|z) = −D ln 2) ln w moves by exactly Σ_j [x l − softplus(l)] + D ln 2
+    l = m.params["decoder.out.b"].astype(np.float64)
+    m.params["decoder.out.b"][...] = 0.0
+    shift = got - compiled.log_weights(m, x, eps)
+    exact = float(np.sum(x_row * l - np.logaddexp(0.0, l))) + D * np.log(2.0)
+    tol = 1e-9 if dtype == np.float64 else 2e-3 * max(1.0, abs(exact) / 100)
+    assert np.max(np.abs(shift - exact)) < tol, (shift, exact)
 
 
 def test_log_likelihood_takes_the_compiled_weights_and_agrees(monkeypatch):
