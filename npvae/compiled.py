@@ -215,7 +215,8 @@ class AdamSteps:
                 U=e(S, B, D) if self.dynamic else e(S, 1, 1), E=e(S, K1, B, J),
                 H=H, dH=dH, xb=e(B, D), z=e(R, J), std=e(B, J), kl=np.empty(B), terms=e(R, D), nll=np.empty(R),
                 tmp_dec=e(R, plan.h_dec), tmp_enc=e(B, plan.h_enc),
-                xk=e(R if self.K else 1, D), lw=np.empty((B, K1)), dzk=e(R if self.K else 1, J),
+                xk=e(R, D) if self.K else None, lw=np.empty((B, K1)) if self.K else None,
+                dzk=e(R, J) if self.K else None,
                 adam_c=e(S, 9), betas=np.empty(S),
                 losses=np.empty(S), recs=np.empty(S), kls=np.empty(S), norms=np.empty(S))
             self._bufs[key] = bufs
@@ -249,7 +250,8 @@ class AdamSteps:
         common = (self.K, self.estimator, x, idx, U, E, self.dynamic, self.Ws, self.bs)
         buffers = (b["H"], b["dH"], b["xb"], b["z"], b["std"], b["kl"], b["terms"], b["nll"], b["tmp_dec"],
                    b["tmp_enc"], self.lik, self.lik_logvar)
-        iwae = (b["xk"], b["lw"], b["dzk"])
+        # None for the ELBO: numba then compiles the ELBO step alone (see step.step_block)
+        iwae = (b["xk"], b["lw"], b["dzk"]) if self.K else (None, None, None)
         outs = (b["losses"], b["recs"], b["kls"], b["norms"])
         if T <= 1:
             n_done = self._step.adam_steps(

@@ -576,9 +576,12 @@ def clip_factor(norm, clip):
 @_elementwise
 def step_block(K, est, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl, terms, nll,
                tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1, xk, lw, dzk):
-    """The ELBO step (K = 0; E (1, B, J)) or the K-sample importance-weighted step (E (K, B, J))
-    over the rows r0:r1; returns their Σ loss, Σ reconstruction, Σ KL."""
-    if K == 0:
+    """The ELBO step (``lw`` None; E (1, B, J)) or the K-sample importance-weighted step
+    (E (K, B, J)) over the rows r0:r1; returns their Σ loss, Σ reconstruction, Σ KL.
+
+    ``lw is None`` is decided when numba compiles: a None argument prunes the other branch,
+    so an ELBO run does not compile the importance-weighted step (3 s of a cold start)."""
+    if lw is None:
         return forward_backward(X, rows, U, E[0], dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std,
                                 kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1)
     return iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std,
@@ -591,7 +594,8 @@ def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_d
                terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, xk, lw, dzk, betas, adam_c, clip,
                P, G, M, V, losses, recs, kls, norms):
     """Run S = len(idx) steps with Adam on one thread (BLAS may use its own): the ELBO
-    (K = 0) or the K-sample importance-weighted bound.  Returns the number of steps done.
+    (K = 0; xk, lw and dzk None) or the K-sample importance-weighted bound (xk (K B, D),
+    lw (B, K), dzk (K B, J) its buffers).  Returns the number of steps done.
 
     X (N, D) the data, idx (S, B) the rows of each step, U (S, B, D) the binarisation
     uniforms, E (S, max(K, 1), B, J) the ε of each step, betas (S,) the KL weights, adam_c
