@@ -18,6 +18,7 @@ start to end, and is bit-identical to itself from run to run and across resume.
 from __future__ import annotations
 
 import math
+import weakref
 
 import numba
 import numpy as np
@@ -291,12 +292,27 @@ def log_weights(model, x, eps):
     lik, logvar = _likelihood_code(model.likelihood, D, dt)
     if logvar is None:
         logvar = P["likelihood.logvar"]
-    H = typed([np.empty((B if k < d0 else K * B, s[3]), dt) for k, s in enumerate(stages)])
-    lw = np.empty((K, B))
     T = max(1, min(BLOCKS, B))
+    # the scratch of this model's last shapes, kept: a chunked ln p(x) calls this with the same
+    # shapes chunk after chunk, and fresh buffers cost their page faults every call (measured)
+    kept = _LOG_WEIGHTS_SCRATCH.get(model)
+    if kept is None or kept[0] != (K, B, dt):
+        io = d0 + n_dec  # the output head(s): T pieces of step.LOG_P_ROWS rows (see step.log_weights)
+        rows = lambda k: B if k < d0 else (K * B if k < io else T * step.LOG_P_ROWS)
+        kept = ((K, B, dt), typed([np.empty((rows(k), s[3]), dt) for k, s in enumerate(stages)]),
+                np.empty((B, J), dt), np.empty((K * B, J), dt), np.empty((T, 2, D)))
+        _LOG_WEIGHTS_SCRATCH[model] = kept
+    _, H, std, z, terms = kept
+    lw = np.empty((K, B))
     with threads.limited(blas=1, numba=max(1, min(T, threads.get_threads()["blas"], numba.config.NUMBA_NUM_THREADS))):
         step.log_weights(np.ascontiguousarray(x, dtype=dt), np.ascontiguousarray(eps, dtype=dt),
                          typed([P[s[0]] for s in stages]), typed([P[s[1]] for s in stages]),
-                         np.array([s[2] for s in stages], dtype=np.int64), n_enc, n_dec, H, np.empty((B, J), dt),
-                         np.empty((K * B, J), dt), np.empty((T, 2, D)), lik, logvar, lw, T)
+                         np.array([s[2] for s in stages], dtype=np.int64), n_enc, n_dec, H, std, z, terms, lik,
+                         logvar, lw, T)
     return lw
+
+
+# per model, the scratch of log_weights' last shapes ((K, B, dtype), H, std, z, terms); a
+# model's calls share it, so one model is not evaluated from several threads at once (as with
+# the engine path's workspaces, npvae.VAE.workspaces)
+_LOG_WEIGHTS_SCRATCH = weakref.WeakKeyDictionary()

@@ -728,7 +728,9 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_log
     in float64, for x (B, D) and E (K, B, J): the encoder once, the decoder on K·B rows
     (example i's samples at rows iK..iK+K−1), in T blocks of examples run in parallel, each
     on single-threaded BLAS.  The output head and the likelihood go LOG_P_ROWS rows at a
-    time, so the logits are read back from cache; terms is (T, 2, D) float64 scratch."""
+    time, so the logits are read back from cache: the output head's H holds T pieces of
+    LOG_P_ROWS rows (block t's at rows t·LOG_P_ROWS on), not K·B rows; terms is (T, 2, D)
+    float64 scratch."""
     K, B, J = E.shape
     D = x.shape[1]
     d0 = n_enc + 2
@@ -751,13 +753,14 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_log
                     z[r, j] = mu[i, j] + std[r0 + i, j] * E[k, r0 + i, j]
         h_dec = chain_forward(z[R0:R1], Ws, bs, acts, H, d0, io, R0, R1)
         tr = terms[t]
+        p0 = t * LOG_P_ROWS  # block t's piece of the output head's rows
         for a in range(R0, R1, LOG_P_ROWS):
             b = min(a + LOG_P_ROWS, R1)
-            heads_forward(h_dec[a - R0:b - R0], Ws, bs, H, io, n_out, a, b)
+            heads_forward(h_dec[a - R0:b - R0], Ws, bs, H, io, n_out, p0, p0 + b - a)
             out2 = H[io + n_out - 1]  # a per-example ln σ² head, else the output itself (unused)
             for r in range(a, b):
                 i = r // K
-                log_lik_terms(lik, H[io][r], out2[r], x[i], lik_logvar, tr[0], tr[1])
+                log_lik_terms(lik, H[io][p0 + r - a], out2[p0 + r - a], x[i], lik_logvar, tr[0], tr[1])
                 log_px = row_log_lik(lik, tr[0], tr[1])
                 k = r - i * K
                 sz = 0.0
