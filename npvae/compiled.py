@@ -297,8 +297,8 @@ def log_weights(model, x, eps):
     # shapes chunk after chunk, and fresh buffers cost their page faults every call (measured)
     kept = _LOG_WEIGHTS_SCRATCH.get(model)
     if kept is None or kept[0] != (K, B, dt):
-        io = d0 + n_dec  # the output head(s): T pieces of step.LOG_P_ROWS rows (see step.log_weights)
-        rows = lambda k: B if k < d0 else (K * B if k < io else T * step.LOG_P_ROWS)
+        io = d0 + n_dec  # the decoder: T pieces of DEC_ROWS (LOG_P_ROWS) rows (see step.log_weights)
+        rows = lambda k: B if k < d0 else T * (step.DEC_ROWS if k < io else step.LOG_P_ROWS)
         kept = ((K, B, dt), typed([np.empty((rows(k), s[3]), dt) for k, s in enumerate(stages)]),
                 np.empty((B, J), dt), np.empty((K * B, J), dt), np.empty((T, 2, D)))
         _LOG_WEIGHTS_SCRATCH[model] = kept

@@ -317,14 +317,15 @@ def test_compiled_log_weights_equal_the_engines(dtype, lik, hidden, act, B, K, s
 
 @pytest.mark.parametrize("lik", LIKELIHOODS, ids=lambda v: f"{v[0]}-{v[1].get('sigma', '')}")
 def test_compiled_log_weights_in_pieces_with_kept_scratch(lik):
-    """Blocks of more than LOG_P_ROWS decoder rows (the output head goes in pieces, the last
-    one partial), and the scratch kept between calls: calls of the same shapes with new ε, a
-    call of other shapes, then the first shapes again, each equal to the engine's."""
+    """Blocks of more than LOG_P_ROWS and more than DEC_ROWS decoder rows (the decoder and
+    its output head go in pieces, the last one partial), and the scratch kept between calls:
+    calls of the same shapes with new ε, calls of other shapes, then the first shapes again,
+    each equal to the engine's."""
     from npvae import estimators
     from npvae.kernels import step
     m = make_vae(10, 3, (7, 5), "mixed", likelihood=lik[0], seed=2, dtype=np.float64, **lik[1])
     rng = np.random.default_rng(0)
-    for B, K in ((5, 70), (5, 70), (4, 33), (1, 2 * step.LOG_P_ROWS + 1), (5, 70)):
+    for B, K in ((5, 70), (5, 70), (4, 33), (1, 2 * step.LOG_P_ROWS + 1), (3, 2 * step.DEC_ROWS + 5), (5, 70)):
         assert K * B // 2 > step.LOG_P_ROWS or B == 1
         x = (rng.random((B, 10)) if lik[0] == "bernoulli" else rng.standard_normal((B, 10)))
         eps = rng.standard_normal((K, B, 3))

@@ -720,6 +720,8 @@ def row_log_lik(lik, terms, factors):
 
 # rows of the output head computed and consumed at a time, while they are in cache
 LOG_P_ROWS = 64
+# rows of the decoder's hidden layers computed at a time (a multiple of LOG_P_ROWS)
+DEC_ROWS = 256
 
 
 @jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True, parallel=True)
@@ -727,10 +729,11 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_log
     """ln w[k, i] = ln p(x_i|z_ki) + ln p(z_ki) − ln q(z_ki|x_i), z_ki = μ_i + σ_i ε[k, i],
     in float64, for x (B, D) and E (K, B, J): the encoder once, the decoder on K·B rows
     (example i's samples at rows iK..iK+K−1), in T blocks of examples run in parallel, each
-    on single-threaded BLAS.  The output head and the likelihood go LOG_P_ROWS rows at a
-    time, so the logits are read back from cache: the output head's H holds T pieces of
-    LOG_P_ROWS rows (block t's at rows t·LOG_P_ROWS on), not K·B rows; terms is (T, 2, D)
-    float64 scratch."""
+    on single-threaded BLAS.  The decoder goes DEC_ROWS rows at a time, and its output head
+    and the likelihood LOG_P_ROWS rows at a time, so that each piece is read back from cache:
+    the decoder's H hold T pieces of DEC_ROWS rows and the output head's T pieces of
+    LOG_P_ROWS rows (block t's at row t·DEC_ROWS, t·LOG_P_ROWS), not K·B rows; terms is
+    (T, 2, D) float64 scratch."""
     K, B, J = E.shape
     D = x.shape[1]
     d0 = n_enc + 2
@@ -751,23 +754,26 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_log
                 r = (r0 + i) * K + k
                 for j in range(J):
                     z[r, j] = mu[i, j] + std[r0 + i, j] * E[k, r0 + i, j]
-        h_dec = chain_forward(z[R0:R1], Ws, bs, acts, H, d0, io, R0, R1)
         tr = terms[t]
         p0 = t * LOG_P_ROWS  # block t's piece of the output head's rows
-        for a in range(R0, R1, LOG_P_ROWS):
-            b = min(a + LOG_P_ROWS, R1)
-            heads_forward(h_dec[a - R0:b - R0], Ws, bs, H, io, n_out, p0, p0 + b - a)
-            out2 = H[io + n_out - 1]  # a per-example ln σ² head, else the output itself (unused)
-            for r in range(a, b):
-                i = r // K
-                log_lik_terms(lik, H[io][p0 + r - a], out2[p0 + r - a], x[i], lik_logvar, tr[0], tr[1])
-                log_px = row_log_lik(lik, tr[0], tr[1])
-                k = r - i * K
-                sz = 0.0
-                hv = 0.0
-                for j in range(J):
-                    zv = np.float64(z[r, j])
-                    ev = np.float64(E[k, i, j])
-                    sz += ev * ev - zv * zv
-                    hv += 0.5 * lv[i - r0, j]
-                lw[k, i] = log_px + 0.5 * sz + hv
+        q0 = t * DEC_ROWS  # and of the decoder's hidden layers' rows
+        for a0 in range(R0, R1, DEC_ROWS):
+            a1 = min(a0 + DEC_ROWS, R1)
+            h_dec = chain_forward(z[a0:a1], Ws, bs, acts, H, d0, io, q0, q0 + a1 - a0)
+            for a in range(a0, a1, LOG_P_ROWS):
+                b = min(a + LOG_P_ROWS, a1)
+                heads_forward(h_dec[a - a0:b - a0], Ws, bs, H, io, n_out, p0, p0 + b - a)
+                out2 = H[io + n_out - 1]  # a per-example ln σ² head, else the output itself (unused)
+                for r in range(a, b):
+                    i = r // K
+                    log_lik_terms(lik, H[io][p0 + r - a], out2[p0 + r - a], x[i], lik_logvar, tr[0], tr[1])
+                    log_px = row_log_lik(lik, tr[0], tr[1])
+                    k = r - i * K
+                    sz = 0.0
+                    hv = 0.0
+                    for j in range(J):
+                        zv = np.float64(z[r, j])
+                        ev = np.float64(E[k, i, j])
+                        sz += ev * ev - zv * zv
+                        hv += 0.5 * lv[i - r0, j]
+                    lw[k, i] = log_px + 0.5 * sz + hv
