@@ -245,8 +245,13 @@ def _train(args, finishing) -> int:
             raise UsageError(f"{out / 'standardizer.npz'} does not fit the data: {exc}") from None
     x_train, x_val, _, labels_val = split(cfg, x, labels)
     try:
-        model = npvae.VAE(x.shape[1], cfg["latent"], hidden=S.parse_widths(cfg["hidden"]),
-                          activation=cfg["activation"], likelihood=likelihood, seed=cfg["seed"],
+        hidden = S.parse_widths(cfg["hidden"])
+        if cfg["layer"] == "gated":  # the encoder's widths, mirrored by the decoder
+            net = dict(encoder=[npvae.layers.GatedDense(h) for h in hidden],
+                       decoder=[npvae.layers.GatedDense(h) for h in hidden[::-1]])
+        else:
+            net = dict(hidden=hidden, activation=cfg["activation"])
+        model = npvae.VAE(x.shape[1], cfg["latent"], likelihood=likelihood, seed=cfg["seed"], **net,
                           **({"sigma": cfg["sigma"] or 1.0} if likelihood == "gaussian" else {}))
         warmup = cfg["beta_warmup"] if cfg["objective"] == "elbo" else 0.0
         beta = npvae.LinearBeta(warmup, stop=cfg["beta"]) if warmup > 0 else cfg["beta"]

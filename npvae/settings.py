@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "identity")
+LAYERS = ("dense", "gated")
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 BINARIZE = ("none", "static", "dynamic")
 OBJECTIVES = ("elbo", "iwae", "iwae-dreg", "iwae-stl")
@@ -53,7 +54,7 @@ DEFAULTS_BY_KIND = {
 }
 COMMON_DEFAULTS = {
     "data": "ising", "data_key": None, "out": None, "likelihood": None, "beta": 1.0, "seed": 0,
-    "binarize": None, "objective": "elbo", "n_samples": 1, "val_fraction": 0.2,
+    "binarize": None, "objective": "elbo", "n_samples": 1, "val_fraction": 0.2, "layer": "dense",
     "free_bits": 0.0, "ising_L": 16, "ising_n_per_T": 200, "plots": True, "resume": False,
     "image_shape": None,
 }
@@ -68,7 +69,10 @@ SETTINGS: dict[str, Setting] = {
     "latent": Setting("int", "latent dimensions J", 1, 4096),
     "hidden": Setting("widths", "comma-separated hidden widths of the encoder, mirrored by the "
                                 "decoder, e.g. 400 or 256,128; 'none' for a linear model"),
-    "activation": Setting("choice", "hidden-layer activation", choices=ACTIVATIONS),
+    "activation": Setting("choice", "hidden-layer activation (of dense layers)", choices=ACTIVATIONS),
+    "layer": Setting("choice", "the hidden layers: dense (x W + b, then --activation) or gated "
+                               "((x W + b) ⊙ sigmoid(x V + c), the gated MLP of the published "
+                               "Fashion-MNIST likelihoods; twice the parameters)", choices=LAYERS),
     "likelihood": Setting("choice", "p(x|z) (default: bernoulli for data in [0, 1], "
                                     "gaussian otherwise)", choices=LIKELIHOODS),
     "sigma": Setting("sigma", "Gaussian likelihood only: a fixed σ (a number > 0), 'learned' "
@@ -306,6 +310,10 @@ def check_combination(cfg: dict, explicit: set, source: dict | None = None) -> N
          "does not apply to --objective iwae, a bound on ln p(x) that is never annealed"),
         ("beta", iwae and cfg["beta"] != 1.0, "must be 1 with --objective iwae (a bound on ln p(x))"),
         ("free_bits", iwae and cfg["free_bits"] > 0, "does not apply to --objective iwae"),
+        ("activation", cfg["layer"] == "gated", "applies to dense layers, and --layer gated's "
+                                                 "(x W + b) ⊙ sigmoid(x V + c) takes none"),
+        ("layer", cfg["layer"] == "gated" and parse_widths(cfg["hidden"]) == (),
+         "gated makes the hidden layers gated, and --hidden none has none"),
         ("binarize", cfg["likelihood"] == "gaussian" and cfg["binarize"] not in (None, "none"),
          "draws x ~ Bernoulli(x) for data in [0, 1], not for a gaussian likelihood"),
     ]
@@ -316,11 +324,16 @@ def check_combination(cfg: dict, explicit: set, source: dict | None = None) -> N
 
 def check_model_size(n_inputs: int, cfg: dict, limit: float = 2e8) -> None:
     """Refuse, before building it, a model with more parameters than ``limit``
-    (counted by :func:`npvae.model.parameter_count`, without allocating anything)."""
-    from .model import parameter_count
+    (counted by :func:`npvae.model.parameter_count`, or for gated layers
+    :func:`npvae.model.spec_parameter_count`, without allocating anything)."""
+    from .model import parameter_count, spec_parameter_count
     hidden = parse_widths(cfg["hidden"])
     sigma = cfg["sigma"] if cfg["likelihood"] == "gaussian" else None
-    count = parameter_count(n_inputs, cfg["latent"], hidden, cfg["likelihood"], sigma)
+    if cfg["layer"] == "gated":
+        specs = [{"type": "GatedDense", "n_out": h} for h in hidden]
+        count = spec_parameter_count(n_inputs, cfg["latent"], specs, specs[::-1], cfg["likelihood"], sigma)
+    else:
+        count = parameter_count(n_inputs, cfg["latent"], hidden, cfg["likelihood"], sigma)
     if count > limit:
         raise SettingsError(f"a model of widths {(n_inputs, *hidden)} -> {cfg['latent']} has {count:.3g} "
                             f"parameters, more than the command line builds ({limit:.0e}); use the "

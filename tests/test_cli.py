@@ -90,6 +90,8 @@ def test_evaluate_sample_and_gradcheck(tmp_path, capsys):
     (["train", "--objective", "iwae", "--beta-warmup", "3"], "--beta-warmup does not apply to --objective iwae"),
     (["train", "--objective", "iwae", "--beta", "0.5"], "--beta must be 1 with --objective iwae"),
     (["train", "--data-key", "x"], "--data-key chooses an array in an .npz file"),
+    (["train", "--layer", "gated", "--activation", "tanh"], "--activation applies to dense layers"),
+    (["train", "--layer", "gated", "--hidden", "none"], "--layer gated makes the hidden layers gated"),
     (["train", "--data", "fashion-mnist", "--ising-L", "8"], "--ising-L applies to the built-in Ising data only"),
     (["gradcheck", "--hidden", "abc"], "--hidden must be comma-separated"),
     (["train", "--beta-warmup", "nan"], "--beta-warmup must be a finite number"),
@@ -260,6 +262,40 @@ def test_resume_keeps_the_runs_settings_and_refuses_a_conflict_before_writing(tm
     straight = json.loads((tmp_path / "straight" / "history.json").read_text())["records"]
     strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]
     assert strip(resumed) == strip(straight)
+
+
+@pytest.mark.filterwarnings("ignore::npvae.diagnostics.PosteriorCollapseWarning")  # 2 epochs of tiny data
+def test_gated_layers_train_evaluate_resume_and_count(tmp_path, capsys):
+    """--layer gated builds GatedDense layers (encoder 8, 4; decoder mirrored), records the
+    choice, evaluates, resumes; a run whose config.toml predates the setting resumes dense."""
+    import npvae
+    from npvae import settings
+    assert cli.main(["train", *TINY_ISING, "--no-plots", "--layer", "gated", "--hidden", "8,4"]) == 0
+    run = tmp_path / "runs" / "ising"
+    assert read_toml(run / "config.toml")["layer"] == "gated"
+    m = npvae.load(run / "model.npz")
+    assert [(type(l).__name__, l.n_out) for l in m.encoder_layers] == [("GatedDense", 8), ("GatedDense", 4)]
+    assert [(type(l).__name__, l.n_out) for l in m.decoder_layers] == [("GatedDense", 4), ("GatedDense", 8)]
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run), "--n-samples", "20"]) == 0
+    assert "ln p(x) (K=20)" in capsys.readouterr().out
+    assert cli.main(["train", "--resume", "--out", str(run), "--epochs", "3", "--quiet", "--no-plots"]) == 0
+    assert type(npvae.load(run / "model.npz").encoder_layers[0]).__name__ == "GatedDense"
+    # the size check counts a gated layer's two weight matrices
+    cfg = dict(read_toml(run / "config.toml"), hidden="8,4")
+    n = sum(p.size for p in m.params.values())
+    settings.check_model_size(36, cfg, limit=n)
+    with pytest.raises(settings.SettingsError, match="parameters"):
+        settings.check_model_size(36, cfg, limit=n - 1)
+    dense = sum(p.size for p in npvae.VAE(36, 2, hidden=(8, 4)).params.values())
+    assert dense < n - 1
+    settings.check_model_size(36, dict(cfg, layer="dense"), limit=dense)
+    # a run written before --layer existed: its config.toml has no layer, and it is dense
+    assert cli.main(["train", *TINY_ISING, "--no-plots", "--out", "old"]) == 0
+    toml = (tmp_path / "old" / "config.toml")
+    toml.write_text("".join(l for l in toml.read_text().splitlines(True) if not l.startswith("layer")))
+    assert cli.main(["train", "--resume", "--out", "old", "--epochs", "3", "--quiet", "--no-plots"]) == 0
+    assert type(npvae.load(tmp_path / "old" / "model.npz").encoder_layers[0]).__name__ == "Dense"
 
 
 def test_resume_with_nothing_to_resume(tmp_path, capsys):
