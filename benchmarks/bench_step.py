@@ -298,6 +298,12 @@ def each_in_its_own_process(names, args):
             else:
                 results["configs"].update(one["configs"])
     results["each_config_in_its_own_process"] = True
+    print("\nAll configs (each measured in its own process):")
+    for name, res in results["configs"].items():
+        summ = res["summary"]
+        peers = "   ".join(f"npvae / {k[len('speedup_vs_'):]}: {v:.2f}x" for k, v in summ.items()
+                           if k.startswith("speedup_vs_"))
+        print(f"{name}: npvae step / GEMM floor {summ['step_over_floor']:.2f}x   {peers}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
@@ -316,6 +322,8 @@ def main(argv=None):
     if args.repeats < 5:
         ap.error("--repeats must be at least 5")
     names = args.configs.split(",")
+    if len(set(names)) != len(names) or not set(names) <= set(CONFIGS):
+        ap.error(f"--configs: distinct names of {', '.join(CONFIGS)}, comma-separated")
     if len(names) > 1 and not args.same_process:
         return each_in_its_own_process(names, args)
     have = {}

@@ -102,6 +102,8 @@ def _fill_data_defaults(cfg, explicit, lik_default, bin_default):
         cfg["binarize"] = "none"
     if cfg["likelihood"] != "gaussian" and "sigma" not in explicit:
         cfg["sigma"] = None
+    if cfg["layer"] == "gated" and "activation" not in explicit:
+        cfg["activation"] = None  # a gated layer has none: config.toml then leaves it out
     try:
         S.check_combination(cfg, explicit)
     except SettingsError as exc:

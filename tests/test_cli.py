@@ -288,8 +288,15 @@ def test_gated_layers_train_evaluate_resume_and_count(tmp_path, capsys):
     with pytest.raises(settings.SettingsError, match="parameters"):
         settings.check_model_size(36, cfg, limit=n - 1)
     dense = sum(p.size for p in npvae.VAE(36, 2, hidden=(8, 4)).params.values())
-    assert dense < n - 1
     settings.check_model_size(36, dict(cfg, layer="dense"), limit=dense)
+    with pytest.raises(settings.SettingsError, match="parameters"):
+        settings.check_model_size(36, dict(cfg, layer="dense"), limit=dense - 1)
+    # the run's own config.toml, given back, trains the same model (no activation written)
+    assert "activation" not in read_toml(run / "config.toml")
+    (tmp_path / "again.toml").write_text((run / "config.toml").read_text().replace(str(run), "again")
+                                         .replace("resume = true", "resume = false"))
+    assert cli.main(["train", "--config", "again.toml", "--quiet", "--no-plots"]) == 0
+    assert type(npvae.load(tmp_path / "again" / "model.npz").decoder_layers[1]).__name__ == "GatedDense"
     # a run written before --layer existed: its config.toml has no layer, and it is dense
     assert cli.main(["train", *TINY_ISING, "--no-plots", "--out", "old"]) == 0
     toml = (tmp_path / "old" / "config.toml")

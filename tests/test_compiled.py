@@ -320,16 +320,32 @@ def test_compiled_log_weights_in_pieces_with_kept_scratch(lik):
     """Blocks of more than LOG_P_ROWS and more than DEC_ROWS decoder rows (the decoder and
     its output head go in pieces, the last one partial), and the scratch kept between calls:
     calls of the same shapes with new ε, calls of other shapes, then the first shapes again,
-    each equal to the engine's."""
+    each equal to the engine's (the block t of B examples holds rows tB/2·K to (t+1)B/2·K)."""
     from npvae import estimators
     from npvae.kernels import step
     m = make_vae(10, 3, (7, 5), "mixed", likelihood=lik[0], seed=2, dtype=np.float64, **lik[1])
     rng = np.random.default_rng(0)
-    for B, K in ((5, 70), (5, 70), (4, 33), (1, 2 * step.LOG_P_ROWS + 1), (3, 2 * step.DEC_ROWS + 5), (5, 70)):
-        assert K * B // 2 > step.LOG_P_ROWS or B == 1
+    for B, K in ((5, 70), (5, 70), (5, 3), (4, 33), (1, 2 * step.LOG_P_ROWS + 1), (3, 2 * step.DEC_ROWS + 5),
+                 (5, 70)):
         x = (rng.random((B, 10)) if lik[0] == "bernoulli" else rng.standard_normal((B, 10)))
         eps = rng.standard_normal((K, B, 3))
         assert rel(estimators.log_weights(m, x, eps), compiled.log_weights(m, x, eps)) < 1e-12
+
+
+def test_compiled_log_weights_from_several_threads_on_one_model():
+    """Calls on one model from several threads share its scratch, one at a time: each equals
+    the engine's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from npvae import estimators
+    m = make_vae(10, 3, (7, 5), "relu", seed=4, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    x = rng.random((6, 10))
+    eps = [rng.standard_normal((300, 6, 3)) for _ in range(6)]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda e: compiled.log_weights(m, x, e), eps))
+    for e, g in zip(eps, got):
+        assert rel(estimators.log_weights(m, x, e), g) < 1e-12
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -731,9 +731,9 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_log
     (example i's samples at rows iK..iK+K−1), in T blocks of examples run in parallel, each
     on single-threaded BLAS.  The decoder goes DEC_ROWS rows at a time, and its output head
     and the likelihood LOG_P_ROWS rows at a time, so that each piece is read back from cache:
-    the decoder's H hold T pieces of DEC_ROWS rows and the output head's T pieces of
-    LOG_P_ROWS rows (block t's at row t·DEC_ROWS, t·LOG_P_ROWS), not K·B rows; terms is
-    (T, 2, D) float64 scratch."""
+    the decoder's H and z (T·DEC_ROWS, J) hold T pieces of DEC_ROWS rows and the output
+    head's T pieces of LOG_P_ROWS rows (block t's at row t·DEC_ROWS, t·LOG_P_ROWS), not K·B
+    rows, so the scratch does not depend on K; std is (B, J); terms is (T, 2, D) float64."""
     K, B, J = E.shape
     D = x.shape[1]
     d0 = n_enc + 2
@@ -750,16 +750,17 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_log
         for i in range(r1 - r0):
             for j in range(J):
                 std[r0 + i, j] = vmath.exp(0.5 * lv[i, j])
-            for k in range(K):
-                r = (r0 + i) * K + k
-                for j in range(J):
-                    z[r, j] = mu[i, j] + std[r0 + i, j] * E[k, r0 + i, j]
         tr = terms[t]
         p0 = t * LOG_P_ROWS  # block t's piece of the output head's rows
-        q0 = t * DEC_ROWS  # and of the decoder's hidden layers' rows
+        q0 = t * DEC_ROWS  # and of the decoder's and z's rows
         for a0 in range(R0, R1, DEC_ROWS):
             a1 = min(a0 + DEC_ROWS, R1)
-            h_dec = chain_forward(z[a0:a1], Ws, bs, acts, H, d0, io, q0, q0 + a1 - a0)
+            for r in range(a0, a1):  # z of rows a0:a1 (example i = r // K, its sample r − iK)
+                i = r // K
+                k = r - i * K
+                for j in range(J):
+                    z[q0 + r - a0, j] = mu[i - r0, j] + std[i, j] * E[k, i, j]
+            h_dec = chain_forward(z[q0:q0 + a1 - a0], Ws, bs, acts, H, d0, io, q0, q0 + a1 - a0)
             for a in range(a0, a1, LOG_P_ROWS):
                 b = min(a + LOG_P_ROWS, a1)
                 heads_forward(h_dec[a - a0:b - a0], Ws, bs, H, io, n_out, p0, p0 + b - a)
@@ -772,7 +773,7 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_log
                     sz = 0.0
                     hv = 0.0
                     for j in range(J):
-                        zv = np.float64(z[r, j])
+                        zv = np.float64(z[q0 + r - a0, j])
                         ev = np.float64(E[k, i, j])
                         sz += ev * ev - zv * zv
                         hv += 0.5 * lv[i - r0, j]
