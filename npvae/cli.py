@@ -110,6 +110,18 @@ def _fill_data_defaults(cfg, explicit, lik_default, bin_default):
         raise UsageError(str(exc)) from None
 
 
+def learning_rate(cfg, n_train):
+    """The run's learning rate: ``--lr``, or with ``--lr-schedule cosine`` a linear warm-up
+    over min(1000, a tenth of the run) steps, then a cosine from lr down to lr/10 at the last
+    of the run's --epochs × ⌈n_train / batch⌉ steps."""
+    import npvae
+    if cfg["lr_schedule"] == "constant":
+        return cfg["lr"]
+    total = cfg["epochs"] * -(-n_train // cfg["batch_size"])
+    cosine = npvae.schedules.Cosine(cfg["lr"], total, cfg["lr"] / 10)
+    return npvae.schedules.Warmup(cosine, max(1, min(S.COSINE_WARMUP_STEPS, total // 10)))
+
+
 def _compile_notice():
     if _RANK != 0:
         return
@@ -169,6 +181,10 @@ def _settings_for(args):
             raise UsageError(f"--{key.replace('_', '-')} {cfg[key]} conflicts with the run's {key} = "
                              f"{saved.get(key)!r}: a resumed run keeps its settings (only --epochs "
                              f"and --no-plots may change); start a new run with another --out instead")
+    if saved.get("lr_schedule") == "cosine" and "epochs" in explicit and cfg["epochs"] != saved.get("epochs"):
+        raise UsageError(f"--epochs {cfg['epochs']}: the run's cosine learning rate is planned over its "
+                         f"{saved.get('epochs')} epochs, so a resumed run keeps them (say --epochs "
+                         f"{saved.get('epochs')}, or start a new run with another --out)")
     resumed = dict(saved, out=str(out), resume=True)
     for key in ("epochs", "plots"):
         if key in explicit:
@@ -261,7 +277,7 @@ def _train(args, finishing) -> int:
         raise UsageError(str(exc)) from None
 
     def train():
-        return npvae.fit(model, x_train, x_val=x_val, optimizer=npvae.Adam(lr=cfg["lr"]),
+        return npvae.fit(model, x_train, x_val=x_val, optimizer=npvae.Adam(lr=learning_rate(cfg, len(x_train))),
                          epochs=cfg["epochs"], batch_size=cfg["batch_size"], beta=beta,
                          seed=cfg["seed"], binarize=None if binarize == "none" else binarize,
                          checkpoint_dir=out / "checkpoints", resume=cfg["resume"],

@@ -18,6 +18,8 @@ from pathlib import Path
 
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "identity")
 LAYERS = ("dense", "gated")
+LR_SCHEDULES = ("constant", "cosine")
+COSINE_WARMUP_STEPS = 1000  # at most; and at most a tenth of the run
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 BINARIZE = ("none", "static", "dynamic")
 OBJECTIVES = ("elbo", "iwae", "iwae-dreg", "iwae-stl")
@@ -55,6 +57,7 @@ DEFAULTS_BY_KIND = {
 COMMON_DEFAULTS = {
     "data": "ising", "data_key": None, "out": None, "likelihood": None, "beta": 1.0, "seed": 0,
     "binarize": None, "objective": "elbo", "n_samples": 1, "val_fraction": 0.2, "layer": "dense",
+    "lr_schedule": "constant",
     "free_bits": 0.0, "ising_L": 16, "ising_n_per_T": 200, "plots": True, "resume": False,
     "image_shape": None,
 }
@@ -78,6 +81,10 @@ SETTINGS: dict[str, Setting] = {
     "sigma": Setting("sigma", "Gaussian likelihood only: a fixed σ (a number > 0), 'learned' "
                               "(one σ per feature) or 'per_example' (a decoder head)"),
     "lr": Setting("float", "Adam's learning rate", 0.0, 10.0, above=True),
+    "lr_schedule": Setting("choice", "constant (--lr throughout), or cosine: --lr reached by a "
+                                     "linear warm-up over the first 1000 steps (at most a tenth of "
+                                     "the run), then a cosine down to --lr/10 at the end of --epochs "
+                                     "(so a resumed cosine run keeps its --epochs)", choices=LR_SCHEDULES),
     "beta": Setting("float", "the β that the KL weight reaches (after the warm-up)", 0.0, 1e6),
     "beta_warmup": Setting("float", "epochs over which β rises linearly from 0 to --beta "
                                     "(0: β is constant)", 0.0, 1e6),

@@ -564,11 +564,11 @@ def test_concurrent_runs_into_one_folder(tmp_path):
 # ----------------------------------------------------------------------------------------
 VALUES = ["-1", "0", "1", "2", "3", "1e9", "1e400", "nan", "inf", "-inf", "abc", "", " ", "4,x", ",,,", "none",
           "0.5", "0.999", "1.5", "2x2", "28x28", "learned", "per_example", "elbo", "iwae", "bernoulli",
-          "gaussian", "dynamic", "static", "relu", "swish", "gated", "dense", "ising", "fashion-mnist", "nope.npy", "t.csv",
+          "gaussian", "dynamic", "static", "relu", "swish", "gated", "dense", "cosine", "ising", "fashion-mnist", "nope.npy", "t.csv",
           "t.npy", "two.npz", "bad.toml", "dir", "fifo.npz", "runs/none", "r", "\x00", "é", "--", "-"]
 FLAGS = {
     "train": ["--data", "--data-key", "--out", "--epochs", "--batch-size", "--latent", "--hidden",
-              "--activation", "--layer", "--likelihood", "--sigma", "--lr", "--beta", "--beta-warmup", "--free-bits",
+              "--activation", "--layer", "--lr-schedule", "--likelihood", "--sigma", "--lr", "--beta", "--beta-warmup", "--free-bits",
               "--objective", "--n-samples", "--binarize", "--val-fraction", "--seed", "--ising-L",
               "--ising-n-per-T", "--image-shape", "--config", "--no-plots", "--resume", "--quiet", "--bogus"],
     "evaluate": ["--n-samples", "--max-examples", "--quiet", "--bogus"],

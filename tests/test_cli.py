@@ -305,6 +305,32 @@ def test_gated_layers_train_evaluate_resume_and_count(tmp_path, capsys):
     assert type(npvae.load(tmp_path / "old" / "model.npz").encoder_layers[0]).__name__ == "Dense"
 
 
+def test_cosine_learning_rate_follows_its_plan_and_keeps_its_epochs(tmp_path, capsys):
+    """--lr-schedule cosine: each epoch's recorded lr (its last step's) is the warm-up and
+    cosine over the run's steps, ending near lr/10; a resume may not change --epochs."""
+    import math
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32))
+    common = ["--data", "t.npy", "--quiet", "--no-plots", "--hidden", "8", "--latent", "2", "--val-fraction", "0.2",
+              "--batch-size", "16", "--lr", "0.002"]
+    assert cli.main(["train", *common, "--epochs", "3", "--lr-schedule", "cosine"]) == 0
+    run = tmp_path / "runs" / "t"
+    cfg = read_toml(run / "config.toml")
+    assert cfg["lr_schedule"] == "cosine"
+    sched = cli.learning_rate(cfg, 80)  # 80 training rows: 5 steps an epoch, 15 in all, warm-up 1
+    assert sched.steps == 1 and sched.after.total == 15
+    lrs = [r["lr"] for r in json.loads((run / "history.json").read_text())["records"]]
+    assert lrs == [sched(5 * e - 1) for e in (1, 2, 3)]
+    assert lrs[-1] == pytest.approx(0.0002 + 0.0009 * (1 + math.cos(math.pi * 14 / 15)), rel=1e-12)
+    assert lrs[0] > lrs[1] > lrs[2] > 0.0002
+    assert cli.learning_rate(dict(cfg, lr_schedule="constant"), 80) == 0.002
+    # a long run: the warm-up is 1000 steps, and lr(0) is lr/1000
+    long = cli.learning_rate(dict(cfg, epochs=4000), 80)
+    assert long.steps == 1000 and long(0) == pytest.approx(0.002 / 1000)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(run), "--epochs", "4", "--quiet"]) == 2
+    assert "cosine learning rate is planned over its 3 epochs" in capsys.readouterr().err
+
+
 def test_resume_with_nothing_to_resume(tmp_path, capsys):
     assert cli.main(["train", *TINY_ISING, "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
