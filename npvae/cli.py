@@ -110,6 +110,16 @@ def _fill_data_defaults(cfg, explicit, lik_default, bin_default):
         raise UsageError(str(exc)) from None
 
 
+def hidden_layers(hidden, layer, activation) -> dict:
+    """npvae.VAE's arguments for the hidden widths (the encoder's, mirrored by the decoder):
+    dense layers with the activation, or every one a GatedDense."""
+    import npvae
+    if layer == "gated":
+        return dict(encoder=[npvae.layers.GatedDense(h) for h in hidden],
+                    decoder=[npvae.layers.GatedDense(h) for h in hidden[::-1]])
+    return dict(hidden=hidden, activation=activation)
+
+
 def learning_rate(cfg, n_train):
     """The run's learning rate: ``--lr``, or with ``--lr-schedule cosine`` a linear warm-up
     over min(1000, a tenth of the run) steps, then a cosine from lr down to lr/10 at the last
@@ -263,12 +273,7 @@ def _train(args, finishing) -> int:
             raise UsageError(f"{out / 'standardizer.npz'} does not fit the data: {exc}") from None
     x_train, x_val, _, labels_val = split(cfg, x, labels)
     try:
-        hidden = S.parse_widths(cfg["hidden"])
-        if cfg["layer"] == "gated":  # the encoder's widths, mirrored by the decoder
-            net = dict(encoder=[npvae.layers.GatedDense(h) for h in hidden],
-                       decoder=[npvae.layers.GatedDense(h) for h in hidden[::-1]])
-        else:
-            net = dict(hidden=hidden, activation=cfg["activation"])
+        net = hidden_layers(S.parse_widths(cfg["hidden"]), cfg["layer"], cfg["activation"])
         model = npvae.VAE(x.shape[1], cfg["latent"], likelihood=likelihood, seed=cfg["seed"], **net,
                           **({"sigma": cfg["sigma"] or 1.0} if likelihood == "gaussian" else {}))
         warmup = cfg["beta_warmup"] if cfg["objective"] == "elbo" else 0.0
@@ -511,9 +516,14 @@ def cmd_gradcheck(args) -> int:
         raise UsageError("--n-samples is the iwae objective's K: add --objective iwae")
     if args.objective != "elbo" and args.beta != 1.0:
         raise UsageError("--beta must be 1 with --objective iwae (a bound on ln p(x))")
+    if args.layer == "gated" and args.activation is not None:
+        raise UsageError("--activation applies to dense layers, and --layer gated's (x W + b) ⊙ sigmoid(x V + c) "
+                         "takes none")
+    if args.layer == "gated" and not hidden:
+        raise UsageError("--layer gated makes the hidden layers gated, and --hidden none has none")
     try:
-        model = npvae.VAE(args.inputs, args.latent, hidden=hidden, activation=args.activation,
-                          likelihood=args.likelihood, dtype=np.float64, seed=args.seed,
+        model = npvae.VAE(args.inputs, args.latent, likelihood=args.likelihood, dtype=np.float64, seed=args.seed,
+                          **hidden_layers(hidden, args.layer, args.activation or "tanh"),
                           **({"sigma": sigma} if args.likelihood == "gaussian" and sigma is not None else {}))
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
@@ -633,7 +643,9 @@ def build_parser():
     g.add_argument("--inputs", type=_bounded(int, 1, 4096), default=6, help="data dimension D (default: 6)")
     g.add_argument("--latent", type=_bounded(int, 1, 256), default=2, help="latent dimension J (default: 2)")
     g.add_argument("--hidden", default="5", help="hidden widths, e.g. 5 or 8,4; 'none' for linear (default: 5)")
-    g.add_argument("--activation", choices=S.ACTIVATIONS, default="tanh", help="(default: tanh)")
+    g.add_argument("--activation", choices=S.ACTIVATIONS, help="of dense layers (default: tanh)")
+    g.add_argument("--layer", choices=S.LAYERS, default="dense",
+                   help="dense, or gated: (x W + b) ⊙ sigmoid(x V + c) (default: dense)")
     g.add_argument("--likelihood", choices=S.LIKELIHOODS, default="bernoulli", help="(default: bernoulli)")
     g.add_argument("--sigma", help="gaussian only: a number > 0, 'learned' or 'per_example' (default: 1.0)")
     g.add_argument("--objective", choices=S.EXACT_GRADIENT_OBJECTIVES, default="elbo",

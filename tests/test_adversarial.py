@@ -573,7 +573,7 @@ FLAGS = {
               "--ising-n-per-T", "--image-shape", "--config", "--no-plots", "--resume", "--quiet", "--bogus"],
     "evaluate": ["--n-samples", "--max-examples", "--quiet", "--bogus"],
     "sample": ["--n", "--seed", "--mean", "--out", "--bogus"],
-    "gradcheck": ["--inputs", "--latent", "--hidden", "--activation", "--likelihood", "--sigma", "--objective",
+    "gradcheck": ["--inputs", "--latent", "--hidden", "--activation", "--layer", "--likelihood", "--sigma", "--objective",
                   "--n-samples", "--batch", "--beta", "--seed", "--bogus"],
 }
 CHEAP = {"train": ["--epochs", "1", "--ising-L", "4", "--ising-n-per-T", "3", "--no-plots", "--quiet"],

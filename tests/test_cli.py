@@ -75,6 +75,10 @@ def test_evaluate_sample_and_gradcheck(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "PASS" in out and "likelihood.logvar" in out
     assert cli.main(["gradcheck", "--objective", "iwae", "--n-samples", "3"]) == 0
+    capsys.readouterr()
+    assert cli.main(["gradcheck", "--layer", "gated", "--hidden", "5,3"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "encoder.0.V" in out and "decoder.1.c" in out
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -92,6 +96,8 @@ def test_evaluate_sample_and_gradcheck(tmp_path, capsys):
     (["train", "--data-key", "x"], "--data-key chooses an array in an .npz file"),
     (["train", "--layer", "gated", "--activation", "tanh"], "--activation applies to dense layers"),
     (["train", "--layer", "gated", "--hidden", "none"], "--layer gated makes the hidden layers gated"),
+    (["gradcheck", "--layer", "gated", "--activation", "elu"], "--activation applies to dense layers"),
+    (["gradcheck", "--layer", "gated", "--hidden", "none"], "--layer gated makes the hidden layers gated"),
     (["train", "--data", "fashion-mnist", "--ising-L", "8"], "--ising-L applies to the built-in Ising data only"),
     (["gradcheck", "--hidden", "abc"], "--hidden must be comma-separated"),
     (["train", "--beta-warmup", "nan"], "--beta-warmup must be a finite number"),
