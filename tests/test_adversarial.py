@@ -654,6 +654,7 @@ def run_argv(argv, capsys):
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "sample", "gradcheck"])
+@pytest.mark.filterwarnings("ignore::npvae.diagnostics.PosteriorCollapseWarning")  # 1-epoch runs collapse
 def test_generated_command_lines(command, cli_sandbox, capsys):
     @settings(max_examples=CLI_FUZZ, derandomize=True, database=None, **SETTINGS)
     @given(argv=argv_for(command))
