@@ -142,7 +142,7 @@ def _compile_notice():
         return
     where = (f"kept in {jit.KERNEL_CACHE} for later runs" if jit.KERNEL_CACHE is not None else
              "no writable cache folder, so every run compiles; set NUMBA_CACHE_DIR to keep them")
-    _say(f"npvae: compiling the training kernels for this machine, once (about 30 s on a 2-core machine; {where})")
+    _say(f"npvae: compiling the training kernels for this machine, once (20–30 s on a 2-core machine; {where})")
 
 
 # ----------------------------------------------------------------------------------------
