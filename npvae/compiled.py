@@ -18,8 +18,6 @@ start to end, and is bit-identical to itself from run to run and across resume.
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 
 import numba
 import numpy as np
@@ -294,27 +292,15 @@ def log_weights(model, x, eps):
     if logvar is None:
         logvar = P["likelihood.logvar"]
     T = max(1, min(BLOCKS, B))
+    # the scratch: the decoder goes in pieces (see step.log_weights), so its size does not
+    # depend on K
+    io = d0 + n_dec
+    rows = lambda k: B if k < d0 else T * (step.DEC_ROWS if k < io else step.LOG_P_ROWS)
+    H = typed([np.empty((rows(k), s[3]), dt) for k, s in enumerate(stages)])
     lw = np.empty((K, B))
-    # the model's scratch for B examples, kept: a chunked ln p(x) calls this with the same B
-    # chunk after chunk, and fresh buffers cost their page faults every call (measured); its
-    # size does not depend on K (the decoder goes in pieces, see step.log_weights)
-    kept = _LOG_WEIGHTS_SCRATCH.setdefault(model, {"lock": threading.Lock(), "key": None})
-    with kept["lock"]:  # one call at a time per model: they share the scratch
-        if kept["key"] != (B, dt):
-            io = d0 + n_dec
-            rows = lambda k: B if k < d0 else T * (step.DEC_ROWS if k < io else step.LOG_P_ROWS)
-            kept.update(key=(B, dt), H=typed([np.empty((rows(k), s[3]), dt) for k, s in enumerate(stages)]),
-                        std=np.empty((B, J), dt), z=np.empty((T * step.DEC_ROWS, J), dt),
-                        terms=np.empty((T, 2, D)))
-        with threads.limited(blas=1, numba=max(1, min(T, threads.get_threads()["blas"],
-                                                      numba.config.NUMBA_NUM_THREADS))):
-            step.log_weights(np.ascontiguousarray(x, dtype=dt), np.ascontiguousarray(eps, dtype=dt),
-                             typed([P[s[0]] for s in stages]), typed([P[s[1]] for s in stages]),
-                             np.array([s[2] for s in stages], dtype=np.int64), n_enc, n_dec, kept["H"],
-                             kept["std"], kept["z"], kept["terms"], lik, logvar, lw, T)
+    with threads.limited(blas=1, numba=max(1, min(T, threads.get_threads()["blas"], numba.config.NUMBA_NUM_THREADS))):
+        step.log_weights(np.ascontiguousarray(x, dtype=dt), np.ascontiguousarray(eps, dtype=dt),
+                         typed([P[s[0]] for s in stages]), typed([P[s[1]] for s in stages]),
+                         np.array([s[2] for s in stages], dtype=np.int64), n_enc, n_dec, H, np.empty((B, J), dt),
+                         np.empty((T * step.DEC_ROWS, J), dt), np.empty((T, 2, D)), lik, logvar, lw, T)
     return lw
-
-
-# per model: its log_weights scratch for the last B and dtype, and a lock, so that calls on one
-# model from several threads take turns (calls on different models run side by side)
-_LOG_WEIGHTS_SCRATCH = weakref.WeakKeyDictionary()

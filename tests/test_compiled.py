@@ -316,11 +316,11 @@ def test_compiled_log_weights_equal_the_engines(dtype, lik, hidden, act, B, K, s
 
 
 @pytest.mark.parametrize("lik", LIKELIHOODS, ids=lambda v: f"{v[0]}-{v[1].get('sigma', '')}")
-def test_compiled_log_weights_in_pieces_with_kept_scratch(lik):
+def test_compiled_log_weights_in_pieces(lik):
     """Blocks of more than LOG_P_ROWS and more than DEC_ROWS decoder rows (the decoder and
-    its output head go in pieces, the last one partial), and the scratch kept between calls:
-    calls of the same shapes with new ε, calls of other shapes, then the first shapes again,
-    each equal to the engine's (the block t of B examples holds rows tB/2·K to (t+1)B/2·K)."""
+    its output head go in pieces, the last one partial), one call after another with other
+    shapes, each equal to the engine's (the block t of B examples holds rows tB/2·K to
+    (t+1)B/2·K)."""
     from npvae import estimators
     from npvae.kernels import step
     m = make_vae(10, 3, (7, 5), "mixed", likelihood=lik[0], seed=2, dtype=np.float64, **lik[1])
@@ -333,8 +333,7 @@ def test_compiled_log_weights_in_pieces_with_kept_scratch(lik):
 
 
 def test_compiled_log_weights_from_several_threads_on_one_model():
-    """Calls on one model from several threads share its scratch, one at a time: each equals
-    the engine's."""
+    """Calls on one model from several threads at once: each equals the engine's."""
     from concurrent.futures import ThreadPoolExecutor
 
     from npvae import estimators
