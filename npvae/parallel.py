@@ -221,8 +221,14 @@ def abort_on_uncaught_error() -> None:
         from mpi4py import MPI
         comm = MPI.COMM_WORLD
         if comm.Get_size() > 1 and not issubclass(kind, (SystemExit, KeyboardInterrupt)):
-            sys.stderr.write(f"npvae: rank {comm.Get_rank()} of {comm.Get_size()} failed; stopping every rank\n")
-            traceback.print_exception(kind, value, tb)
+            # The reason goes in the first line, written whole and flushed before the
+            # traceback: another rank failing at the same moment may Abort this one
+            # part-way through its traceback.
+            reason = "".join(traceback.format_exception_only(kind, value)).strip()
+            sys.stderr.write(f"npvae: rank {comm.Get_rank()} of {comm.Get_size()} failed "
+                             f"({reason}); stopping every rank\n")
+            sys.stderr.flush()
+            sys.stderr.write("".join(traceback.format_exception(kind, value, tb)))
             sys.stderr.flush()
             comm.Abort(1)
         previous(kind, value, tb)
