@@ -18,10 +18,12 @@ import sys
 import tempfile
 import time
 
+import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 import npvae
+from npvae.kernels import blas, gemm
 from bench_step import settle
 
 
@@ -81,6 +83,37 @@ def matmul_floor(model, rows, x_rows, blas=2):
     return run
 
 
+@numba.njit(parallel=True)
+def _own_products(A, W, Y):
+    # each product's rows in 2 halves on 2 numba threads (one row: thread 0 alone)
+    for t in numba.prange(2):
+        for i in range(len(A)):
+            rows = A[i].shape[0]
+            r0, r1 = t * rows // 2, (t + 1) * rows // 2
+            if r1 > r0:
+                gemm.product(A[i][r0:r1], W[i], Y[i][r0:r1], False)
+
+
+def own_matmul_floor(model, rows, x_rows):
+    """:func:`matmul_floor`'s products by npvae's own kernel on 2 numba threads."""
+    L = numba.typed.List
+    A, W, Y = L(), L(), L()
+    for k, w in model.params.items():
+        if k.endswith(".W"):
+            r = x_rows if k.startswith("encoder.") else rows
+            A.append(np.ones((r, w.shape[0]), np.float32))
+            W.append(np.ascontiguousarray(w, np.float32))
+            Y.append(np.empty((r, w.shape[1]), np.float32))
+
+    def run():
+        with threadpool_limits(limits=1, user_api="blas"):
+            numba.set_num_threads(2)
+            t = time.perf_counter()
+            _own_products(A, W, Y)
+            return time.perf_counter() - t
+    return run
+
+
 def start_times():
     """(cold, warm): seconds from launch to the end of a 1-epoch run, first with an empty
     kernel cache (it compiles), then again (it loads the cache)."""
@@ -130,9 +163,10 @@ def main(argv=None):
     # the floor: the same products, in chunks of the size log_likelihood uses
     chunk_rows = (1 << 22) // 784  # decoder rows per chunk at max_elements = 2^22
     floor_run = matmul_floor(model, chunk_rows, 1)
-    floor_run()
+    own_run = own_matmul_floor(model, chunk_rows, 1)
+    floor_run(), own_run()
     n_chunks = args.images * K / chunk_rows
-    ll_runs, floor_runs = [], []
+    ll_runs, floor_runs, own_runs = [], [], []
     for _ in range(args.repeats):  # round-robin, medians
         # 0.3 s of quiet before each: the floor's 2-thread OpenBLAS spins after its last
         # product, and ln p(x) run in that window on numba's threads measured 1.55x the floor
@@ -143,18 +177,25 @@ def main(argv=None):
         ll_runs.append(time.perf_counter() - t)
         time.sleep(0.3)
         floor_runs.append(statistics.median(floor_run() for _ in range(3)) * n_chunks)
+        time.sleep(0.3)
+        own_runs.append(statistics.median(own_run() for _ in range(3)) * n_chunks)
     ll_s, floor_s = statistics.median(ll_runs), statistics.median(floor_runs)
+    own_s = statistics.median(own_runs)
     print(f"ln p(x), K = {K}, {args.images} images: {ll_s:.3f} s ({min(ll_runs):.3f}-{max(ll_runs):.3f}); "
           f"floor of its products {floor_s:.3f} s ({min(floor_runs):.3f}-{max(floor_runs):.3f}): "
           f"{ll_s / floor_s:.2f}x, medians of {args.repeats} (target <= 1.3x); all 10,000 test images would "
           f"take {ll_s * 10000 / args.images / 60:.1f} min")
+    print(f"  the same products by npvae's own kernel ({gemm.VECTOR_BITS}-bit, 2 numba threads): {own_s:.3f} s "
+          f"({min(own_runs):.3f}-{max(own_runs):.3f}); ln p(x) / that floor {ll_s / own_s:.2f}x "
+          f"(ln p(x) calls {blas.BLAS})")
 
     cold, warm = start_times()
     print(f"npvae train --epochs 1 on the Ising data: cold (compiling) {cold:.1f} s, warm {warm:.1f} s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"step_ms": times, "iwae_over_elbo": ratio, "log_px_seconds": ll_s,
-                       "log_px_floor_seconds": floor_s, "log_px_runs": ll_runs, "floor_runs": floor_runs, "images": args.images, "cold_s": cold, "warm_s": warm}, f,
+                       "log_px_floor_seconds": floor_s, "log_px_runs": ll_runs, "floor_runs": floor_runs,
+                       "log_px_own_kernel_floor_seconds": own_s, "own_kernel_floor_runs": own_runs, "gemm": blas.BLAS, "images": args.images, "cold_s": cold, "warm_s": warm}, f,
                       indent=1)
 
 

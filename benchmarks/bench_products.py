@@ -1,18 +1,24 @@
 """The matrix products of one config-A training step (784-400-20, batch 128: for every layer
-the forward x W, and the backward xᵀ dY and dY Wᵀ), under ``jax.jit`` and through NumPy's
-OpenBLAS on 2 threads, side by side in one process: how fast each library's products are
-on their own, apart from everything else a step does.
+the forward x W, and the backward xᵀ dY and dY Wᵀ), side by side in one process: under
+``jax.jit``; through NumPy's OpenBLAS on 2 threads; and npvae's own kernel
+(:mod:`npvae.kernels.gemm`) the way the compiled step runs it, the batch in 2 row blocks on
+2 numba threads (the blocks' xᵀ dY into separate buffers). How fast each library's
+products are on their own, apart from everything else a step does.
 
-Run:  python benchmarks/bench_products.py [--repeats 9]   (needs jax: the bench extra)
+Run:  python benchmarks/bench_products.py [--repeats 9]   (JAX optional: the bench extra)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
+import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from npvae.kernels import gemm
 
 # (rows, inputs, outputs) of config A's layers: encoder, the μ and ln σ² heads, decoder, output
 SHAPES = [(128, 784, 400), (128, 400, 40), (128, 20, 400), (128, 400, 784)]
@@ -25,26 +31,34 @@ def products(A, W, G):
     return out
 
 
+@numba.njit(parallel=True)
+def _own_products(A, W, G, Y, GW, DX, steps):
+    for _ in range(steps):
+        for t in numba.prange(2):
+            for i in range(len(A)):
+                r0, r1 = t * 64, (t + 1) * 64
+                gemm.product(A[i][r0:r1], W[i], Y[i][r0:r1], False)
+                gemm.product(A[i][r0:r1].T, G[i][r0:r1], GW[t][i], False)
+                gemm.product(G[i][r0:r1], W[i].T, DX[i][r0:r1], False)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--json", help="write the medians here")
     args = ap.parse_args(argv)
-    import jax
-    import jax.numpy as jnp
     rng = np.random.default_rng(0)
     A = [rng.standard_normal((m, k)).astype(np.float32) for m, k, n in SHAPES]
     W = [rng.standard_normal((k, n)).astype(np.float32) for m, k, n in SHAPES]
     G = [rng.standard_normal((m, n)).astype(np.float32) for m, k, n in SHAPES]
-    jitted = jax.jit(products)
-    jA, jW, jG = ([jnp.asarray(a) for a in L] for L in (A, W, G))
+    typed = numba.typed.List
+    tA, tW, tG = typed(A), typed(W), typed(G)
+    tY = typed([np.empty((m, n), np.float32) for m, k, n in SHAPES])
+    tDX = typed([np.empty((m, k), np.float32) for m, k, n in SHAPES])
+    tGW = typed([typed([np.empty((k, n), np.float32) for m, k, n in SHAPES]) for _ in range(2)])
 
-    def run_jax():
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            r = jitted(jA, jW, jG)
-        jax.block_until_ready(r)
-        return (time.perf_counter() - t) / args.steps
+    runs = {}
 
     def run_numpy():
         with threadpool_limits(2, user_api="blas"):
@@ -52,16 +66,49 @@ def main(argv=None):
             for _ in range(args.steps):
                 products(A, W, G)
             return (time.perf_counter() - t) / args.steps
+    runs["NumPy's OpenBLAS, 2 threads"] = run_numpy
 
-    run_jax(), run_numpy()  # compile, warm
-    tj, tn = [], []
-    for _ in range(args.repeats):  # round-robin
-        tj.append(run_jax())
-        tn.append(run_numpy())
-    j, n = statistics.median(tj) * 1e3, statistics.median(tn) * 1e3
-    print(f"config A's products, median of {args.repeats} x {args.steps}: JAX jit {j:.3f} ms "
-          f"({min(tj) * 1e3:.3f}-{max(tj) * 1e3:.3f}), NumPy's OpenBLAS on 2 threads {n:.3f} ms "
-          f"({min(tn) * 1e3:.3f}-{max(tn) * 1e3:.3f}): JAX's {n / j:.2f}x as fast")
+    def run_own():
+        with threadpool_limits(1, user_api="blas"):
+            numba.set_num_threads(2)
+            t = time.perf_counter()
+            _own_products(tA, tW, tG, tY, tGW, tDX, args.steps)
+            return (time.perf_counter() - t) / args.steps
+    runs[f"npvae's kernel ({gemm.VECTOR_BITS}-bit), 2 numba threads"] = run_own
+
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        print("JAX not installed: skipped")
+    else:
+        jitted = jax.jit(products)
+        jA, jW, jG = ([jnp.asarray(a) for a in L] for L in (A, W, G))
+
+        def run_jax():
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                r = jitted(jA, jW, jG)
+            jax.block_until_ready(r)
+            return (time.perf_counter() - t) / args.steps
+        runs["JAX jit"] = run_jax
+
+    for run in runs.values():  # compile, warm
+        run()
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):  # round-robin, a pause before each (OpenBLAS's threads spin)
+        for name, run in runs.items():
+            time.sleep(0.3)
+            times[name].append(run())
+    print(f"config A's products, ms, median of {args.repeats} x {args.steps} (min-max):")
+    medians = {}
+    for name, ts in times.items():
+        medians[name] = statistics.median(ts) * 1e3
+        print(f"  {name:45s} {medians[name]:.3f} ({min(ts) * 1e3:.3f}-{max(ts) * 1e3:.3f})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"repeats": args.repeats, "steps": args.steps, "median_ms": medians,
+                       "all_ms": {k: [t * 1e3 for t in v] for k, v in times.items()}}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """npvae.kernels.blas.gemm (c ← a b) and gemm_acc (c ← c + a b): products from compiled
-code, through NumPy's bundled OpenBLAS where it is found, else numba's np.dot."""
+code, through npvae's own kernel (CPUs with 256-bit vectors or wider), NumPy's bundled
+OpenBLAS, or numba's np.dot; NPVAE_BLAS chooses."""
 import json
 import os
 import subprocess
@@ -56,35 +57,51 @@ def test_gemm_on_row_blocks_writes_only_those_rows():
     assert not c[:3].any() and not c[8:].any()
 
 
-def test_the_blas_in_use_is_named_and_numpys_where_numpy_bundles_openblas():
-    assert blas.BLAS in ("numpy-openblas", "scipy")
+def test_the_product_in_use_is_named():
+    from npvae.kernels import gemm
+    assert blas.BLAS in ("npvae", "numpy-openblas", "scipy")
     if blas.BLAS == "numpy-openblas":
         assert "openblas" in blas.BLAS_LIBRARY.lower()
+    if gemm.VECTOR_BITS >= 256 and not os.environ.get("NPVAE_BLAS"):
+        assert blas.BLAS == "npvae"
 
 
-def test_npvae_blas_scipy_selects_numbas_dot_with_the_same_results(tmp_path):
-    # the same short compiled training run through either BLAS: agreement to float64 rounding
-    script = (
-        "import json, sys, numpy as np, npvae\n"
-        "from npvae.kernels import blas\n"
-        "L = npvae.layers\n"  # dense and gated layers: gemm and gemm_acc
-        "m = npvae.VAE(12, 3, encoder=[L.Dense(9, 'relu'), L.GatedDense(6)], decoder=[L.GatedDense(6),"
-        " L.Dense(9, 'relu')], seed=0)\n"
-        "x = (np.random.default_rng(0).random((64, 12)) > 0.5).astype(float)\n"
-        "npvae.fit(m, x, epochs=2, batch_size=16, seed=0, progress=False, compiled=True)\n"
-        "json.dump({'blas': blas.BLAS, 'p': np.concatenate([v.ravel() for v in m.params.values()]).tolist()},"
-        " sys.stdout)\n")
+SCRIPT = (
+    "import json, sys, numpy as np, npvae\n"
+    "from npvae.kernels import blas\n"
+    "L = npvae.layers\n"  # dense and gated layers: gemm and gemm_acc
+    "m = npvae.VAE(12, 3, encoder=[L.Dense(9, 'relu'), L.GatedDense(6)], decoder=[L.GatedDense(6),"
+    " L.Dense(9, 'relu')], seed=0)\n"
+    "x = (np.random.default_rng(0).random((64, 12)) > 0.5).astype(float)\n"
+    "npvae.fit(m, x, epochs=2, batch_size=16, seed=0, progress=False, compiled=True)\n"
+    "json.dump({'blas': blas.BLAS, 'p': np.concatenate([v.ravel() for v in m.params.values()]).tolist()},"
+    " sys.stdout)\n")
+
+
+def test_npvae_blas_chooses_the_product_with_the_same_results(tmp_path):
+    # the same short compiled training run through each product: agreement to float64 rounding
     out = {}
-    for choice in ("", "scipy"):
+    for choice in ("", "openblas", "scipy"):
         env = dict(os.environ, NPVAE_BLAS=choice)
-        if choice:  # the default BLAS compiles into the usual (warm) cache; the other into its own
+        if choice:  # the default compiles into the usual (warm) cache; the others into their own
             env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
-        res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+        res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
                              timeout=600)
         assert res.returncode == 0, res.stderr
         out[choice] = json.loads(res.stdout)
     assert out["scipy"]["blas"] == "scipy"
+    assert out["openblas"]["blas"] in ("numpy-openblas", "scipy")  # scipy where NumPy bundles none
     assert out[""]["blas"] == blas.BLAS
-    np.testing.assert_allclose(out[""]["p"], out["scipy"]["p"], rtol=1e-12, atol=1e-14)
-    # each BLAS keeps its own compiled cache
+    for choice in ("openblas", "scipy"):
+        np.testing.assert_allclose(out[""]["p"], out[choice]["p"], rtol=1e-12, atol=1e-14)
+    # each product keeps its own compiled cache
     assert (tmp_path / "cache" / "blas-scipy").is_dir()
+    assert (tmp_path / "cache" / f"blas-{out['openblas']['blas']}").is_dir()
+
+
+def test_an_unknown_npvae_blas_is_refused_with_the_choices():
+    env = dict(os.environ, NPVAE_BLAS="mkl")
+    res = subprocess.run([sys.executable, "-c", "import npvae.kernels.blas"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode != 0
+    assert "NPVAE_BLAS must be one of npvae, openblas, scipy" in res.stderr

@@ -1,21 +1,32 @@
 """Matrix products from compiled code: ``gemm(a, b, c)`` writes c ← a b, ``gemm_acc(a, b, c)``
 adds it, c ← c + a b (the second product of a gated layer's input gradient).
 
-numba's own ``np.dot`` inside compiled code calls SciPy's BLAS (``scipy.linalg.cython_blas``).
-SciPy's wheels bundle an OpenBLAS of their own, and NumPy's wheels another; on the
-development machine NumPy's (0.3.31) runs the products of a training step about 17% faster
-than SciPy's (0.3.30): a 64×784 by 784×400 float32 product on each of two threads, 0.33
-against 0.39 ms (``benchmarks/bench_step.py`` shows the step-level effect).  So when NumPy's
-bundled OpenBLAS is found, ``gemm`` calls its CBLAS ``?gemm`` directly; otherwise (NumPy
-linked against another BLAS: Accelerate, MKL, a distribution's OpenBLAS) it is numba's
-``np.dot``, through SciPy.  :data:`BLAS` names the one in use.
+Three implementations, one named by :data:`BLAS`:
 
-How the call is made: the function's address, looked up once at import through ctypes, is
-registered with LLVM under a name of ours (``npvae_sgemm``, ``npvae_dgemm``), and the
-compiled code calls that name.  The address itself is never baked into compiled code, so
+- ``"npvae"``, the default where the CPU has 256-bit vectors or wider (x86-64 with AVX2 or
+  AVX-512): npvae's own kernel, :mod:`npvae.kernels.gemm`, compiled for the CPU it runs
+  on.  Every element of c is one in-order chain of fused multiply-adds over k, so the
+  numbers do not depend on the machine's vector width or threads.  On the development
+  machine (AMD Zen 5, where the environment pins OpenBLAS to its Haswell kernels) a
+  64×784 by 784×400 float32 product on one thread takes 0.24 ms against OpenBLAS's 0.46;
+  written in 256-bit vectors, as on an AVX2 machine, 0.43 ms (``benchmarks/bench_gemm.py``).
+- ``"numpy-openblas"``: NumPy's bundled OpenBLAS, its CBLAS ``?gemm`` called directly by
+  address (the default where vectors are narrower and NumPy's wheel bundles OpenBLAS).
+  NumPy's OpenBLAS (0.3.31) ran a training step's products about 17% faster than SciPy's
+  (0.3.30) on the development machine.
+- ``"scipy"``: numba's own ``np.dot``, which calls SciPy's BLAS (``scipy.linalg.cython_blas``):
+  the fallback when NumPy is linked against another BLAS (Accelerate, MKL, a distribution's
+  OpenBLAS).
+
+``NPVAE_BLAS=npvae|openblas|scipy`` (read at import) chooses one.  A run's numbers depend
+on the choice (a BLAS sums in blocks of its own), never on the number of threads.
+
+How an OpenBLAS call is made: the function's address, looked up once at import through
+ctypes, is registered with LLVM under a name of ours (``npvae_sgemm``, ``npvae_dgemm``), and
+the compiled code calls that name.  The address itself is never baked into compiled code, so
 the kernels stay cacheable on disk; the cache for code that calls ``gemm`` is kept per
 :data:`BLAS` (see :func:`npvae.kernels.jit.jit`'s ``cache_subfolder``), so a cache
-compiled for one BLAS is never loaded with the other.
+compiled for one BLAS is never loaded with another.
 
 ``a`` and ``b`` may each be a C-contiguous array or the transpose (``.T``) of one; rows of a
 larger C-contiguous array (``h[r0:r1]``) are fine, as are columns-major views of them. ``c``
@@ -34,6 +45,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import gemm as own
+
 # CBLAS's enumerations
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # symbol names NumPy's wheels export, 64-bit integers (ILP64), newest first
@@ -51,10 +64,21 @@ def _numpy_openblas_files():
     return found
 
 
+CHOICES = ("npvae", "openblas", "scipy")
+"""What ``NPVAE_BLAS`` may say."""
+
+
+def _choice() -> str:
+    asked = os.environ.get("NPVAE_BLAS", "").strip().lower()
+    if asked and asked not in CHOICES:
+        raise ValueError(f"NPVAE_BLAS must be one of {', '.join(CHOICES)} (or unset), got {asked!r}")
+    if asked:
+        return asked
+    return "npvae" if own.VECTOR_BITS >= 256 else "openblas"
+
+
 def _find_numpy_gemm():
     """(sgemm address, dgemm address, library path) of NumPy's bundled OpenBLAS, or None."""
-    if os.environ.get("NPVAE_BLAS", "").lower() == "scipy":
-        return None
     for path in _numpy_openblas_files():
         try:
             lib = ctypes.CDLL(path)
@@ -69,17 +93,22 @@ def _find_numpy_gemm():
     return None
 
 
-_found = _find_numpy_gemm()
-if _found is not None:
+_asked = _choice()
+_found = _find_numpy_gemm() if _asked == "openblas" else None
+if _asked == "npvae":
+    BLAS = "npvae"
+    BLAS_LIBRARY: str | None = None
+elif _found is not None:
     llvm.add_symbol("npvae_sgemm", _found[0])
     llvm.add_symbol("npvae_dgemm", _found[1])
     BLAS = "numpy-openblas"
-    BLAS_LIBRARY: str | None = _found[2]
+    BLAS_LIBRARY = _found[2]
 else:
     BLAS = "scipy"
     BLAS_LIBRARY = None
-"""Which BLAS ``gemm`` calls: ``"numpy-openblas"`` (NumPy's bundled OpenBLAS, by ctypes
-address) or ``"scipy"`` (numba's ``np.dot``).  ``NPVAE_BLAS=scipy`` forces the second."""
+"""Which implementation ``gemm`` calls: ``"npvae"`` (:mod:`npvae.kernels.gemm`),
+``"numpy-openblas"`` (NumPy's bundled OpenBLAS, by ctypes address) or ``"scipy"`` (numba's
+``np.dot``); ``NPVAE_BLAS`` chooses, see the module's docstring."""
 
 
 def _gemm_intrinsic(symbol, real, beta):
@@ -162,9 +191,22 @@ def _gemm_acc_numba(a, b, c):
     c += np.dot(a, b)
 
 
-gemm = _gemm_openblas if BLAS == "numpy-openblas" else _gemm_numba
+@njit(inline="always")
+def _gemm_own(a, b, c):
+    own.product(a, b, c, False)
+
+
+@njit(inline="always")
+def _gemm_acc_own(a, b, c):
+    own.product(a, b, c, True)
+
+
+_IMPLEMENTATIONS = {"npvae": (_gemm_own, _gemm_acc_own),
+                    "numpy-openblas": (_gemm_openblas, _gemm_acc_openblas),
+                    "scipy": (_gemm_numba, _gemm_acc_numba)}
+gemm = _IMPLEMENTATIONS[BLAS][0]
 """c ← a b in compiled code; a (m, k), b (k, n), c (m, n), one dtype (float32 or float64)."""
-gemm_acc = _gemm_acc_openblas if BLAS == "numpy-openblas" else _gemm_acc_numba
+gemm_acc = _IMPLEMENTATIONS[BLAS][1]
 """c ← c + a b in compiled code (the product added to what c holds); shapes as :data:`gemm`."""
 
-__all__ = ["gemm", "gemm_acc", "BLAS", "BLAS_LIBRARY"]
+__all__ = ["gemm", "gemm_acc", "BLAS", "BLAS_LIBRARY", "CHOICES"]

@@ -14,7 +14,8 @@ The ELBO's mathematics is :func:`npvae.engine.elbo_step`'s, term for term:
     loss = (1/B) Σ_i [−ln p(x_i|z_i) + β KL_i],  KL_i = ½ Σ_j (μ² + e^v − 1 − v)
     dμ = dz + (β/B) μ;  dv = ½ σ ε dz + (β/B) ½ (e^v − 1)
 
-Matrix products call BLAS from inside the compiled code (:func:`npvae.kernels.blas.gemm`:
+Matrix products are called from inside the compiled code (:func:`npvae.kernels.blas.gemm`:
+npvae's own kernel, :mod:`npvae.kernels.gemm`, on CPUs with 256-bit vectors or wider; else
 NumPy's bundled OpenBLAS where it is found, else numba's ``np.dot`` through SciPy's BLAS); exp, log1p and tanh are :mod:`npvae.kernels.vmath`'s, which LLVM vectorises.
 Constant arguments of the shared functions are passed as ``np.int64(·)`` or ``np.bool_(·)``:
 a bare literal makes numba compile a copy of the function for it (a slower first start);
@@ -46,6 +47,7 @@ from ..constants import LEAKY_SLOPE, LOG_2PI
 from .codes import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
 from . import blas, numba_impl, vmath
 from .blas import gemm, gemm_acc
+from .gemm import SOURCE_ID as GEMM_SOURCE_ID
 from .jit import jit
 
 BERNOULLI, GAUSSIAN_FIXED, GAUSSIAN_PER_EXAMPLE, GAUSSIAN_LEARNED = 0, 1, 2, 3
@@ -59,8 +61,9 @@ GATE, GATED = 100, 101
 # size, not a thread count: the sums' order, and so the result, depends on it alone)
 SERIAL_BELOW = 1 << 16
 
-# compiled code calls one of two BLAS (npvae.kernels.blas), and is cached per BLAS
-CACHE = "blas-" + blas.BLAS
+# compiled code calls one of three products (npvae.kernels.blas), and is cached per product
+# (npvae's own kernel: per vector width and version of its source, which is inlined here)
+CACHE = "blas-" + blas.BLAS + (f"-{GEMM_SOURCE_ID}" if blas.BLAS == "npvae" else "")
 
 # no "reassoc" (see the module's docstring); "contract" lets LLVM use FMA
 _elementwise = jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)

@@ -1,0 +1,260 @@
+"""npvae's own matrix product for compiled code: ``product(a, b, c, acc)`` writes c ← a b, or
+c ← c + a b when ``acc``; a (m, k), b (k, n), c (m, n), one dtype (float32 or float64), any
+strides (C-contiguous arrays, their transposes, row slices of them).
+
+Why a kernel of our own.  A BLAS library picks its kernels for the CPU it finds, and may be
+told otherwise: on the development machine (AMD Zen 5, AVX-512) the environment pins
+OpenBLAS to its Haswell kernels (``OPENBLAS_CORETYPE``), half the vector width the cores
+have.  numba compiles for the CPU it runs on, so a kernel written here uses the widest
+vectors the machine has.
+
+What every element is.  Each c[i, j] is one chain of fused multiply-adds over k in order,
+
+    s ← c[i, j] (acc) or 0;   s ← fma(a[i, k], b[k, j], s)  for k = 0, 1, …, K−1;   c[i, j] ← s,
+
+so the result is the same bits whatever the tile shape, the vector width, the operands'
+layout or how the rows are shared between threads: the kernel's choices below change the
+speed, never the numbers.  (A BLAS sums in blocks that depend on its kernel and threads.)
+
+How it is computed.  A register tile of ``MR`` rows by ``NR`` columns (``NR`` = 2 vectors)
+of c lives in vector registers while k runs: per k, two vectors of b's row k are loaded, and
+each of the ``MR`` scalars a[i, k] is broadcast and multiplied into them (``_micro``,
+emitted as LLVM IR with vector types and ``llvm.fma``).  The vector operand must have unit
+stride along its columns; the scalar operand may have any strides.  So:
+
+- b with unit stride along n (row-major b): tiles of c = a b directly;
+- else a with unit stride along m (a = xᵀ of a row-major x): tiles of cᵀ = bᵀ aᵀ, with
+  aᵀ the vector operand (the chain per element is the same);
+- else the smaller of b and aᵀ is first copied into a contiguous buffer (``dY Wᵀ``: dYᵀ,
+  a few hundred kB at most, instead of W).
+
+Edge tiles (m or n not a multiple of the tile) run on zero-padded copies, and their valid
+part is copied back.  Single-threaded: the compiled step calls it from each of its threads
+on that thread's rows.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+def _vector_bits() -> int:
+    features = llvm.get_host_cpu_features()
+    if features.get("avx512f", False):
+        return 512
+    if features.get("avx", False):
+        return 256
+    return 128
+
+
+VECTOR_BITS = _vector_bits()
+"""The width of the vectors the kernel is written in, from the CPU it runs on."""
+SOURCE_ID = f"{VECTOR_BITS}-" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:10]
+"""The width and a hash of this file: compiled code that inlines the kernel is cached under
+it (numba checks only the caller's own source file)."""
+MR = 6
+"""Rows of a register tile."""
+NV = 2
+"""Vectors per row of a register tile: 2 × MR accumulators, 2 loads and a broadcast per k."""
+
+
+def _micro_intrinsic(real: str, lanes: int, nv: int = NV):
+    """The register-tile kernel for one element type: an MR × (nv·lanes) tile of c,
+    c[i, v] (+)= Σ_k s[i, k] · w[k, v], in LLVM IR.
+
+    Arguments (addresses in bytes, strides in elements): K; s, s_si, s_sk (the scalar
+    operand, any strides); w, w_sk (the vector operand: unit stride along its columns); c,
+    c_si (the tile: unit stride along its columns); acc (start from c's values, else 0)."""
+    mr = MR
+
+    @intrinsic
+    def micro(typingctx, k, s, s_si, s_sk, w, w_sk, c, c_si, acc):
+        i64, up = types.int64, types.uintp
+        sig = types.void(i64, up, i64, i64, up, i64, up, i64, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            k_, s_, s_si_, s_sk_, w_, w_sk_, c_, c_si_, acc_ = args
+            t = ir.FloatType() if real == "float" else ir.DoubleType()
+            vt = ir.VectorType(t, lanes)
+            i32, i64_ = ir.IntType(32), ir.IntType(64)
+            align = 4 if real == "float" else 8
+            s_base = builder.inttoptr(s_, t.as_pointer())
+            w_base = builder.inttoptr(w_, t.as_pointer())
+            c_base = builder.inttoptr(c_, t.as_pointer())
+            zero_v = ir.Constant(vt, [0.0] * lanes)
+            suffix = f"v{lanes}{'f32' if real == 'float' else 'f64'}"
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
+                                                 f"llvm.fma.{suffix}")
+            splat_mask = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+
+            def c_slot(i, v):
+                off = builder.add(builder.mul(ir.Constant(i64_, i), c_si_), ir.Constant(i64_, v * lanes))
+                return builder.bitcast(builder.gep(c_base, [off]), vt.as_pointer())
+
+            init = []
+            for i in range(mr):
+                for v in range(nv):
+                    loaded = builder.load(c_slot(i, v), align=align)
+                    init.append(builder.select(acc_, loaded, zero_v))
+            s_rows = [builder.mul(ir.Constant(i64_, i), s_si_) for i in range(mr)]
+
+            entry = builder.block
+            loop = builder.append_basic_block("npvae_micro_loop")
+            done = builder.append_basic_block("npvae_micro_done")
+            builder.cbranch(builder.icmp_signed(">", k_, ir.Constant(i64_, 0)), loop, done)
+
+            builder.position_at_end(loop)
+            kk = builder.phi(i64_)
+            kk.add_incoming(ir.Constant(i64_, 0), entry)
+            accs = []
+            for j in range(mr * nv):
+                p = builder.phi(vt)
+                p.add_incoming(init[j], entry)
+                accs.append(p)
+            w_row = builder.mul(kk, w_sk_)
+            ws = []
+            for v in range(nv):
+                ptr = builder.gep(w_base, [builder.add(w_row, ir.Constant(i64_, v * lanes))])
+                ws.append(builder.load(builder.bitcast(ptr, vt.as_pointer()), align=align))
+            s_col = builder.mul(kk, s_sk_)
+            new = []
+            for i in range(mr):
+                a = builder.load(builder.gep(s_base, [builder.add(s_rows[i], s_col)]), align=align)
+                a_v = builder.shuffle_vector(builder.insert_element(ir.Constant(vt, ir.Undefined), a,
+                                                                    ir.Constant(i32, 0)),
+                                             ir.Constant(vt, ir.Undefined), splat_mask)
+                for v in range(nv):
+                    new.append(builder.call(fma, [a_v, ws[v], accs[i * nv + v]]))
+            k_next = builder.add(kk, ir.Constant(i64_, 1))
+            kk.add_incoming(k_next, loop)
+            for j in range(mr * nv):
+                accs[j].add_incoming(new[j], loop)
+            builder.cbranch(builder.icmp_signed("<", k_next, k_), loop, done)
+
+            builder.position_at_end(done)
+            outs = []
+            for j in range(mr * nv):                 # the phis first: LLVM wants them on top
+                out = builder.phi(vt)
+                out.add_incoming(init[j], entry)
+                out.add_incoming(new[j], loop)
+                outs.append(out)
+            for i in range(mr):
+                for v in range(nv):
+                    builder.store(outs[i * nv + v], c_slot(i, v), align=align)
+            return context.get_dummy_value()
+        return sig, codegen
+    return micro
+
+
+def build(vector_bits: int):
+    """The product kernel written in vectors of ``vector_bits`` (128, 256 or 512): the same
+    numbers at every width (see the module's docstring), at the speed of the width.  The
+    package's :func:`product` is built for the machine's :data:`VECTOR_BITS`."""
+    if vector_bits not in (128, 256, 512):
+        raise ValueError(f"vector_bits must be 128, 256 or 512, got {vector_bits!r}")
+    l32, l64 = vector_bits // 32, vector_bits // 64      # lanes of a vector
+    wide32, wide64 = _micro_intrinsic("float", l32), _micro_intrinsic("double", l64)
+    narrow32, narrow64 = _micro_intrinsic("float", l32, 1), _micro_intrinsic("double", l64, 1)
+
+    @njit(inline="always")
+    def micro(wide, k, s, s_si, s_sk, w, w_sk, c, c_si, acc, itemsize):
+        """An MR × NV-vector tile (``wide``), or MR × one vector (a panel's remainder)."""
+        if itemsize == 4:
+            if wide:
+                wide32(k, s, s_si, s_sk, w, w_sk, c, c_si, acc)
+            else:
+                narrow32(k, s, s_si, s_sk, w, w_sk, c, c_si, acc)
+        elif wide:
+            wide64(k, s, s_si, s_sk, w, w_sk, c, c_si, acc)
+        else:
+            narrow64(k, s, s_si, s_sk, w, w_sk, c, c_si, acc)
+
+    @njit
+    def _tiles(s, w, c, acc):
+        """c (+)= s w by register tiles: s (rows, K) any strides, w (K, cols) with unit stride
+        along cols (or a single column), c (rows, cols) any strides.  Column panels of NV
+        vectors, then one of a single vector, then the last few columns zero-padded to one."""
+        rows, kk = s.shape
+        cols = w.shape[1]
+        isz = c.itemsize
+        lanes = l32 if isz == 4 else l64
+        s_si, s_sk = s.strides[0] // isz, s.strides[1] // isz
+        w_sk = w.strides[0] // isz
+        c_si, c_sj = c.strides[0] // isz, c.strides[1] // isz
+        direct_w = w.strides[1] == isz
+        # the last, partial row sliver, zero-padded (the same for every column panel)
+        full_rows = rows - rows % MR
+        s_edge = np.zeros((MR, max(kk, 1)), c.dtype)
+        for i in range(full_rows, rows):
+            for k in range(kk):
+                s_edge[i - full_rows, k] = s[i, k]
+        w_edge = np.zeros((max(kk, 1), lanes), c.dtype)
+        tile = np.empty((MR, NV * lanes), c.dtype)
+        j0 = 0
+        while j0 < cols:
+            left = cols - j0
+            wide = left >= NV * lanes
+            nj = NV * lanes if wide else min(lanes, left)
+            if (wide or nj == lanes) and direct_w:
+                w_ptr, w_step = w.ctypes.data + j0 * isz, w_sk
+            else:  # a few columns, or a single one of another stride: fewer than one vector
+                for k in range(kk):
+                    for j in range(nj):
+                        w_edge[k, j] = w[k, j0 + j]
+                    for j in range(nj, lanes):
+                        w_edge[k, j] = 0
+                w_ptr, w_step = w_edge.ctypes.data, lanes
+            full_cols = nj == (NV * lanes if wide else lanes)
+            for i0 in range(0, rows, MR):
+                ni = min(MR, rows - i0)
+                if ni == MR:
+                    s_ptr, si, sk = s.ctypes.data + i0 * s_si * isz, s_si, s_sk
+                else:
+                    s_ptr, si, sk = s_edge.ctypes.data, max(kk, 1), 1
+                if ni == MR and full_cols and c_sj == 1:
+                    micro(wide, kk, s_ptr, si, sk, w_ptr, w_step, c.ctypes.data + (i0 * c_si + j0) * isz,
+                          c_si, acc, isz)
+                else:
+                    if acc:
+                        for i in range(ni):
+                            for j in range(nj):
+                                tile[i, j] = c[i0 + i, j0 + j]
+                    micro(wide, kk, s_ptr, si, sk, w_ptr, w_step, tile.ctypes.data, NV * lanes, acc, isz)
+                    for i in range(ni):
+                        for j in range(nj):
+                            c[i0 + i, j0 + j] = tile[i, j]
+            j0 += nj
+
+    @njit
+    def product(a, b, c, acc):
+        """c ← a b, or c ← c + a b when ``acc``: a (m, k), b (k, n), c (m, n), one dtype; each
+        element one in-order chain of fused multiply-adds over k (see the module's docstring)."""
+        m, kk = a.shape
+        n = b.shape[1]
+        if m == 0 or n == 0:
+            return
+        isz = c.itemsize
+        if b.strides[1] == isz or n == 1:
+            _tiles(a, b, c, acc)                    # c = a b, b's rows are the vectors
+        elif a.strides[0] == isz or m == 1:
+            _tiles(b.T, a.T, c.T, acc)              # cᵀ = bᵀ aᵀ, aᵀ's rows are the vectors
+        elif kk * n <= kk * m:
+            _tiles(a, np.ascontiguousarray(b), c, acc)
+        else:
+            _tiles(b.T, np.ascontiguousarray(a.T), c.T, acc)
+
+    return product
+
+
+product = build(VECTOR_BITS)
+"""c ← a b, or c ← c + a b when ``acc``, in the machine's widest vectors."""
+
+
+__all__ = ["product", "build", "VECTOR_BITS", "SOURCE_ID", "MR", "NV"]
