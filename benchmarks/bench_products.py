@@ -20,6 +20,8 @@ from threadpoolctl import threadpool_limits
 
 from npvae.kernels import gemm
 
+from bench_step import own_products
+
 # (rows, inputs, outputs) of config A's layers: encoder, the μ and ln σ² heads, decoder, output
 SHAPES = [(128, 784, 400), (128, 400, 40), (128, 20, 400), (128, 400, 784)]
 
@@ -29,17 +31,6 @@ def products(A, W, G):
     for a, w, g in zip(A, W, G):
         out += [a @ w, a.T @ g, g @ w.T]
     return out
-
-
-@numba.njit(parallel=True)
-def _own_products(A, W, G, Y, GW, DX, steps):
-    for _ in range(steps):
-        for t in numba.prange(2):
-            for i in range(len(A)):
-                r0, r1 = t * 64, (t + 1) * 64
-                gemm.product(A[i][r0:r1], W[i], Y[i][r0:r1], False)
-                gemm.product(A[i][r0:r1].T, G[i][r0:r1], GW[t][i], False)
-                gemm.product(G[i][r0:r1], W[i].T, DX[i][r0:r1], False)
 
 
 def main(argv=None):
@@ -53,10 +44,11 @@ def main(argv=None):
     W = [rng.standard_normal((k, n)).astype(np.float32) for m, k, n in SHAPES]
     G = [rng.standard_normal((m, n)).astype(np.float32) for m, k, n in SHAPES]
     typed = numba.typed.List
-    tA, tW, tG = typed(A), typed(W), typed(G)
+    tA, tW = typed(A), typed(W)
     tY = typed([np.empty((m, n), np.float32) for m, k, n in SHAPES])
     tDX = typed([np.empty((m, k), np.float32) for m, k, n in SHAPES])
     tGW = typed([typed([np.empty((k, n), np.float32) for m, k, n in SHAPES]) for _ in range(2)])
+    has_dx = np.ones(len(SHAPES), dtype=np.bool_)  # every layer's dY Wᵀ, as products() does
 
     runs = {}
 
@@ -72,7 +64,7 @@ def main(argv=None):
         with threadpool_limits(1, user_api="blas"):
             numba.set_num_threads(2)
             t = time.perf_counter()
-            _own_products(tA, tW, tG, tY, tGW, tDX, args.steps)
+            own_products(tA, tW, tY, tGW, tDX, has_dx, args.steps)
             return (time.perf_counter() - t) / args.steps
     runs[f"npvae's kernel ({gemm.VECTOR_BITS}-bit), 2 numba threads"] = run_own
 

@@ -142,7 +142,7 @@ def gemm_runner(cfg, blas):
 
 
 @numba.njit(parallel=True)
-def _own_products(X, W, Y, GW, DX, has_dx, n):
+def own_products(X, W, Y, GW, DX, has_dx, n):
     """The floor's products through npvae's own kernel, the way the compiled step runs them:
     the batch in 2 row blocks on 2 numba threads, each block's xᵀ dY into its own buffer."""
     for _ in range(n):
@@ -182,7 +182,7 @@ def own_gemm_runner(cfg):
         with threadpool_limits(limits=1, user_api="blas"):
             numba.set_num_threads(2)
             t = time.perf_counter()
-            _own_products(X, W, Y, GWs, DX, has, n)
+            own_products(X, W, Y, GWs, DX, has, n)
             return time.perf_counter() - t
 
     return run

@@ -71,7 +71,7 @@ SCRIPT = (
     "from npvae.kernels import blas\n"
     "L = npvae.layers\n"  # dense and gated layers: gemm and gemm_acc
     "m = npvae.VAE(12, 3, encoder=[L.Dense(9, 'relu'), L.GatedDense(6)], decoder=[L.GatedDense(6),"
-    " L.Dense(9, 'relu')], seed=0)\n"
+    " L.Dense(9, 'relu')], seed=0, dtype='float64')\n"
     "x = (np.random.default_rng(0).random((64, 12)) > 0.5).astype(float)\n"
     "npvae.fit(m, x, epochs=2, batch_size=16, seed=0, progress=False, compiled=True)\n"
     "json.dump({'blas': blas.BLAS, 'p': np.concatenate([v.ravel() for v in m.params.values()]).tolist()},"
