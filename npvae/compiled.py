@@ -154,8 +154,9 @@ class AdamSteps:
     def thread_settings(self, B) -> dict:
         """The thread limits the steps run under: the blocks on up to npvae's thread count
         for matrix products (:func:`npvae.set_threads`, ``blas``) numba threads, each calling
-        BLAS on one thread: one pool (OpenBLAS's own threads next to numba's are
-        pathological).  One block: one numba thread, BLAS on its threads."""
+        its products (:func:`npvae.kernels.blas.gemm`) on one thread: one pool (OpenBLAS's own
+        threads next to numba's are pathological).  One block: one numba thread (BLAS, where
+        the products are OpenBLAS's, on its threads)."""
         P = self.blocks_for(B)
         if P == 1:
             return {}

@@ -1,7 +1,8 @@
 """Thread control for training: BLAS (through threadpoolctl) and numba, set explicitly.
 
 The compiled path (:mod:`npvae.compiled`, what ``fit`` runs for Dense-only models) uses one
-pool: its 2 row blocks run on up to ``blas`` numba threads, each calling BLAS on one thread.
+pool: its 2 row blocks run on up to ``blas`` numba threads, each running its matrix products
+(:func:`npvae.kernels.blas.gemm`: npvae's own kernel, or BLAS) on one thread.
 The settings below are the engine path's (and the default ``blas`` = 2 is also the compiled
 path's thread count).
 
