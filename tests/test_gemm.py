@@ -28,7 +28,7 @@ def operands(rng, m, k, n, ta, tb, dtype):
     return (a.T if ta else a), (b.T if tb else b)
 
 
-shapes = dict(m=st.integers(1, 20), k=st.integers(0, 40), n=st.integers(1, 70), ta=st.booleans(),
+shapes = dict(m=st.integers(1, 45), k=st.integers(0, 40), n=st.integers(1, 70), ta=st.booleans(),
               tb=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]), acc=st.booleans(),
               seed=st.integers(0, 2**32 - 1))
 
@@ -36,8 +36,8 @@ shapes = dict(m=st.integers(1, 20), k=st.integers(0, 40), n=st.integers(1, 70), 
 @settings(max_examples=80, deadline=None)
 @given(**shapes)
 def test_the_product_equals_a_float64_product_for_every_layout(m, k, n, ta, tb, dtype, acc, seed):
-    """Both operands row-major or transposed (a b, aᵀ-stored a, bᵀ-stored b, and both: the
-    case copied first), partial tiles in m and n, k = 0; c's old values are NaN unless added to."""
+    """Both operands row-major or transposed (a row-major a with a bᵀ-stored b is the case
+    copied first), partial tiles in m and n, k = 0; c's old values are NaN unless added to."""
     rng = np.random.default_rng(seed)
     a, b = operands(rng, m, k, n, ta, tb, dtype)
     c0 = rng.standard_normal((m, n)).astype(dtype) if acc else np.full((m, n), np.nan, dtype)
@@ -129,3 +129,29 @@ def test_the_width_is_the_machines_and_others_are_refused():
     assert gemm.VECTOR_BITS in WIDTHS
     with pytest.raises(ValueError, match="vector_bits"):
         gemm.build(384)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 30), k=st.integers(1, 30), n=st.integers(1, 50), pad=st.integers(1, 5),
+       acc=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_column_slices_and_c_of_any_strides(m, k, n, pad, acc, seed):
+    """Operands that are column slices of wider arrays (row stride larger than the row), and
+    c a column slice or the transpose of a row-major array."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k + 2 * pad))[:, pad:pad + k]
+    b = rng.standard_normal((k, n + pad))[:, pad:]
+    want = a @ b
+    wide, row_major_t = np.ones((m, n + pad)), np.ones((n, m))
+    for c in (wide[:, pad:], row_major_t.T):
+        gemm.product(a, b, c, acc)
+        np.testing.assert_allclose(c, want + (1.0 if acc else 0.0), rtol=1e-12, atol=1e-12)
+    assert (wide[:, :pad] == 1.0).all()  # the columns left of the slice are untouched
+
+
+def test_shapes_or_dtypes_that_do_not_match_are_refused():
+    a, b = np.ones((3, 4)), np.ones((4, 5))
+    for bad_b, c in ((np.ones((5, 5)), np.ones((3, 5))), (b, np.ones((3, 6))), (b, np.ones((2, 5)))):
+        with pytest.raises(ValueError, match="shapes do not match"):
+            gemm.product(a, bad_b, c, False)
+    with pytest.raises(ValueError, match="one dtype"):
+        gemm.product(a, b, np.ones((3, 5), np.float32), False)

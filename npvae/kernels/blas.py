@@ -3,8 +3,8 @@ adds it, c ← c + a b (the second product of a gated layer's input gradient).
 
 Three implementations, one named by :data:`BLAS`:
 
-- ``"npvae"``, the default where the CPU has 256-bit vectors or wider (x86-64 with AVX2 or
-  AVX-512): npvae's own kernel, :mod:`npvae.kernels.gemm`, compiled for the CPU it runs
+- ``"npvae"``, the default where the CPU has FMA and 256-bit vectors or wider (x86-64 with
+  AVX2 or AVX-512): npvae's own kernel, :mod:`npvae.kernels.gemm`, compiled for the CPU it runs
   on.  Every element of c is one in-order chain of fused multiply-adds over k, so the
   numbers do not depend on the machine's vector width or threads.  On the development
   machine (AMD Zen 5, where the environment pins OpenBLAS to its Haswell kernels) a
@@ -30,13 +30,16 @@ compiled for one BLAS is never loaded with another.
 
 ``a`` and ``b`` may each be a C-contiguous array or the transpose (``.T``) of one; rows of a
 larger C-contiguous array (``h[r0:r1]``) are fine, as are columns-major views of them. ``c``
-must be C-contiguous by rows.  Shapes: a (m, k), b (k, n), c (m, n).
+must be C-contiguous by rows (OpenBLAS's requirement; npvae's kernel takes any strides).
+Shapes: a (m, k), b (k, n), c (m, n).
 """
 from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
 import os
+from pathlib import Path
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -201,6 +204,10 @@ def _gemm_acc_own(a, b, c):
     own.product(a, b, c, True)
 
 
+SOURCE_ID = own.SOURCE_ID + "-" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:6]
+"""npvae's kernel's :data:`npvae.kernels.gemm.SOURCE_ID` and a hash of this file: the cache
+key of compiled code that inlines ``gemm``."""
+
 _IMPLEMENTATIONS = {"npvae": (_gemm_own, _gemm_acc_own),
                     "numpy-openblas": (_gemm_openblas, _gemm_acc_openblas),
                     "scipy": (_gemm_numba, _gemm_acc_numba)}
@@ -209,4 +216,4 @@ gemm = _IMPLEMENTATIONS[BLAS][0]
 gemm_acc = _IMPLEMENTATIONS[BLAS][1]
 """c ← c + a b in compiled code (the product added to what c holds); shapes as :data:`gemm`."""
 
-__all__ = ["gemm", "gemm_acc", "BLAS", "BLAS_LIBRARY", "CHOICES"]
+__all__ = ["gemm", "gemm_acc", "BLAS", "BLAS_LIBRARY", "CHOICES", "SOURCE_ID"]

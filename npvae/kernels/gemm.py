@@ -16,21 +16,24 @@ so the result is the same bits whatever the tile shape, the vector width, the op
 layout or how the rows are shared between threads: the kernel's choices below change the
 speed, never the numbers.  (A BLAS sums in blocks that depend on its kernel and threads.)
 
-How it is computed.  A register tile of ``MR`` rows by ``NR`` columns (``NR`` = 2 vectors)
-of c lives in vector registers while k runs: per k, two vectors of b's row k are loaded, and
-each of the ``MR`` scalars a[i, k] is broadcast and multiplied into them (``_micro``,
-emitted as LLVM IR with vector types and ``llvm.fma``).  The vector operand must have unit
-stride along its columns; the scalar operand may have any strides.  So:
+How it is computed.  A register tile of ``MR`` rows by ``NV`` vectors of c lives in vector
+registers while k runs: per k, ``NV`` vectors of b's row k are loaded, and each of the
+``MR`` scalars a[i, k] is broadcast and multiplied into them (``_micro_intrinsic``: LLVM IR
+with vector types and ``llvm.fma``).  The vector operand must have unit stride along its
+columns; the scalar operand may have any strides.  So:
 
 - b with unit stride along n (row-major b): tiles of c = a b directly;
 - else a with unit stride along m (a = xᵀ of a row-major x): tiles of cᵀ = bᵀ aᵀ, with
-  aᵀ the vector operand (the chain per element is the same);
+  aᵀ the vector operand (the chain per element is the same: an FMA's product is exact);
 - else the smaller of b and aᵀ is first copied into a contiguous buffer (``dY Wᵀ``: dYᵀ,
   a few hundred kB at most, instead of W).
 
-Edge tiles (m or n not a multiple of the tile) run on zero-padded copies, and their valid
-part is copied back.  Single-threaded: the compiled step calls it from each of its threads
-on that thread's rows.
+Column panels are ``NV`` vectors wide, then one of a single vector, then the last few
+columns on a zero-padded copy of the operand; the last rows (m not a multiple of ``MR``) on
+a zero-padded copy too.  Tiles that are partial, or of a c without unit stride along its
+columns, are computed in a small buffer and their valid part copied to c.  Single-threaded
+and without shared state: the compiled step calls it from each of its threads on that
+thread's rows.
 """
 from __future__ import annotations
 
@@ -46,10 +49,18 @@ from numba.extending import intrinsic
 
 
 def _vector_bits() -> int:
+    """512 with AVX-512 (and FMA), 256 with AVX2 and FMA, else 128 (where npvae's kernel is not
+    the default: :mod:`npvae.kernels.blas`).  A CPU that numba is told to compile for
+    (``NUMBA_CPU_NAME``, for caches shared between machines) gets 128."""
+    from numba.core import config
+    if config.CPU_NAME or config.CPU_FEATURES:
+        return 128
     features = llvm.get_host_cpu_features()
+    if not features.get("fma", False):
+        return 128
     if features.get("avx512f", False):
         return 512
-    if features.get("avx", False):
+    if features.get("avx2", False):
         return 256
     return 128
 
@@ -57,8 +68,8 @@ def _vector_bits() -> int:
 VECTOR_BITS = _vector_bits()
 """The width of the vectors the kernel is written in, from the CPU it runs on."""
 SOURCE_ID = f"{VECTOR_BITS}-" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:10]
-"""The width and a hash of this file: compiled code that inlines the kernel is cached under
-it (numba checks only the caller's own source file)."""
+"""The width and a hash of this file, for the cache of compiled code that inlines the kernel
+(numba checks only the caller's own source file)."""
 MR = 6
 """Rows of a register tile."""
 NV = 2
@@ -76,8 +87,8 @@ def _micro_intrinsic(real: str, lanes: int, nv: int = NV):
 
     @intrinsic
     def micro(typingctx, k, s, s_si, s_sk, w, w_sk, c, c_si, acc):
-        i64, up = types.int64, types.uintp
-        sig = types.void(i64, up, i64, i64, up, i64, up, i64, types.boolean)
+        i64 = types.int64  # addresses too: one integer type on every path into the call
+        sig = types.void(i64, i64, i64, i64, i64, i64, i64, i64, types.boolean)
 
         def codegen(context, builder, signature, args):
             k_, s_, s_si_, s_sk_, w_, w_sk_, c_, c_si_, acc_ = args
@@ -189,44 +200,48 @@ def build(vector_bits: int):
         w_sk = w.strides[0] // isz
         c_si, c_sj = c.strides[0] // isz, c.strides[1] // isz
         direct_w = w.strides[1] == isz
+        s_base, w_base, c_base = np.int64(s.ctypes.data), np.int64(w.ctypes.data), np.int64(c.ctypes.data)
         # the last, partial row sliver, zero-padded (the same for every column panel)
         full_rows = rows - rows % MR
-        s_edge = np.zeros((MR, max(kk, 1)), c.dtype)
+        s_edge = np.zeros((MR if full_rows < rows else 0, max(kk, 1)), c.dtype)
         for i in range(full_rows, rows):
             for k in range(kk):
                 s_edge[i - full_rows, k] = s[i, k]
+        s_edge_ptr = np.int64(s_edge.ctypes.data)
         w_edge = np.zeros((max(kk, 1), lanes), c.dtype)
-        tile = np.empty((MR, NV * lanes), c.dtype)
+        w_edge_ptr = np.int64(w_edge.ctypes.data)
+        tile = np.zeros((MR, NV * lanes), c.dtype)
+        tile_ptr = np.int64(tile.ctypes.data)
         j0 = 0
         while j0 < cols:
             left = cols - j0
             wide = left >= NV * lanes
             nj = NV * lanes if wide else min(lanes, left)
             if (wide or nj == lanes) and direct_w:
-                w_ptr, w_step = w.ctypes.data + j0 * isz, w_sk
+                w_ptr, w_step = w_base + j0 * isz, w_sk
             else:  # a few columns, or a single one of another stride: fewer than one vector
                 for k in range(kk):
                     for j in range(nj):
                         w_edge[k, j] = w[k, j0 + j]
                     for j in range(nj, lanes):
                         w_edge[k, j] = 0
-                w_ptr, w_step = w_edge.ctypes.data, lanes
+                w_ptr, w_step = w_edge_ptr, lanes
             full_cols = nj == (NV * lanes if wide else lanes)
             for i0 in range(0, rows, MR):
                 ni = min(MR, rows - i0)
                 if ni == MR:
-                    s_ptr, si, sk = s.ctypes.data + i0 * s_si * isz, s_si, s_sk
+                    s_ptr, si, sk = s_base + i0 * s_si * isz, s_si, s_sk
                 else:
-                    s_ptr, si, sk = s_edge.ctypes.data, max(kk, 1), 1
+                    s_ptr, si, sk = s_edge_ptr, max(kk, 1), 1
                 if ni == MR and full_cols and c_sj == 1:
-                    micro(wide, kk, s_ptr, si, sk, w_ptr, w_step, c.ctypes.data + (i0 * c_si + j0) * isz,
+                    micro(wide, kk, s_ptr, si, sk, w_ptr, w_step, c_base + (i0 * c_si + j0) * isz,
                           c_si, acc, isz)
                 else:
                     if acc:
                         for i in range(ni):
                             for j in range(nj):
                                 tile[i, j] = c[i0 + i, j0 + j]
-                    micro(wide, kk, s_ptr, si, sk, w_ptr, w_step, tile.ctypes.data, NV * lanes, acc, isz)
+                    micro(wide, kk, s_ptr, si, sk, w_ptr, w_step, tile_ptr, NV * lanes, acc, isz)
                     for i in range(ni):
                         for j in range(nj):
                             c[i0 + i, j0 + j] = tile[i, j]
@@ -238,6 +253,10 @@ def build(vector_bits: int):
         element one in-order chain of fused multiply-adds over k (see the module's docstring)."""
         m, kk = a.shape
         n = b.shape[1]
+        if b.shape[0] != kk or c.shape[0] != m or c.shape[1] != n:
+            raise ValueError("product: shapes do not match, a (m, k), b (k, n), c (m, n)")
+        if a.itemsize != c.itemsize or b.itemsize != c.itemsize:
+            raise ValueError("product: a, b and c must have one dtype")
         if m == 0 or n == 0:
             return
         isz = c.itemsize

@@ -47,7 +47,7 @@ from ..constants import LEAKY_SLOPE, LOG_2PI
 from .codes import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
 from . import blas, numba_impl, vmath
 from .blas import gemm, gemm_acc
-from .gemm import SOURCE_ID as GEMM_SOURCE_ID
+from .blas import SOURCE_ID as BLAS_SOURCE_ID
 from .jit import jit
 
 BERNOULLI, GAUSSIAN_FIXED, GAUSSIAN_PER_EXAMPLE, GAUSSIAN_LEARNED = 0, 1, 2, 3
@@ -62,8 +62,8 @@ GATE, GATED = 100, 101
 SERIAL_BELOW = 1 << 16
 
 # compiled code calls one of three products (npvae.kernels.blas), and is cached per product
-# (npvae's own kernel: per vector width and version of its source, which is inlined here)
-CACHE = "blas-" + blas.BLAS + (f"-{GEMM_SOURCE_ID}" if blas.BLAS == "npvae" else "")
+# (npvae's own kernel: per vector width and version of its source and blas.py's, inlined here)
+CACHE = "blas-" + blas.BLAS + (f"-{BLAS_SOURCE_ID}" if blas.BLAS == "npvae" else "")
 
 # no "reassoc" (see the module's docstring); "contract" lets LLVM use FMA
 _elementwise = jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
