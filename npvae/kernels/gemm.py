@@ -207,32 +207,33 @@ def build(vector_bits: int):
         for i in range(full_rows, rows):
             for k in range(kk):
                 s_edge[i - full_rows, k] = s[i, k]
-        s_edge_ptr = np.int64(s_edge.ctypes.data)
         w_edge = np.zeros((max(kk, 1), lanes), c.dtype)
-        w_edge_ptr = np.int64(w_edge.ctypes.data)
         tile = np.zeros((MR, NV * lanes), c.dtype)
-        tile_ptr = np.int64(tile.ctypes.data)
+        # (the buffers' addresses are taken where they are used: an address taken earlier
+        # does not keep its array alive, and numba frees an array after its last use)
         j0 = 0
         while j0 < cols:
             left = cols - j0
             wide = left >= NV * lanes
             nj = NV * lanes if wide else min(lanes, left)
             if (wide or nj == lanes) and direct_w:
-                w_ptr, w_step = w_base + j0 * isz, w_sk
+                w_ptr, w_step, w_copied = w_base + j0 * isz, w_sk, False
             else:  # a few columns, or a single one of another stride: fewer than one vector
                 for k in range(kk):
                     for j in range(nj):
                         w_edge[k, j] = w[k, j0 + j]
                     for j in range(nj, lanes):
                         w_edge[k, j] = 0
-                w_ptr, w_step = w_edge_ptr, lanes
+                w_ptr, w_step, w_copied = np.int64(0), lanes, True
             full_cols = nj == (NV * lanes if wide else lanes)
             for i0 in range(0, rows, MR):
+                if w_copied:
+                    w_ptr = np.int64(w_edge.ctypes.data)
                 ni = min(MR, rows - i0)
                 if ni == MR:
                     s_ptr, si, sk = s_base + i0 * s_si * isz, s_si, s_sk
                 else:
-                    s_ptr, si, sk = s_edge_ptr, max(kk, 1), 1
+                    s_ptr, si, sk = np.int64(s_edge.ctypes.data), max(kk, 1), 1
                 if ni == MR and full_cols and c_sj == 1:
                     micro(wide, kk, s_ptr, si, sk, w_ptr, w_step, c_base + (i0 * c_si + j0) * isz,
                           c_si, acc, isz)
@@ -241,7 +242,7 @@ def build(vector_bits: int):
                         for i in range(ni):
                             for j in range(nj):
                                 tile[i, j] = c[i0 + i, j0 + j]
-                    micro(wide, kk, s_ptr, si, sk, w_ptr, w_step, tile_ptr, NV * lanes, acc, isz)
+                    micro(wide, kk, s_ptr, si, sk, w_ptr, w_step, np.int64(tile.ctypes.data), NV * lanes, acc, isz)
                     for i in range(ni):
                         for j in range(nj):
                             c[i0 + i, j0 + j] = tile[i, j]
