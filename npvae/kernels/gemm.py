@@ -76,22 +76,28 @@ NV = 2
 """Vectors per row of a register tile: 2 × MR accumulators, 2 loads and a broadcast per k."""
 
 
-def _micro_intrinsic(real: str, lanes: int, nv: int = NV):
-    """The register-tile kernel for one element type: an MR × (nv·lanes) tile of c,
-    c[i, v] (+)= Σ_k s[i, k] · w[k, v], in LLVM IR.
+def _micro_intrinsic(vector_bits: int, nv: int):
+    """The register-tile kernel: an MR × (nv vectors of ``vector_bits``) tile of c,
+    c[i, v] (+)= Σ_k s[i, k] · w[k, v], in LLVM IR, for the element type of its first
+    argument (a float32 or float64 scalar: only that type's code is generated).
 
-    Arguments (addresses in bytes, strides in elements): K; s, s_si, s_sk (the scalar
-    operand, any strides); w, w_sk (the vector operand: unit stride along its columns); c,
-    c_si (the tile: unit stride along its columns); acc (start from c's values, else 0)."""
+    Arguments (addresses in bytes, strides in elements): like (any scalar of the type); K;
+    s, s_si, s_sk (the scalar operand, any strides); w, w_sk (the vector operand: unit stride
+    along its columns); c, c_si (the tile: unit stride along its columns); acc (start from
+    c's values, else 0)."""
     mr = MR
 
     @intrinsic
-    def micro(typingctx, k, s, s_si, s_sk, w, w_sk, c, c_si, acc):
+    def micro(typingctx, like, k, s, s_si, s_sk, w, w_sk, c, c_si, acc):
+        if like not in (types.float32, types.float64):
+            return None
+        real = "float" if like == types.float32 else "double"
+        lanes = vector_bits // (32 if real == "float" else 64)
         i64 = types.int64  # addresses too: one integer type on every path into the call
-        sig = types.void(i64, i64, i64, i64, i64, i64, i64, i64, types.boolean)
+        sig = types.void(like, i64, i64, i64, i64, i64, i64, i64, i64, types.boolean)
 
         def codegen(context, builder, signature, args):
-            k_, s_, s_si_, s_sk_, w_, w_sk_, c_, c_si_, acc_ = args
+            _, k_, s_, s_si_, s_sk_, w_, w_sk_, c_, c_si_, acc_ = args
             t = ir.FloatType() if real == "float" else ir.DoubleType()
             vt = ir.VectorType(t, lanes)
             i32, i64_ = ir.IntType(32), ir.IntType(64)
@@ -171,21 +177,16 @@ def build(vector_bits: int):
     if vector_bits not in (128, 256, 512):
         raise ValueError(f"vector_bits must be 128, 256 or 512, got {vector_bits!r}")
     l32, l64 = vector_bits // 32, vector_bits // 64      # lanes of a vector
-    wide32, wide64 = _micro_intrinsic("float", l32), _micro_intrinsic("double", l64)
-    narrow32, narrow64 = _micro_intrinsic("float", l32, 1), _micro_intrinsic("double", l64, 1)
+    wide_tile, narrow_tile = _micro_intrinsic(vector_bits, NV), _micro_intrinsic(vector_bits, 1)
 
     @njit(inline="always")
-    def micro(wide, k, s, s_si, s_sk, w, w_sk, c, c_si, acc, itemsize):
-        """An MR × NV-vector tile (``wide``), or MR × one vector (a panel's remainder)."""
-        if itemsize == 4:
-            if wide:
-                wide32(k, s, s_si, s_sk, w, w_sk, c, c_si, acc)
-            else:
-                narrow32(k, s, s_si, s_sk, w, w_sk, c, c_si, acc)
-        elif wide:
-            wide64(k, s, s_si, s_sk, w, w_sk, c, c_si, acc)
+    def micro(wide, like, k, s, s_si, s_sk, w, w_sk, c, c_si, acc):
+        """An MR × NV-vector tile (``wide``), or MR × one vector (a panel's remainder), of
+        the element type of ``like``."""
+        if wide:
+            wide_tile(like, k, s, s_si, s_sk, w, w_sk, c, c_si, acc)
         else:
-            narrow64(k, s, s_si, s_sk, w, w_sk, c, c_si, acc)
+            narrow_tile(like, k, s, s_si, s_sk, w, w_sk, c, c_si, acc)
 
     @njit
     def _tiles(s, w, c, acc):
@@ -209,6 +210,7 @@ def build(vector_bits: int):
                 s_edge[i - full_rows, k] = s[i, k]
         w_edge = np.zeros((max(kk, 1), lanes), c.dtype)
         tile = np.zeros((MR, NV * lanes), c.dtype)
+        like = tile[0, 0]  # the element type, for the tile kernel (one type compiled, not two)
         # (the buffers' addresses are taken where they are used: an address taken earlier
         # does not keep its array alive, and numba frees an array after its last use)
         j0 = 0
@@ -235,14 +237,15 @@ def build(vector_bits: int):
                 else:
                     s_ptr, si, sk = np.int64(s_edge.ctypes.data), max(kk, 1), 1
                 if ni == MR and full_cols and c_sj == 1:
-                    micro(wide, kk, s_ptr, si, sk, w_ptr, w_step, c_base + (i0 * c_si + j0) * isz,
-                          c_si, acc, isz)
+                    micro(wide, like, kk, s_ptr, si, sk, w_ptr, w_step, c_base + (i0 * c_si + j0) * isz,
+                          c_si, acc)
                 else:
                     if acc:
                         for i in range(ni):
                             for j in range(nj):
                                 tile[i, j] = c[i0 + i, j0 + j]
-                    micro(wide, kk, s_ptr, si, sk, w_ptr, w_step, np.int64(tile.ctypes.data), NV * lanes, acc, isz)
+                    micro(wide, like, kk, s_ptr, si, sk, w_ptr, w_step, np.int64(tile.ctypes.data), NV * lanes,
+                          acc)
                     for i in range(ni):
                         for j in range(nj):
                             c[i0 + i, j0 + j] = tile[i, j]
