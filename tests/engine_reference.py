@@ -6,7 +6,10 @@ is 50 optimizer steps of ``fit``; its checksum is the SHA-256 of every parameter
 the order of ``model.params``.  The engine path's checksums date from before the engine was
 rebuilt; the compiled path (:mod:`npvae.compiled`, numba only) has its own, recorded when it
 was written: it sums in another order and evaluates exp, log1p and tanh with its own
-kernels, so it agrees with the engine to rounding, not bit for bit.
+kernels, so it agrees with the engine to rounding, not bit for bit.  They were re-recorded
+when the compiled path's products moved to npvae's own kernel (:mod:`npvae.kernels.gemm`),
+which sums each element as one in-order chain of FMAs where OpenBLAS sums in blocks; they
+hold for that kernel (``npvae.kernels.blas.BLAS == "npvae"``) at any vector width.
 """
 import hashlib
 import json

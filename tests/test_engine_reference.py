@@ -8,6 +8,7 @@ import pytest
 
 import npvae
 from npvae import train
+from npvae.kernels import blas
 
 import engine_reference as ref
 
@@ -17,6 +18,8 @@ RECORDED = json.loads(ref.HERE.read_text())
 @pytest.mark.parametrize("key", sorted(RECORDED[npvae.get_backend()]))
 def test_fifty_fit_steps_reproduce_the_recorded_parameters(key):
     name, seed, dtype, *path = key.split("/")
+    if path == ["compiled"] and blas.BLAS != "npvae":
+        pytest.skip(f"the compiled runs were recorded with npvae's own matrix kernel; this process uses {blas.BLAS}")
     assert ref.checksum(name, int(seed[len("seed"):]), dtype, *path) == RECORDED[npvae.get_backend()][key]
 
 
