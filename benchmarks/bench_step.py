@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 import npvae
 from npvae import kernels
-from npvae.kernels import blas, gemm
+from npvae.kernels import blas as products, gemm
 
 CONFIGS = {
     "A": dict(n_inputs=784, hidden=(400,), n_latent=20, activation="relu",
@@ -432,7 +432,7 @@ def main(argv=None):
             mark = " <- best" if k in (ours, floor, *peers.values()) else ""
             print(f"{k:38s} {med[k] * 1e3:9.3f} {B / med[k]:11.0f}{mark}")
         summary = {"npvae_best": ours, "gemm_floor_best": floor,
-                   "step_over_floor": med[ours] / med[floor], "gemm": blas.BLAS,
+                   "step_over_floor": med[ours] / med[floor], "gemm": products.BLAS,
                    "step_over_own_kernel_floor": med[ours] / med[own_floor]}
         for peer, key in peers.items():
             summary[f"speedup_vs_{peer}"] = med[key] / med[ours]
@@ -440,7 +440,7 @@ def main(argv=None):
         spread = {k: (min(raw[k]) * 1e3, max(raw[k]) * 1e3) for k in raw}
         summary["spread_ms"] = spread
         print(f"npvae step / GEMM floor: {summary['step_over_floor']:.2f}x; / its products by npvae's kernel: "
-              f"{summary['step_over_own_kernel_floor']:.2f}x (the step calls {blas.BLAS})")
+              f"{summary['step_over_own_kernel_floor']:.2f}x (the step calls {products.BLAS})")
         results["configs"][name] = {"config": {k: v for k, v in cfg.items()}, "median_s": med,
                                     "all_s": raw, "summary": summary}
     if args.json:

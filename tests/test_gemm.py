@@ -155,3 +155,20 @@ def test_shapes_or_dtypes_that_do_not_match_are_refused():
             gemm.product(a, bad_b, c, False)
     with pytest.raises(ValueError, match="one dtype"):
         gemm.product(a, b, np.ones((3, 5), np.float32), False)
+
+
+def test_compiling_a_caller_raises_no_type_safety_warning():
+    """Addresses stay unsigned and offsets signed (no unsafe cast for numba to warn about),
+    so a user's training prints nothing of the kernel's."""
+    import warnings
+
+    from numba.core.errors import NumbaWarning
+
+    @njit
+    def caller(a, b, c):
+        gemm.product(a[1:], b.T, c[1:], True)
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        caller(np.ones((9, 5), np.float32), np.ones((7, 5), np.float32), np.ones((9, 7), np.float32))
+    assert not [w for w in seen if issubclass(w.category, NumbaWarning)], [str(w.message) for w in seen]

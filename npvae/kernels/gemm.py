@@ -81,30 +81,30 @@ def _micro_intrinsic(vector_bits: int, nv: int):
     c[i, v] (+)= Σ_k s[i, k] · w[k, v], in LLVM IR, for the element type of its first
     argument (a float32 or float64 scalar: only that type's code is generated).
 
-    Arguments (addresses in bytes, strides in elements): like (any scalar of the type); K;
-    s, s_si, s_sk (the scalar operand, any strides); w, w_sk (the vector operand: unit stride
-    along its columns); c, c_si (the tile: unit stride along its columns); acc (start from
-    c's values, else 0)."""
+    Arguments (an array's address and an offset in bytes, strides in elements): like (any
+    scalar of the type); K; s, s_off, s_si, s_sk (the scalar operand, any strides); w, w_off,
+    w_sk (the vector operand: unit stride along its columns); c, c_off, c_si (the tile: unit
+    stride along its columns); acc (start from c's values, else 0)."""
     mr = MR
 
     @intrinsic
-    def micro(typingctx, like, k, s, s_si, s_sk, w, w_sk, c, c_si, acc):
+    def micro(typingctx, like, k, s, s_off, s_si, s_sk, w, w_off, w_sk, c, c_off, c_si, acc):
         if like not in (types.float32, types.float64):
             return None
         real = "float" if like == types.float32 else "double"
         lanes = vector_bits // (32 if real == "float" else 64)
-        i64 = types.int64  # addresses too: one integer type on every path into the call
-        sig = types.void(like, i64, i64, i64, i64, i64, i64, i64, i64, types.boolean)
+        i64, up = types.int64, types.uintp
+        sig = types.void(like, i64, up, i64, i64, i64, up, i64, i64, up, i64, i64, types.boolean)
 
         def codegen(context, builder, signature, args):
-            _, k_, s_, s_si_, s_sk_, w_, w_sk_, c_, c_si_, acc_ = args
+            _, k_, s_, s_off_, s_si_, s_sk_, w_, w_off_, w_sk_, c_, c_off_, c_si_, acc_ = args
             t = ir.FloatType() if real == "float" else ir.DoubleType()
             vt = ir.VectorType(t, lanes)
             i32, i64_ = ir.IntType(32), ir.IntType(64)
             align = 4 if real == "float" else 8
-            s_base = builder.inttoptr(s_, t.as_pointer())
-            w_base = builder.inttoptr(w_, t.as_pointer())
-            c_base = builder.inttoptr(c_, t.as_pointer())
+            s_base = builder.inttoptr(builder.add(s_, s_off_), t.as_pointer())   # address + bytes
+            w_base = builder.inttoptr(builder.add(w_, w_off_), t.as_pointer())
+            c_base = builder.inttoptr(builder.add(c_, c_off_), t.as_pointer())
             zero_v = ir.Constant(vt, [0.0] * lanes)
             suffix = f"v{lanes}{'f32' if real == 'float' else 'f64'}"
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
@@ -180,13 +180,13 @@ def build(vector_bits: int):
     wide_tile, narrow_tile = _micro_intrinsic(vector_bits, NV), _micro_intrinsic(vector_bits, 1)
 
     @njit(inline="always")
-    def micro(wide, like, k, s, s_si, s_sk, w, w_sk, c, c_si, acc):
+    def micro(wide, like, k, s, s_off, s_si, s_sk, w, w_off, w_sk, c, c_off, c_si, acc):
         """An MR × NV-vector tile (``wide``), or MR × one vector (a panel's remainder), of
         the element type of ``like``."""
         if wide:
-            wide_tile(like, k, s, s_si, s_sk, w, w_sk, c, c_si, acc)
+            wide_tile(like, k, s, s_off, s_si, s_sk, w, w_off, w_sk, c, c_off, c_si, acc)
         else:
-            narrow_tile(like, k, s, s_si, s_sk, w, w_sk, c, c_si, acc)
+            narrow_tile(like, k, s, s_off, s_si, s_sk, w, w_off, w_sk, c, c_off, c_si, acc)
 
     @njit
     def _tiles(s, w, c, acc):
@@ -201,7 +201,6 @@ def build(vector_bits: int):
         w_sk = w.strides[0] // isz
         c_si, c_sj = c.strides[0] // isz, c.strides[1] // isz
         direct_w = w.strides[1] == isz
-        s_base, w_base, c_base = np.int64(s.ctypes.data), np.int64(w.ctypes.data), np.int64(c.ctypes.data)
         # the last, partial row sliver, zero-padded (the same for every column panel)
         full_rows = rows - rows % MR
         s_edge = np.zeros((MR if full_rows < rows else 0, max(kk, 1)), c.dtype)
@@ -211,41 +210,41 @@ def build(vector_bits: int):
         w_edge = np.zeros((max(kk, 1), lanes), c.dtype)
         tile = np.zeros((MR, NV * lanes), c.dtype)
         like = tile[0, 0]  # the element type, for the tile kernel (one type compiled, not two)
-        # (the buffers' addresses are taken where they are used: an address taken earlier
-        # does not keep its array alive, and numba frees an array after its last use)
+        # (every address is taken where it is used, and offsets are added in the tile kernel:
+        # an address taken earlier does not keep its array alive, numba frees an array after
+        # its last use; and an address is unsigned, its offsets are not)
         j0 = 0
         while j0 < cols:
             left = cols - j0
             wide = left >= NV * lanes
             nj = NV * lanes if wide else min(lanes, left)
             if (wide or nj == lanes) and direct_w:
-                w_ptr, w_step, w_copied = w_base + j0 * isz, w_sk, False
+                w_off, w_step, w_copied = j0 * isz, w_sk, False
             else:  # a few columns, or a single one of another stride: fewer than one vector
                 for k in range(kk):
                     for j in range(nj):
                         w_edge[k, j] = w[k, j0 + j]
                     for j in range(nj, lanes):
                         w_edge[k, j] = 0
-                w_ptr, w_step, w_copied = np.int64(0), lanes, True
+                w_off, w_step, w_copied = 0, lanes, True
             full_cols = nj == (NV * lanes if wide else lanes)
             for i0 in range(0, rows, MR):
-                if w_copied:
-                    w_ptr = np.int64(w_edge.ctypes.data)
+                w_addr = w_edge.ctypes.data if w_copied else w.ctypes.data
                 ni = min(MR, rows - i0)
                 if ni == MR:
-                    s_ptr, si, sk = s_base + i0 * s_si * isz, s_si, s_sk
+                    s_addr, s_off, si, sk = s.ctypes.data, i0 * s_si * isz, s_si, s_sk
                 else:
-                    s_ptr, si, sk = np.int64(s_edge.ctypes.data), max(kk, 1), 1
+                    s_addr, s_off, si, sk = s_edge.ctypes.data, 0, max(kk, 1), 1
                 if ni == MR and full_cols and c_sj == 1:
-                    micro(wide, like, kk, s_ptr, si, sk, w_ptr, w_step, c_base + (i0 * c_si + j0) * isz,
-                          c_si, acc)
+                    micro(wide, like, kk, s_addr, s_off, si, sk, w_addr, w_off, w_step,
+                          c.ctypes.data, (i0 * c_si + j0) * isz, c_si, acc)
                 else:
                     if acc:
                         for i in range(ni):
                             for j in range(nj):
                                 tile[i, j] = c[i0 + i, j0 + j]
-                    micro(wide, like, kk, s_ptr, si, sk, w_ptr, w_step, np.int64(tile.ctypes.data), NV * lanes,
-                          acc)
+                    micro(wide, like, kk, s_addr, s_off, si, sk, w_addr, w_off, w_step,
+                          tile.ctypes.data, 0, NV * lanes, acc)
                     for i in range(ni):
                         for j in range(nj):
                             c[i0 + i, j0 + j] = tile[i, j]
