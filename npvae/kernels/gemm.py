@@ -179,7 +179,7 @@ def build(vector_bits: int):
     l32, l64 = vector_bits // 32, vector_bits // 64      # lanes of a vector
     wide_tile, narrow_tile = _micro_intrinsic(vector_bits, NV), _micro_intrinsic(vector_bits, 1)
 
-    @njit(inline="always")
+    @njit  # not inlined: one compiled tile kernel per type, called from every _tiles (cold start)
     def micro(wide, like, k, s, s_off, s_si, s_sk, w, w_off, w_sk, c, c_off, c_si, acc):
         """An MR × NV-vector tile (``wide``), or MR × one vector (a panel's remainder), of
         the element type of ``like``."""
@@ -263,14 +263,18 @@ def build(vector_bits: int):
         if m == 0 or n == 0:
             return
         isz = c.itemsize
+        # every view as numba's "any layout" type ([::1, ::1]: a step, so numba cannot assume
+        # contiguity), so that _tiles is compiled once per dtype, not once per combination of
+        # layouts (C, F, A) of its three arrays: a cold start costs seconds per combination
+        a_, b_, c_ = a[::1, ::1], b[::1, ::1], c[::1, ::1]
         if b.strides[1] == isz or n == 1:
-            _tiles(a, b, c, acc)                    # c = a b, b's rows are the vectors
+            _tiles(a_, b_, c_, acc)                 # c = a b, b's rows are the vectors
         elif a.strides[0] == isz or m == 1:
-            _tiles(b.T, a.T, c.T, acc)              # cᵀ = bᵀ aᵀ, aᵀ's rows are the vectors
+            _tiles(b_.T, a_.T, c_.T, acc)           # cᵀ = bᵀ aᵀ, aᵀ's rows are the vectors
         elif kk * n <= kk * m:
-            _tiles(a, np.ascontiguousarray(b), c, acc)
+            _tiles(a_, np.ascontiguousarray(b)[::1, ::1], c_, acc)
         else:
-            _tiles(b.T, np.ascontiguousarray(a.T), c.T, acc)
+            _tiles(b_.T, np.ascontiguousarray(a.T)[::1, ::1], c_.T, acc)
 
     return product
 
