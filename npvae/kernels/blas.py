@@ -8,8 +8,8 @@ Three implementations, one named by :data:`BLAS`:
   on.  Every element of c is one in-order chain of fused multiply-adds over k, so the
   numbers do not depend on the machine's vector width or threads.  On the development
   machine (AMD Zen 5, where the environment pins OpenBLAS to its Haswell kernels) a
-  64×784 by 784×400 float32 product on one thread takes 0.24 ms against OpenBLAS's 0.46;
-  written in 256-bit vectors, as on an AVX2 machine, 0.43 ms (``benchmarks/bench_gemm.py``).
+  64×784 by 784×400 float32 product on one thread takes 184 µs against OpenBLAS's 330;
+  written in 256-bit vectors, as on an AVX2 machine, 311 µs (``benchmarks/bench_gemm.py``).
 - ``"numpy-openblas"``: NumPy's bundled OpenBLAS, its CBLAS ``?gemm`` called directly by
   address (the default where vectors are narrower and NumPy's wheel bundles OpenBLAS).
   NumPy's OpenBLAS (0.3.31) ran a training step's products about 17% faster than SciPy's
