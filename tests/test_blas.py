@@ -49,12 +49,12 @@ def test_gemm_and_gemm_acc_equal_numpys_product_for_every_layout(m, k, n, ta, tb
 
 
 def test_gemm_on_row_blocks_writes_only_those_rows():
-    rng = np.random.default_rng(1)
-    a, b = rng.standard_normal((10, 7)), rng.standard_normal((7, 5))
-    c = np.zeros((10, 5))
-    _product_of_rows(a, b, c, 3, 8)
-    np.testing.assert_allclose(c[3:8], a[3:8] @ b, rtol=1e-13)
-    assert not c[:3].any() and not c[8:].any()
+    rng = np.random.default_rng(1)  # several register tiles, partial ones at both ends
+    a, b = rng.standard_normal((40, 33)), rng.standard_normal((33, 37))
+    c = np.zeros((40, 37))
+    _product_of_rows(a, b, c, 3, 30)
+    np.testing.assert_allclose(c[3:30], a[3:30] @ b, rtol=1e-13)
+    assert not c[:3].any() and not c[30:].any()
 
 
 def test_the_product_in_use_is_named():

@@ -89,20 +89,6 @@ def test_each_element_is_one_in_order_chain_of_fused_multiply_adds(m, k, n, ta, 
             assert c[i, j] == s, (i, j, c[i, j], s)
 
 
-@njit
-def _rows(a, b, c, r0, r1):
-    gemm.product(a[r0:r1], b, c[r0:r1], False)
-
-
-def test_rows_of_larger_arrays_write_only_those_rows():
-    rng = np.random.default_rng(1)
-    a, b = rng.standard_normal((40, 33)), rng.standard_normal((33, 37))
-    c = np.zeros((40, 37))
-    _rows(a, b, c, 3, 30)
-    np.testing.assert_allclose(c[3:30], a[3:30] @ b, rtol=1e-13)
-    assert not c[:3].any() and not c[30:].any()
-
-
 def test_nan_and_infinity_reach_exactly_the_elements_they_touch():
     a = np.ones((13, 9), np.float32)
     b = np.ones((9, 50), np.float32)
