@@ -58,7 +58,6 @@ for rep in range(1):
         for _ in range(200):
             t=time.perf_counter(); f(); ts.append(time.perf_counter()-t)
         print(name, f"{np.median(ts)*1e6:.1f} us")
-from npvae.kernels.vmath import _bits_to_float64
 from numba import types
 from numba.extending import intrinsic
 from llvmlite import ir
