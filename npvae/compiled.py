@@ -31,6 +31,11 @@ from .optim import Adam, flat_base
 CHUNK = 16
 # row blocks of a batch, run in parallel (see AdamSteps.blocks_for)
 BLOCKS = 2
+# a batch is split only when each block has at least SPLIT_ROWS rows and the step at least
+# SPLIT_WORK multiply-adds a pass (rows × parameters): below, the second thread's wake-up
+# and the blocks' gradient sum cost what the split saves (benchmarks/README.md, "Row blocks")
+SPLIT_ROWS = 24
+SPLIT_WORK = 1 << 20
 
 
 def unsupported(model, *, objective="elbo", free_bits=0.0, optimizer=None) -> str | None:
@@ -143,13 +148,21 @@ class AdamSteps:
         self._typed = typed
         self._threads_cache = {}
         self.grads = {k: grads[k] for k in names}
-        self.blocks = BLOCKS
+        self.blocks = None
 
     def blocks_for(self, B) -> int:
-        """The row blocks a batch of B rows is split into: BLOCKS (at least 4 rows each).
-        A fixed number, not the machine's thread count, so that a run's numbers do not
-        depend on where it runs: the blocks' gradients are added in one fixed order."""
-        return max(1, min(self.blocks, B // 4))
+        """The row blocks a batch of B rows is split into.  By default (``blocks`` None)
+        BLOCKS when every block gets at least SPLIT_ROWS rows and a pass over the batch is at
+        least SPLIT_WORK multiply-adds (B × parameters), else one: 16-64-64-4 at batch 64 runs
+        as one block, 784-400-20 at 128 as two.  ``blocks`` set to a number asks for that many
+        (at least 4 rows each).  It depends on the model and B alone, never on the machine's
+        threads, so a run's numbers do not depend on where it runs: the blocks' gradients are
+        added in one fixed order."""
+        if self.blocks is not None:
+            return max(1, min(int(self.blocks), B // 4))
+        if B < BLOCKS * SPLIT_ROWS or B * self.P.size < SPLIT_WORK:
+            return 1
+        return BLOCKS
 
     def thread_settings(self, B) -> dict:
         """The thread limits the steps run under: the blocks on up to npvae's thread count

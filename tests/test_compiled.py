@@ -34,9 +34,10 @@ def make_vae(n_in, n_lat, hidden, act, **kw):
 
 
 def two_paths(dtype, lik, lik_kw, hidden, act, *, steps, B, chunk, dynamic, opt_kw, beta, seed, K=0,
-              objective="iwae"):
+              objective="iwae", blocks=None):
     """(engine params, engine losses, compiled params, compiled losses, the two states);
-    K > 0: the K-sample importance-weighted objective (``objective``: its estimator)."""
+    K > 0: the K-sample importance-weighted objective (``objective``: its estimator);
+    ``blocks``: the compiled path's row blocks (None: its default, one for these small models)."""
     out = []
     kw = dict(objective=objective, n_samples=K) if K else {}
     for path in ("engine", "compiled"):
@@ -60,6 +61,7 @@ def two_paths(dtype, lik, lik_kw, hidden, act, *, steps, B, chunk, dynamic, opt_
                 losses.append(float(loss))
         else:
             c = compiled.AdamSteps(m, opt, state, ts.grads, dynamic_binarize=dynamic, **kw)
+            c.blocks = blocks
             for s0 in range(0, steps, chunk):
                 rows = idx[s0:s0 + chunk]
                 n, ls, *_ = c.run(x, rows, rng, np.full(len(rows), beta))
@@ -79,15 +81,16 @@ def rel(a, b):
        hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(LAYERS),
        B=st.integers(1, 12), chunk=st.integers(1, 5), dynamic=st.booleans(),
        clip=st.sampled_from([None, 0.5, 100.0]), wd=st.sampled_from([0.0, 0.01]),
-       decoupled=st.booleans(), beta=st.floats(0.0, 2.0), seed=st.integers(0, 2**16))
+       decoupled=st.booleans(), beta=st.floats(0.0, 2.0), seed=st.integers(0, 2**16),
+       blocks=st.sampled_from([None, 2, 3]))
 @example(dtype=np.float64, lik=LIKELIHOODS[0], hidden=(4, 3), act="gated", B=9, chunk=3, dynamic=True, clip=None,
-         wd=0.0, decoupled=False, beta=1.0, seed=1)  # always a gated network, two row blocks
+         wd=0.0, decoupled=False, beta=1.0, seed=1, blocks=2)  # always a gated network, two row blocks
 def test_compiled_steps_equal_the_engines(dtype, lik, hidden, act, B, chunk, dynamic, clip, wd, decoupled,
-                                          beta, seed):
+                                          beta, seed, blocks):
     dynamic = dynamic and lik[0] == "bernoulli"
     opt_kw = dict(lr=3e-3, clip_norm=clip, weight_decay=wd, decoupled=decoupled)
     (pe, le, se), (pc, lc, sc) = two_paths(dtype, *lik, hidden, act, steps=7, B=B, chunk=chunk, dynamic=dynamic,
-                                           opt_kw=opt_kw, beta=beta, seed=seed)
+                                           opt_kw=opt_kw, beta=beta, seed=seed, blocks=blocks)
     assert_close(dtype, pe, le, se, pc, lc, sc)
 
 
@@ -97,14 +100,15 @@ def test_compiled_steps_equal_the_engines(dtype, lik, hidden, act, B, chunk, dyn
        hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(LAYERS),
        B=st.integers(1, 12), K=st.integers(1, 6), chunk=st.integers(1, 5), dynamic=st.booleans(),
        clip=st.sampled_from([None, 0.5]), seed=st.integers(0, 2**16),
-       objective=st.sampled_from(["iwae", "iwae-dreg", "iwae-stl"]))
+       objective=st.sampled_from(["iwae", "iwae-dreg", "iwae-stl"]), blocks=st.sampled_from([None, 2, 3]))
 @example(dtype=np.float64, lik=LIKELIHOODS[0], hidden=(4, 3), act="mixed", B=9, K=3, chunk=2, dynamic=True, clip=None,
-         seed=2, objective="iwae-dreg")
-def test_compiled_iwae_steps_equal_the_engines(dtype, lik, hidden, act, B, K, chunk, dynamic, clip, seed, objective):
+         seed=2, objective="iwae-dreg", blocks=2)
+def test_compiled_iwae_steps_equal_the_engines(dtype, lik, hidden, act, B, K, chunk, dynamic, clip, seed, objective,
+                                               blocks):
     dynamic = dynamic and lik[0] == "bernoulli"
     (pe, le, se), (pc, lc, sc) = two_paths(dtype, *lik, hidden, act, steps=6, B=B, chunk=chunk, dynamic=dynamic,
                                            opt_kw=dict(lr=3e-3, clip_norm=clip), beta=1.0, seed=seed, K=K,
-                                           objective=objective)
+                                           objective=objective, blocks=blocks)
     assert_close(dtype, pe, le, se, pc, lc, sc)
 
 
@@ -270,6 +274,7 @@ def test_the_result_does_not_depend_on_how_many_threads_run_the_blocks():
         opt = npvae.Adam(lr=1e-2)
         state = opt.init(m.params)
         c = compiled.AdamSteps(m, opt, state, npvae.optim.flat_like(m.params), dynamic_binarize=True)
+        c.blocks = 2  # (this small model would run as one block by default)
         assert c.blocks_for(32) == 2
         saved = npvae.get_threads()
         npvae.set_threads(blas=n_threads)  # the blocks then run on n_threads numba threads
@@ -279,6 +284,26 @@ def test_the_result_does_not_depend_on_how_many_threads_run_the_blocks():
             npvae.set_threads(**saved)
         results.append({k: v.copy() for k, v in m.params.items()})
     assert all(np.array_equal(results[0][k], results[1][k]) for k in results[0])
+
+
+def test_a_batch_is_split_by_its_work_not_by_the_machine():
+    """Two row blocks only where each has SPLIT_ROWS rows and a pass is SPLIT_WORK
+    multiply-adds (rows × parameters): small steps run as one block (a second thread's
+    wake-up costs what it saves); the choice depends on the model and batch alone."""
+    def steps(n_in, hidden, n_lat):
+        m = npvae.VAE(n_in, n_lat, hidden=hidden, activation="tanh", likelihood="gaussian")
+        opt = npvae.Adam()
+        return compiled.AdamSteps(m, opt, opt.init(m.params), npvae.optim.flat_like(m.params)), \
+            sum(v.size for v in m.params.values())
+    small, p_small = steps(16, [64, 64], 4)
+    large, p_large = steps(784, [400], 20)
+    assert 64 * p_small < compiled.SPLIT_WORK <= 128 * p_small
+    assert small.blocks_for(64) == 1 and small.blocks_for(128) == compiled.BLOCKS
+    assert large.blocks_for(128) == compiled.BLOCKS
+    assert large.blocks_for(2 * compiled.SPLIT_ROWS - 1) == 1 and large.blocks_for(2 * compiled.SPLIT_ROWS) == 2
+    small.blocks = 3  # asked for: that many, at least 4 rows each
+    assert small.blocks_for(64) == 3 and small.blocks_for(8) == 2
+    assert small.thread_settings(64) != {} and large.thread_settings(16) == {}
 
 
 def test_npvae_thread_limits_hold_inside_a_callers_own_limits():

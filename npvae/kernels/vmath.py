@@ -9,12 +9,24 @@ units in the last place of float64, so a float32 caller rounds once at the end.
     exp(x)    = 2^k · p(r),  k = round(x / ln 2),  r = x − k ln 2 ∈ [−ln2/2, ln2/2]
               p the degree-13 Taylor polynomial of e^r (remainder < |r|^14/14! < 4e-18);
               2^k is built from its bits (k + 1023) << 52 by a bit cast, which LLVM vectorises
-    expm1(x)  = the Taylor polynomial x + x²/2! + … + x¹³/13! for |x| < ln2/2 (no cancellation),
-              exp(x) − 1 elsewhere (there |e^x − 1| > 0.29, so the subtraction loses nothing)
+    expm1(x)  = 2^k q(r) + (2^k − 1),  k and r as for exp,  q(r) = r + r²/2! + … + r¹³/13!
+              (k = 0 for |x| < ln2/2: the polynomial of x itself, no cancellation; elsewhere
+              |2^k − 1| ≥ 1/2 and the sum loses nothing); one polynomial, not two
     log1p(t)  for 0 ≤ t ≤ 1 (the case of ln(1 + e^{−|a|})): u = 1 + t = 2^k m, m ∈ [1/√2, √2];
               ln m = 2 atanh(s) = 2 (s + s³/3 + … + s²³/23), s = (m − 1)/(m + 1), |s| < 0.172;
               ln(1 + t) = k ln 2 + ln m + (t − (u − 1))/u, the last term the rounding of 1 + t
     tanh(a)   = −sign(a) · e/(2 + e),  e = expm1(−2|a|)
+
+and one in float32 arithmetic, for float32 layers (16 lanes to a 512-bit vector, not 8; a
+third of the time of ``tanh`` on float32 data, within 1.3 units in the last place of float32
+of the exact value, where ``tanh`` rounded to float32 is within 0.5):
+
+    tanh32(a) = sign(a) · (x + x³ P(x²))           for x = |a| < 0.875, P a least-squares fit
+                                                   of degree 6 in x² (relative error < 3e-9)
+              = sign(a) · (1 − 2e/(1 + e)),  e = e^{−2 min(x, 9.5)}   elsewhere (2e/(1+e) ≤ 0.3:
+                                                   its rounding is under half a unit of the sum)
+    with e^t = 2^k · (1 + t' + … + t'⁷/7!),  t' = t − k ln 2 ∈ [−ln2/2, ln2/2] (remainder < 6e-9),
+    and tanh32 = ±1 beyond |a| = 9.5, where 1 − tanh(a) < 2^−25 rounds to 1 anyway
 
 Arguments below −708 give exp = 0 (the true value is below 3e-308); NaN propagates.
 """
@@ -39,6 +51,32 @@ EXP_MAX = 709.0
 
 # the inline flags of every helper: they are called from kernels' inner loops
 _inline = jit(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", inline="always")
+
+
+# float32 constants of tanh32
+_F1, _F2, _HALF = np.float32(1.0), np.float32(2.0), np.float32(0.5)
+_LN2_HI_32 = np.float32(0.693359375)       # 8 significant bits: k·_LN2_HI_32 exact for |k| < 2^16
+_LN2_LO_32 = np.float32(-2.12194440e-4)
+_INV_LN2_32 = np.float32(1.44269504)
+_TANH32_SMALL = np.float32(0.875)          # below: the odd polynomial; above: the exponential
+_TANH32_FLAT = np.float32(9.5)             # above: tanh rounds to 1 in float32
+# tanh(x) = x + x³ P(x²) on [0, 0.875], P's coefficients from the constant term up: a
+# least-squares fit of (tanh x − x)/x³ weighted for tanh's relative error, rounded to float32
+_TANH32_P = (np.float32(-0.3333333134651184), np.float32(0.13333207368850708),
+             np.float32(-0.05394911393523216), np.float32(0.021742258220911026),
+             np.float32(-0.008422385901212692), np.float32(0.002738116541877389),
+             np.float32(-0.0005152330850251019))
+_EXP32_P = tuple(np.float32(1.0 / math.factorial(n)) for n in range(7, -1, -1))  # 1/7!, …, 1/0!
+
+
+@intrinsic
+def _bits_to_float32(typingctx, bits):
+    """Reinterpret an int32's bits as a float32 (LLVM ``bitcast``, vectorisable)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return sig, codegen
 
 
 @intrinsic
@@ -84,15 +122,37 @@ def exp(x):
 
 
 @_inline
+def _expm1_poly(r):
+    # e^r − 1 = r + r²/2! + … + r¹³/13!, Horner form, no cancellation near 0
+    p = 1.6059043836821613e-10          # 1/13!
+    p = p * r + 2.08767569878681e-09    # 1/12!
+    p = p * r + 2.505210838544172e-08   # 1/11!
+    p = p * r + 2.755731922398589e-07   # 1/10!
+    p = p * r + 2.7557319223985893e-06  # 1/9!
+    p = p * r + 2.48015873015873e-05    # 1/8!
+    p = p * r + 0.0001984126984126984   # 1/7!
+    p = p * r + 0.001388888888888889    # 1/6!
+    p = p * r + 0.008333333333333333    # 1/5!
+    p = p * r + 0.041666666666666664    # 1/4!
+    p = p * r + 0.16666666666666666     # 1/3!
+    p = p * r + 0.5
+    return p * r * r + r
+
+
+@_inline
 def expm1(x):
-    """e^x − 1, accurate near 0."""
+    """e^x − 1, accurate near 0: with x = k ln 2 + r, e^x − 1 = 2^k (e^r − 1) + (2^k − 1), one
+    polynomial for e^r − 1 (|r| ≤ ln2/2); for |x| < ln2/2, k = 0 and it is the polynomial of x
+    itself (no cancellation), elsewhere |2^k − 1| ≥ 1/2 carries the sum."""
     x = float(x)
-    small = (((((((((((1.6059043836821613e-10 * x + 2.08767569878681e-09) * x + 2.505210838544172e-08) * x
-                     + 2.755731922398589e-07) * x + 2.7557319223985893e-06) * x + 2.48015873015873e-05) * x
-                  + 0.0001984126984126984) * x + 0.001388888888888889) * x + 0.008333333333333333) * x
-               + 0.041666666666666664) * x + 0.16666666666666666) * x + 0.5) * x * x + x
-    big = exp(x) - 1.0  # computed either way: a call on one branch only blocks vectorising
-    return small if abs(x) < 0.34657359027997264 else big
+    xc = min(max(x, EXP_MIN), EXP_MAX)
+    k = math.floor(xc * INV_LN2 + 0.5)
+    r = (xc - k * LN2_HI) - k * LN2_LO
+    s = _bits_to_float64(np.int64(k + 1023.0) << 52)
+    y = s * _expm1_poly(r) + (s - 1.0)
+    y = -1.0 if x < EXP_MIN else y
+    y = math.inf if x > EXP_MAX else y
+    return x if x != x else y
 
 
 @_inline
@@ -125,4 +185,34 @@ def tanh(a):
     a = float(a)
     e = expm1(-2.0 * abs(a))
     y = -e / (2.0 + e)
+    return -y if a < 0 else y
+
+
+@_inline
+def tanh32(a):
+    """tanh of a float32, in float32 arithmetic, within 1.3 units in the last place of
+    float32 (see the module's docstring); NaN stays NaN, ±inf gives ±1."""
+    a = np.float32(a)
+    x = abs(a)
+    s = x * x
+    c = _TANH32_P
+    p = c[6]
+    p = p * s + c[5]
+    p = p * s + c[4]
+    p = p * s + c[3]
+    p = p * s + c[2]
+    p = p * s + c[1]
+    p = p * s + c[0]
+    small = x + x * s * p
+    t = -_F2 * min(x, _TANH32_FLAT)                    # e = e^t, t ∈ [−19, −1.75] where used
+    k = np.floor(t * _INV_LN2_32 + _HALF)
+    r = (t - k * _LN2_HI_32) - k * _LN2_LO_32
+    q = _EXP32_P
+    e = q[0]
+    for n in range(1, 8):
+        e = e * r + q[n]
+    e = e * _bits_to_float32((np.int32(k) + np.int32(127)) << 23)
+    big = _F1 - _F2 * e / (_F1 + e)
+    y = small if x < _TANH32_SMALL else big
+    y = a if a != a else y
     return -y if a < 0 else y
