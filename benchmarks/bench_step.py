@@ -155,7 +155,8 @@ def own_products(X, W, Y, GW, DX, has_dx, n):
     """The floor's products through npvae's own kernel, the way the compiled step runs them:
     the batch in 2 row blocks on 2 numba threads, each block's xᵀ dY into its own buffer."""
     for _ in range(n):
-        for t in numba.prange(2):
+        for tu in numba.prange(2):
+            t = np.int64(tu)  # (prange's index is unsigned)
             for i in range(len(X)):
                 B = X[i].shape[0]
                 r0, r1 = t * B // 2, (t + 1) * B // 2

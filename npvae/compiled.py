@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 
 import numba
+import numba.typed
 import numpy as np
 
 from . import kernels, threads
 from .layers import Dense, GatedDense
 from .likelihoods import Bernoulli, Gaussian
+from .kernels.jit import jit
 from .optim import Adam, flat_base
 
 # steps per call: Python is entered once per chunk; a Ctrl-C waits for the chunk to end
@@ -38,10 +40,23 @@ SPLIT_ROWS = 24
 SPLIT_WORK = 1 << 20
 
 
+@jit()
+def _typed_list(items):
+    """A numba typed List of the tuple ``items`` (one type), built in compiled code: 3 µs
+    against 20 to 30 for appends from Python (a gradient buffer is bound per call of
+    ``loss_and_grad`` when it returns fresh arrays)."""
+    out = numba.typed.List()
+    for a in items:
+        out.append(a)
+    return out
+
+
 def unsupported(model, *, objective="elbo", free_bits=0.0, optimizer=None) -> str | None:
     """None when the compiled path can train ``model``; otherwise why not (one phrase)."""
     if kernels.get_backend() != "numba":
         return "the NumPy backend is selected"
+    if numba.config.DISABLE_JIT:
+        return "numba's compiler is off (NUMBA_DISABLE_JIT)"
     if objective not in ("elbo", "iwae", "iwae-dreg", "iwae-stl"):
         return f"the {objective} objective runs on the engine path"
     if free_bits > 0:
@@ -95,60 +110,71 @@ def _likelihood_code(lik, D, dtype):
     return step.GAUSSIAN_FIXED, logvar
 
 
-class AdamSteps:
-    """Runs chunks of training steps with Adam on ``model`` in place: the ELBO, or with
-    ``objective="iwae"`` the importance-weighted bound with ``n_samples`` = K.
+def _block_threads(T) -> dict:
+    """The thread limits for T row blocks: up to T numba threads (at most npvae's thread
+    count), each block's products on one thread: BLAS held to one thread where the products
+    are BLAS's (:data:`npvae.kernels.blas.BLAS`)."""
+    from .kernels import blas
+    limits = {"numba": max(1, min(T, threads.get_threads()["blas"], numba.config.NUMBA_NUM_THREADS))}
+    if blas.BLAS != "npvae":
+        limits["blas"] = 1
+    return limits
 
-    ``grads``: the gradient dict (views of one flat buffer, as :class:`npvae.train.TrainStep`
-    makes them); ``opt_state``: the optimizer's state, whose moments are moved into flat
-    buffers here if they are not already (the dict then holds views of them)."""
 
-    def __init__(self, model, optimizer: Adam, opt_state: dict, grads: dict, *, dynamic_binarize=False,
-                 objective="elbo", n_samples=1):
-        import numba.typed
+class Steps:
+    """What :class:`AdamSteps` and :class:`Gradients` share: ``model``'s parameters and the
+    gradient buffer ``grads`` (views of one flat buffer, as :class:`npvae.train.TrainStep`
+    makes them) as the compiled step's lists, the row blocks, the scratch, and the call of
+    the compiled steps.  The ELBO, or with ``objective="iwae"`` (``"iwae-dreg"``,
+    ``"iwae-stl"``) the importance-weighted bound with ``n_samples`` = K."""
 
+    def __init__(self, model, grads: dict, *, dynamic_binarize=False, objective="elbo", n_samples=1,
+                 optimizer=None):
         from .kernels import step
         self._step = step
         reason = unsupported(model, optimizer=optimizer, objective=objective)
         if reason is not None:
             raise ValueError(f"the compiled path cannot train this model: {reason}")
-        self.model, self.optimizer, self.state = model, optimizer, opt_state
+        self.model = model
         self.dynamic = bool(dynamic_binarize)
         self.K = int(n_samples) if objective != "elbo" else 0  # 0: the ELBO
         # the encoder's gradient estimator of the importance-weighted objectives
         self.estimator = {"iwae-dreg": step.DREG, "iwae-stl": step.STL}.get(objective, step.PLAIN)
-        names = list(model.params)
         self.P = flat_base(model.params.values())
-        self.G = flat_base(grads[k] for k in names)
-        if self.G is None:
-            raise ValueError("grads must be views of one flat buffer, in the parameters' order")
-        self.M = self._flat_slot(opt_state, "m", names)
-        self.V = self._flat_slot(opt_state, "v", names)
+        self.M = self.V = np.empty(0, dtype=model.dtype)  # Adam's moments: AdamSteps sets them
         stages, self.n_enc, self.n_dec = stage_list(model.plan)
         self.stages = stages
 
         def typed(arrays):
-            out = numba.typed.List()
-            for a in arrays:
-                out.append(a)
-            return out
-        P, G = model.params, grads
+            return _typed_list(tuple(arrays)) if arrays else numba.typed.List()
+        P = model.params
+        self._params = tuple(P.values())
         self.Ws = typed([P[s[0]] for s in stages])
         self.bs = typed([P[s[1]] for s in stages])
-        self.GWs = typed([G[s[0]] for s in stages])
-        self.Gbs = typed([G[s[1]] for s in stages])
         self.acts = np.array([s[2] for s in stages], dtype=np.int64)
         D, dt = model.n_inputs, model.dtype
         self.lik, logvar = _likelihood_code(model.likelihood, D, dt)
-        if logvar is None:  # learned: the parameter and its gradient
-            self.lik_logvar, self.lik_dlogvar = P["likelihood.logvar"], G["likelihood.logvar"]
-        else:
-            self.lik_logvar, self.lik_dlogvar = logvar, np.zeros(D, dtype=dt)
+        self._learned = logvar is None
+        self.lik_logvar = P["likelihood.logvar"] if self._learned else logvar
         self._bufs = {}
         self._typed = typed
+        self._partials = {}
         self._threads_cache = {}
-        self.grads = {k: grads[k] for k in names}
         self.blocks = None
+        self._bind(grads)
+
+    def _bind(self, grads):
+        """Make ``grads`` (views of one flat buffer) the gradients the steps write."""
+        names = list(self.model.params)
+        self.G = flat_base(grads[k] for k in names)
+        if self.G is None:
+            raise ValueError("grads must be views of one flat buffer, in the parameters' order")
+        self.GWs = self._typed([grads[s[0]] for s in self.stages])
+        self.Gbs = self._typed([grads[s[1]] for s in self.stages])
+        self.lik_dlogvar = (grads["likelihood.logvar"] if self._learned
+                            else np.zeros(self.model.n_inputs, dtype=self.model.dtype))
+        self.grads = {k: grads[k] for k in names}
+        self._threads_cache = {}
 
     def blocks_for(self, B) -> int:
         """The row blocks a batch of B rows is split into.  By default (``blocks`` None)
@@ -169,47 +195,38 @@ class AdamSteps:
         for matrix products (:func:`npvae.set_threads`, ``blas``) numba threads, each calling
         its products (:func:`npvae.kernels.blas.gemm`) on one thread: one pool (OpenBLAS's own
         threads next to numba's are pathological).  One block: one numba thread (BLAS, where
-        the products are OpenBLAS's, on its threads)."""
+        the products are OpenBLAS's, on its threads).  With npvae's own products no BLAS runs
+        in the step, and BLAS's threads are left as they are (setting them costs ~0.1 ms)."""
         P = self.blocks_for(B)
         if P == 1:
             return {}
-        return {"blas": 1, "numba": max(1, min(P, threads.get_threads()["blas"], numba.config.NUMBA_NUM_THREADS))}
+        return _block_threads(P)
 
     def _per_thread(self, T):
         """Block t's gradient destinations: block 0 the gradients themselves, block t > 0
-        views of partials[t − 1], laid out as the flat gradient buffer."""
+        views of partials[t − 1], laid out as the flat gradient buffer (kept across
+        :meth:`_bind`: only the lists that hold the gradients are made again)."""
         cached = self._threads_cache.get(T)
         if cached is None:
-            import numba.typed
-            partials = np.zeros((T - 1, self.G.size), dtype=self.G.dtype)
-            GWs_t, Gbs_t, dlv_t = numba.typed.List(), numba.typed.List(), numba.typed.List()
-            GWs_t.append(self.GWs)
-            Gbs_t.append(self.Gbs)
-            dlv_t.append(self.lik_dlogvar)
-            for t in range(T - 1):
-                views = {}
-                offset = 0
-                for name, g in self.grads.items():
-                    views[name] = partials[t, offset:offset + g.size].reshape(g.shape)
-                    offset += g.size
-                GWs_t.append(self._typed([views[s[0]] for s in self.stages]))
-                Gbs_t.append(self._typed([views[s[1]] for s in self.stages]))
-                dlv_t.append(views["likelihood.logvar"] if "likelihood.logvar" in views
-                             else np.zeros_like(self.lik_dlogvar))
-            cached = self._threads_cache[T] = (GWs_t, Gbs_t, dlv_t, partials)
+            part = self._partials.get(T)
+            if part is None:
+                partials = np.zeros((T - 1, self.G.size), dtype=self.G.dtype)
+                lists = ([], [], [])
+                for t in range(T - 1):
+                    views = {}
+                    offset = 0
+                    for name, g in self.grads.items():
+                        views[name] = partials[t, offset:offset + g.size].reshape(g.shape)
+                        offset += g.size
+                    lists[0].append(self._typed([views[s[0]] for s in self.stages]))
+                    lists[1].append(self._typed([views[s[1]] for s in self.stages]))
+                    lists[2].append(views["likelihood.logvar"] if "likelihood.logvar" in views
+                                    else np.zeros_like(self.lik_dlogvar))
+                part = self._partials[T] = (partials, lists)
+            partials, (gws, gbs, dlv) = part
+            cached = self._threads_cache[T] = (self._typed([self.GWs, *gws]), self._typed([self.Gbs, *gbs]),
+                                               self._typed([self.lik_dlogvar, *dlv]), partials)
         return cached
-
-    @staticmethod
-    def _flat_slot(state, slot, names):
-        arrays = [state[f"{slot}.{n}"] for n in names]
-        base = flat_base(arrays)
-        if base is None:
-            base = np.concatenate([a.reshape(-1) for a in arrays]).astype(arrays[0].dtype, copy=False)
-            offset = 0
-            for n, a in zip(names, arrays):
-                state[f"{slot}.{n}"] = base[offset:offset + a.size].reshape(a.shape)
-                offset += a.size
-        return base
 
     def _buffers(self, S, B):
         key = (S, B)
@@ -236,6 +253,57 @@ class AdamSteps:
             self._bufs[key] = bufs
         return bufs
 
+    def _call(self, x, idx, b, clip, update):
+        """The compiled steps on the rows idx (S, B) of x, with b's draws, KL weights and Adam
+        constants; ``update`` False: the gradients only (S = 1).  Returns the steps done."""
+        B = idx.shape[1]
+        T = self.blocks_for(B)
+        common = (self.K, self.estimator, x, idx, b["U"], b["E"], self.dynamic, self.Ws, self.bs)
+        buffers = (b["H"], b["dH"], b["xb"], b["z"], b["std"], b["kl"], b["terms"], b["nll"], b["tmp_dec"],
+                   b["tmp_enc"], self.lik, self.lik_logvar)
+        # None for the ELBO: numba then compiles the ELBO step alone (see step.step_block)
+        iwae = (b["xk"], b["lw"], b["dzk"]) if self.K else (None, None, None)
+        outs = (b["losses"], b["recs"], b["kls"], b["norms"])
+        if T <= 1:
+            return self._step.adam_steps(
+                *common, self.GWs, self.Gbs, self.acts, self.n_enc, self.n_dec, *buffers, self.lik_dlogvar, *iwae,
+                b["betas"], b["adam_c"], clip, update, self.P, self.G, self.M, self.V, *outs)
+        GWs_t, Gbs_t, dlv_t, partials = self._per_thread(T)
+        with threads.limited(**self.thread_settings(B)):  # a no-op inside fit, which set them
+            return self._step.adam_steps_blocks(
+                *common, GWs_t, Gbs_t, self.acts, self.n_enc, self.n_dec, *buffers, dlv_t, *iwae,
+                b["betas"], b["adam_c"], clip, update, self.P, self.G, partials, self.M, self.V, *outs)
+
+
+class AdamSteps(Steps):
+    """Runs chunks of training steps with Adam on ``model`` in place: the ELBO, or with
+    ``objective="iwae"`` the importance-weighted bound with ``n_samples`` = K.
+
+    ``grads``: the gradient dict (views of one flat buffer, as :class:`npvae.train.TrainStep`
+    makes them); ``opt_state``: the optimizer's state, whose moments are moved into flat
+    buffers here if they are not already (the dict then holds views of them)."""
+
+    def __init__(self, model, optimizer: Adam, opt_state: dict, grads: dict, *, dynamic_binarize=False,
+                 objective="elbo", n_samples=1):
+        super().__init__(model, grads, dynamic_binarize=dynamic_binarize, objective=objective,
+                         n_samples=n_samples, optimizer=optimizer)
+        self.optimizer, self.state = optimizer, opt_state
+        names = list(model.params)
+        self.M = self._flat_slot(opt_state, "m", names)
+        self.V = self._flat_slot(opt_state, "v", names)
+
+    @staticmethod
+    def _flat_slot(state, slot, names):
+        arrays = [state[f"{slot}.{n}"] for n in names]
+        base = flat_base(arrays)
+        if base is None:
+            base = np.concatenate([a.reshape(-1) for a in arrays]).astype(arrays[0].dtype, copy=False)
+            offset = 0
+            for n, a in zip(names, arrays):
+                state[f"{slot}.{n}"] = base[offset:offset + a.size].reshape(a.shape)
+                offset += a.size
+        return base
+
     def run(self, x, idx, rng, betas):
         """Run the steps whose rows are ``idx`` (S, B) on the data x (N, D), drawing from
         ``rng``; ``betas`` the S KL weights.  Returns (n_done, losses, recs, kls, norms), the
@@ -260,27 +328,104 @@ class AdamSteps:
             b["adam_c"][s] = (lr / (1 - b1 ** t), b1, b2, 1 - b1, 1 - b2, 1 / (1 - b2 ** t), opt.eps, decay, l2)
         b["betas"][:] = betas
         clip = 0.0 if opt.clip_norm is None else float(opt.clip_norm)
-        T = self.blocks_for(B)
-        common = (self.K, self.estimator, x, idx, U, E, self.dynamic, self.Ws, self.bs)
-        buffers = (b["H"], b["dH"], b["xb"], b["z"], b["std"], b["kl"], b["terms"], b["nll"], b["tmp_dec"],
-                   b["tmp_enc"], self.lik, self.lik_logvar)
-        # None for the ELBO: numba then compiles the ELBO step alone (see step.step_block)
-        iwae = (b["xk"], b["lw"], b["dzk"]) if self.K else (None, None, None)
-        outs = (b["losses"], b["recs"], b["kls"], b["norms"])
-        if T <= 1:
-            n_done = self._step.adam_steps(
-                *common, self.GWs, self.Gbs, self.acts, self.n_enc, self.n_dec, *buffers, self.lik_dlogvar, *iwae,
-                b["betas"], b["adam_c"], clip, self.P, self.G, self.M, self.V, *outs)
-        else:
-            GWs_t, Gbs_t, dlv_t, partials = self._per_thread(T)
-            with threads.limited(**self.thread_settings(B)):  # a no-op inside fit, which set them
-                n_done = self._step.adam_steps_blocks(
-                    *common, GWs_t, Gbs_t, self.acts, self.n_enc, self.n_dec, *buffers, dlv_t, *iwae,
-                    b["betas"], b["adam_c"], clip, self.P, self.G, partials, self.M, self.V, *outs)
+        n_done = self._call(x, idx, b, clip, True)
         if n_done:
             st["step"] = np.asarray(t0 + n_done, dtype=np.int64)
             st["grad_norm"] = np.asarray(b["norms"][n_done - 1], dtype=np.float64)
         return n_done, b["losses"], b["recs"], b["kls"], b["norms"]
+
+
+class Gradients(Steps):
+    """One batch's loss and gradient by the compiled step, without an update: what
+    :meth:`npvae.VAE.loss_and_grad` runs for a model the compiled path takes (the ELBO; the
+    same mathematics as the engine's step, to rounding), so that a user's own loop runs at
+    ``fit``'s speed.
+
+    The gradients go to any flat gradient buffer (``grads`` of :meth:`__call__`); the
+    compiled step's lists of its arrays are kept for the last few buffers.  For a call
+    without ``out``, :meth:`fresh_grads` hands out views of a buffer no one else holds any
+    more (its reference count says so), else of a new one: the same fresh arrays as the
+    engine's, without binding and first-touching 2.6 MB a call."""
+
+    POOL = 3
+
+    def __init__(self, model, grads: dict | None = None):
+        self._pool = []  # (base, grads views, GWs, Gbs, dlogvar, threads cache, ours), newest last
+        super().__init__(model, grads if grads is not None else _flat_empty(model.params))
+        if grads is None:  # a buffer of the pool's own, to hand out
+            self._pool[-1] = (*self._pool[-1][:6], True)
+        self._all_rows = np.zeros((1, 0), dtype=np.int64)
+
+    def _bind(self, grads):
+        base = flat_base(grads[k] for k in self.model.params)
+        for i, entry in enumerate(self._pool):
+            if entry[0] is base:
+                self._pool.append(self._pool.pop(i))
+                break
+        else:
+            super()._bind(grads)
+            self._pool.append((self.G, self.grads, self.GWs, self.Gbs, self.lik_dlogvar, self._threads_cache,
+                               False))
+            if len(self._pool) > self.POOL:
+                self._pool.pop(0)
+        _, self.grads, self.GWs, self.Gbs, self.lik_dlogvar, self._threads_cache, _ = self._pool[-1]
+        self.G = base
+
+    def takes(self, grads) -> bool:
+        """Whether ``grads`` (shaped like the parameters) is views of one flat buffer."""
+        return flat_base(grads[k] for k in self.model.params) is not None
+
+    def fresh_grads(self) -> dict:
+        """Gradient arrays for one call: views of a pooled buffer that nothing outside the
+        pool refers to any more, or of a new one."""
+        for i, entry in enumerate(self._pool):
+            if entry[6] and _outside_refs(entry) == 0:
+                self._pool.append(self._pool.pop(i))
+                break
+        else:
+            self._bind(_flat_empty(self.model.params))
+            entry = self._pool[-1]
+            self._pool[-1] = (*entry[:6], True)
+        base = self._pool[-1][0]
+        out, offset = {}, 0
+        for name, p in self.model.params.items():
+            out[name] = base[offset:offset + p.size].reshape(p.shape)
+            offset += p.size
+        return out
+
+    def __call__(self, x, eps, beta, grads):
+        """Loss and gradient of the batch x (B, D) (checked, in the model's dtype) with the
+        noise eps (B, J) and KL weight ``beta``, into ``grads`` (views of one flat buffer).
+        Returns (loss, reconstruction, KL) batch means in float64."""
+        if any(a is not b for a, b in zip(self.model.params.values(), self._params)):
+            raise ValueError("the model's parameters were replaced: make a new Gradients")
+        if flat_base(grads[k] for k in self.model.params) is not self.G:
+            self._bind(grads)
+        B = x.shape[0]
+        b = self._buffers(1, B)
+        b["E"][0, 0] = eps
+        b["betas"][0] = beta
+        if self._all_rows.shape[1] != B:
+            self._all_rows = np.arange(B, dtype=np.int64).reshape(1, B)
+        self._call(np.ascontiguousarray(x), self._all_rows, b, 0.0, False)
+        return b["losses"][0], b["recs"][0], b["kls"][0]
+
+
+def _flat_empty(params) -> dict:
+    """Arrays shaped like ``params``, views of one new (uninitialised) flat buffer."""
+    flat = np.empty(sum(p.size for p in params.values()), dtype=next(iter(params.values())).dtype)
+    out, offset = {}, 0
+    for name, p in params.items():
+        out[name] = flat[offset:offset + p.size].reshape(p.shape)
+        offset += p.size
+    return out
+
+
+def _outside_refs(entry) -> int:
+    """References to a pooled buffer from outside the pool: the pool's own are the entry,
+    one per view in its gradient dict (a view refers to the buffer it looks into)."""
+    import sys
+    return sys.getrefcount(entry[0]) - 2 - len(entry[1])  # 2: the entry, getrefcount's argument
 
 
 def log_weights(model, x, eps):
@@ -312,7 +457,7 @@ def log_weights(model, x, eps):
     rows = lambda k: B if k < d0 else T * (step.DEC_ROWS if k < io else step.LOG_P_ROWS)
     H = typed([np.empty((rows(k), s[3]), dt) for k, s in enumerate(stages)])
     lw = np.empty((K, B))
-    with threads.limited(blas=1, numba=max(1, min(T, threads.get_threads()["blas"], numba.config.NUMBA_NUM_THREADS))):
+    with threads.limited(**_block_threads(T)):
         step.log_weights(np.ascontiguousarray(x, dtype=dt), np.ascontiguousarray(eps, dtype=dt),
                          typed([P[s[0]] for s in stages]), typed([P[s[1]] for s in stages]),
                          np.array([s[2] for s in stages], dtype=np.int64), n_enc, n_dec, H, np.empty((B, J), dt),

@@ -264,7 +264,16 @@ class VAE:
         beta = finite_float(beta, "beta", min_value=0.0)
         free_bits = finite_float(free_bits, "free_bits", min_value=0.0)
         objective, n_samples = check_objective(objective, n_samples, beta, free_bits)
-        G = self.new_grads() if out is None else gradient_buffers(out, self.params)
+        # the ELBO of a model the compiled path takes: the compiled step (fit's speed, the
+        # same mathematics to rounding); else, and for a trace, free bits or IWAE, the engine
+        step = None if (trace or free_bits > 0 or importance_weighted(objective)) else self._compiled_gradients()
+        G = gradient_buffers(out, self.params) if out is not None else None
+        if step is not None:
+            # arrays that are not views of one buffer get the compiled step's result copied
+            # in, so the numbers never depend on the buffers passed
+            into = G if G is not None and step.takes(G) else step.fresh_grads()
+        elif G is None:
+            G = self.new_grads()
         record = None
         if trace:
             from .trace import Trace
@@ -277,9 +286,35 @@ class VAE:
                                                estimator=IMPORTANCE_WEIGHTED[objective], record=record)
             else:
                 eps = self._noise((x.shape[0], self.n_latent), eps, rng)
-                loss, parts = engine.elbo_step(self.plan, self.params, G, x, eps, self.workspaces(x.shape[0]),
-                                               beta=beta, free_bits=free_bits, record=record)
+                if step is not None:
+                    _, rec, kl = step(x, eps, beta, into)
+                    if G is None:
+                        G = into
+                    elif into is not G:
+                        for k in G:
+                            G[k][...] = into[k]
+                    dt = self.dtype.type
+                    loss = dt(rec + beta * kl)
+                    parts = {"reconstruction": dt(rec), "kl": dt(kl), "elbo": dt(-(rec + kl)), "beta": beta}
+                else:
+                    loss, parts = engine.elbo_step(self.plan, self.params, G, x, eps, self.workspaces(x.shape[0]),
+                                                   beta=beta, free_bits=free_bits, record=record)
         return (loss, G, parts, record) if trace else (loss, G, parts)
+
+    def _compiled_gradients(self):
+        """The compiled step that computes the ELBO's loss and gradient for loss_and_grad
+        (:class:`npvae.compiled.Gradients`, kept while the parameters are the same arrays),
+        or None where the engine computes them (a model the compiled path does not take, or
+        the NumPy backend)."""
+        from . import compiled, kernels
+        if kernels.get_backend() != "numba":
+            return None
+        params = tuple(self.params.values())
+        cached = self.__dict__.get("_gradients")
+        if cached is None or len(cached[0]) != len(params) or any(a is not b for a, b in zip(cached[0], params)):
+            step = compiled.Gradients(self) if compiled.unsupported(self) is None else None
+            cached = self.__dict__["_gradients"] = (params, step)
+        return cached[1]
 
     # ------------------------------------------------------------------------------------
     # Inference and generation

@@ -418,3 +418,82 @@ def test_log_likelihood_takes_the_compiled_weights_and_agrees(monkeypatch):
     monkeypatch.setattr(compiled, "unsupported", lambda *a, **k: "the engine, for comparison")
     slow = m.log_likelihood(x, n_samples=300)
     assert rel(slow, fast) < 1e-12
+
+
+@settings(max_examples=25, deadline=None)
+@given(dtype=st.sampled_from([np.float64, np.float32]), lik=st.sampled_from(LIKELIHOODS),
+       hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(LAYERS),
+       B=st.integers(1, 70), beta=st.floats(0.0, 2.0), seed=st.integers(0, 2**16), fresh=st.booleans())
+def test_loss_and_grad_runs_the_compiled_step_and_equals_the_engines(dtype, lik, hidden, act, B, beta, seed, fresh):
+    """loss_and_grad of a model the compiled path takes runs the compiled step (fit's speed
+    in a user's own loop): loss, parts and every gradient equal the engine's step to
+    rounding, with fresh arrays or ``out``, in one row block (these small models' default)
+    and in two when asked."""
+    from npvae import engine
+    m = make_vae(11, 3, hidden, act, likelihood=lik[0], seed=seed, dtype=dtype, **lik[1])
+    rng = np.random.default_rng(seed)
+    x = (rng.random((B, 11)) if lik[0] == "bernoulli" else rng.standard_normal((B, 11))).astype(dtype)
+    eps = rng.standard_normal((B, 3)).astype(dtype)
+    out = None if fresh else m.new_grads()
+    loss, grads, parts = m.loss_and_grad(x, eps=eps, beta=beta, out=out)
+    assert isinstance(m.__dict__["_gradients"][1], compiled.Gradients)
+    if out is not None:
+        assert all(grads[k] is out[k] for k in out)
+    G = m.new_grads()
+    ref_loss, ref_parts = engine.elbo_step(m.plan, m.params, G, x, eps, m.workspaces(B), beta=beta)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert loss.dtype == dtype and rel(loss, ref_loss) < tol
+    for k in ("reconstruction", "kl", "elbo"):
+        assert abs(float(parts[k]) - float(ref_parts[k])) <= tol * max(1.0, abs(float(ref_parts[k]))), k
+    for k in G:
+        assert rel(grads[k], G[k]) < tol * 100 or np.max(np.abs(grads[k] - G[k])) < tol, k
+    m.__dict__["_gradients"][1].blocks = 2  # the two-block path gives the same, to rounding
+    loss2, grads2, _ = m.loss_and_grad(x, eps=eps, beta=beta)
+    assert rel(loss2, ref_loss) < tol
+    for k in G:
+        assert rel(grads2[k], G[k]) < tol * 100 or np.max(np.abs(grads2[k] - G[k])) < tol, k
+
+
+def test_loss_and_grad_never_hands_out_arrays_a_caller_still_holds():
+    """Fresh gradient arrays (no ``out``) come from a pool of buffers: one the caller still
+    refers to (even through one slice) is never written again; one the caller dropped is."""
+    m = npvae.VAE(12, 2, hidden=(6,), seed=0)
+    x = np.random.default_rng(0).random((9, 12))
+    eps = np.random.default_rng(1).standard_normal((9, 2))
+    _, g1, _ = m.loss_and_grad(x, eps=eps)
+    kept = {k: v.copy() for k, v in g1.items()}
+    piece = g1["encoder.0.W"][1:3]
+    del g1
+    for s in range(5):
+        _, g, _ = m.loss_and_grad(x * (s + 1) / 6, eps=eps)
+        assert not np.shares_memory(g["encoder.0.W"], piece)
+    np.testing.assert_array_equal(piece, kept["encoder.0.W"][1:3])
+    del piece, g
+    bases = set()
+    for s in range(6):
+        _, g, _ = m.loss_and_grad(x, eps=eps)
+        bases.add(id(g["encoder.0.W"].base))
+        del g
+    assert len(bases) <= compiled.Gradients.POOL  # dropped buffers are used again
+
+
+def test_loss_and_grad_takes_the_engine_for_a_trace_free_bits_or_iwae():
+    """Where the compiled step does not apply, loss_and_grad is the engine's step exactly;
+    where it does, gradient arrays that are not views of one buffer get the same numbers
+    as a flat buffer (the compiled step's, copied in)."""
+    from npvae import engine
+    m = npvae.VAE(12, 2, hidden=(6,), seed=0, dtype=np.float64)
+    x = np.random.default_rng(0).random((9, 12))
+    eps = np.random.default_rng(1).standard_normal((9, 2))
+    G = m.new_grads()
+    ref, _ = engine.elbo_step(m.plan, m.params, G, x, eps, m.workspaces(9), beta=1.0)
+    loss, grads, _, _ = m.loss_and_grad(x, eps=eps, trace=True)
+    assert loss == ref and all(np.array_equal(grads[k], G[k]) for k in G)
+    loss_c, flat, _ = m.loss_and_grad(x, eps=eps)
+    scattered = {k: np.zeros_like(v) for k, v in m.params.items()}  # not one buffer
+    loss, grads, _ = m.loss_and_grad(x, eps=eps, out=scattered)
+    assert loss == loss_c and all(grads[k] is scattered[k] and np.array_equal(grads[k], flat[k]) for k in flat)
+    G2 = m.new_grads()
+    ref_fb, _ = engine.elbo_step(m.plan, m.params, G2, x, eps, m.workspaces(9), beta=1.0, free_bits=0.1)
+    loss, grads, _ = m.loss_and_grad(x, eps=eps, free_bits=0.1)
+    assert loss == ref_fb and all(np.array_equal(grads[k], G2[k]) for k in G2)

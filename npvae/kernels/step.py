@@ -634,7 +634,7 @@ def step_block(K, est, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_
 @jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
 def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
                terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, xk, lw, dzk, betas, adam_c, clip,
-               P, G, M, V, losses, recs, kls, norms):
+               update, P, G, M, V, losses, recs, kls, norms):
     """Run S = len(idx) steps with Adam on one thread (BLAS may use its own): the ELBO
     (K = 0; xk, lw and dzk None) or the K-sample importance-weighted bound (xk (K B, D),
     lw (B, K), dzk (K B, J) its buffers).  Returns the number of steps done.
@@ -642,8 +642,10 @@ def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_d
     X (N, D) the data, idx (S, B) the rows of each step, U (S, B, D) the binarisation
     uniforms, E (S, max(K, 1), B, J) the ε of each step, betas (S,) the KL weights, adam_c
     (S, 9) each step's Adam constants (see :func:`adam`), clip the gradient-norm bound (0:
-    none).  A step whose loss or gradient norm is not finite stops the run before its
-    update, and its index is returned (losses and norms hold its values)."""
+    none); ``update`` False: the gradients in G and the step's numbers only, no update (the
+    loss and gradient of :class:`npvae.compiled.Gradients`).  A step whose loss or gradient
+    norm is not finite stops the run before its update, and its index is returned (losses
+    and norms hold its values)."""
     S, B = idx.shape
     for s in range(S):
         loss, rec, klsum = step_block(K, est, X, idx[s], U[s], E[s], dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H,
@@ -651,6 +653,8 @@ def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_d
                                       lik_dlogvar, betas[s], 1.0 / B, 0, B, xk, lw, dzk)
         if not record(s, loss, rec, klsum, B, sum_squares(G), losses, recs, kls, norms):
             return s
+        if not update:
+            continue
         f = clip_factor(norms[s], clip)
         if f < 1.0:
             scale(G, f)
@@ -661,7 +665,7 @@ def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_d
 @jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True, parallel=True)
 def adam_steps_blocks(K, est, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts, n_enc, n_dec, H, dH, xb, z, std,
                       kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, dlogvar_t, xk, lw, dzk, betas, adam_c,
-                      clip, P, G, partials, M, V, losses, recs, kls, norms):
+                      clip, update, P, G, partials, M, V, losses, recs, kls, norms):
     """:func:`adam_steps` with the batch split into T = len(GWs_t) row blocks, run in
     parallel on numba's threads, each block's products on single-threaded BLAS.  Block 0
     writes the gradients (GWs_t[0], Gbs_t[0], dlogvar_t[0] view G), block t > 0 its partial
@@ -704,6 +708,8 @@ def adam_steps_blocks(K, est, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts,
             sq += sq_c[c]
         if not record(s, loss, rec, klsum, B, sq, losses, recs, kls, norms):
             return s
+        if not update:
+            continue
         f = clip_factor(norms[s], clip)
         if n < SERIAL_BELOW:
             if f < 1.0:
