@@ -146,7 +146,10 @@ class Steps:
         self.stages = stages
 
         def typed(arrays):
-            return _typed_list(tuple(arrays)) if arrays else numba.typed.List()
+            out = numba.typed.List()
+            for a in arrays:
+                out.append(a)
+            return out
         P = model.params
         self._params = tuple(P.values())
         self.Ws = typed([P[s[0]] for s in stages])
@@ -157,7 +160,8 @@ class Steps:
         self._learned = logvar is None
         self.lik_logvar = P["likelihood.logvar"] if self._learned else logvar
         self._bufs = {}
-        self._typed = typed
+        if not hasattr(self, "_typed"):
+            self._typed = typed
         self._partials = {}
         self._threads_cache = {}
         self.blocks = None
@@ -348,6 +352,12 @@ class Gradients(Steps):
     engine's, without binding and first-touching 2.6 MB a call."""
 
     POOL = 3
+
+    @staticmethod
+    def _typed(arrays):
+        """A typed List built in compiled code (:func:`_typed_list`): a buffer may be bound
+        per call here (``fit`` binds once, and does not compile this)."""
+        return _typed_list(tuple(arrays))
 
     def __init__(self, model, grads: dict | None = None):
         self._pool = []  # (base, grads views, GWs, Gbs, dlogvar, threads cache, ours), newest last

@@ -608,6 +608,9 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                                             dynamic_binarize=binarize == "dynamic", objective=objective,
                                             n_samples=n_samples)
             full_steps = n // batch_size  # steps with a whole batch; a last, smaller one runs alone
+            # the row blocks of the run's batch size for every step, the last, smaller one
+            # too: one compiled kernel (a cold start compiles the one- or the many-block one)
+            chunks.blocks = chunks.blocks_for(batch_size)
         stop = False
         # Overflow in a step is reported once, as a DivergenceError naming it, not as warnings.
         limits = chunks.thread_settings(batch_size) if chunks is not None else {}
