@@ -38,7 +38,9 @@ ln σ² per dimension (the vector ``lik_logvar``, its gradient into ``lik_dlogva
 """
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -63,7 +65,11 @@ SERIAL_BELOW = 1 << 16
 
 # compiled code calls one of three products (npvae.kernels.blas), and is cached per product
 # (npvae's own kernel: per vector width and version of its source and blas.py's, inlined here)
-CACHE = "blas-" + blas.BLAS + (f"-{BLAS_SOURCE_ID}" if blas.BLAS == "npvae" else "")
+# (and of the sources its kernels inline from other files: numba checks a cached function's
+# own file only, so a change to vmath.py alone would otherwise load stale code)
+_INLINED = ("vmath.py", "numba_impl.py", "codes.py", "../constants.py")
+_INLINED_ID = hashlib.sha256(b"".join((Path(__file__).parent / f).read_bytes() for f in _INLINED)).hexdigest()[:8]
+CACHE = "blas-" + blas.BLAS + (f"-{BLAS_SOURCE_ID}" if blas.BLAS == "npvae" else "") + f"-{_INLINED_ID}"
 
 # no "reassoc" (see the module's docstring); "contract" lets LLVM use FMA
 _elementwise = jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)

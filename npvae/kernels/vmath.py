@@ -90,8 +90,8 @@ def _bits_to_float64(typingctx, bits):
 
 
 @_inline
-def _exp_poly(r):
-    # Horner form of Σ_{n≤13} r^n / n!
+def _taylor_from_half(r):
+    # Horner form of 1/2! + r/3! + … + r¹¹/13!, the tail that e^r and e^r − 1 share
     p = 1.6059043836821613e-10          # 1/13!
     p = p * r + 2.08767569878681e-09    # 1/12!
     p = p * r + 2.505210838544172e-08   # 1/11!
@@ -103,9 +103,13 @@ def _exp_poly(r):
     p = p * r + 0.008333333333333333    # 1/5!
     p = p * r + 0.041666666666666664    # 1/4!
     p = p * r + 0.16666666666666666     # 1/3!
-    p = p * r + 0.5
-    p = p * r + 1.0
-    return p * r + 1.0
+    return p * r + 0.5
+
+
+@_inline
+def _exp_poly(r):
+    # Horner form of Σ_{n≤13} r^n / n!
+    return (_taylor_from_half(r) * r + 1.0) * r + 1.0
 
 
 @_inline
@@ -124,19 +128,7 @@ def exp(x):
 @_inline
 def _expm1_poly(r):
     # e^r − 1 = r + r²/2! + … + r¹³/13!, Horner form, no cancellation near 0
-    p = 1.6059043836821613e-10          # 1/13!
-    p = p * r + 2.08767569878681e-09    # 1/12!
-    p = p * r + 2.505210838544172e-08   # 1/11!
-    p = p * r + 2.755731922398589e-07   # 1/10!
-    p = p * r + 2.7557319223985893e-06  # 1/9!
-    p = p * r + 2.48015873015873e-05    # 1/8!
-    p = p * r + 0.0001984126984126984   # 1/7!
-    p = p * r + 0.001388888888888889    # 1/6!
-    p = p * r + 0.008333333333333333    # 1/5!
-    p = p * r + 0.041666666666666664    # 1/4!
-    p = p * r + 0.16666666666666666     # 1/3!
-    p = p * r + 0.5
-    return p * r * r + r
+    return _taylor_from_half(r) * r * r + r
 
 
 @_inline
