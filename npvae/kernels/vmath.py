@@ -69,24 +69,19 @@ _TANH32_P = (np.float32(-0.3333333134651184), np.float32(0.13333207368850708),
 _EXP32_P = tuple(np.float32(1.0 / math.factorial(n)) for n in range(7, -1, -1))  # 1/7!, …, 1/0!
 
 
-@intrinsic
-def _bits_to_float32(typingctx, bits):
-    """Reinterpret an int32's bits as a float32 (LLVM ``bitcast``, vectorisable)."""
-    sig = types.float32(types.int32)
+def _bitcast(to, frm, lltype):
+    """An intrinsic that reinterprets a ``frm`` integer's bits as a ``to`` float (LLVM
+    ``bitcast``, which LLVM vectorises)."""
+    @intrinsic
+    def bits_to_float(typingctx, bits):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], lltype)
+        return to(frm), codegen
+    return bits_to_float
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return sig, codegen
 
-
-@intrinsic
-def _bits_to_float64(typingctx, bits):
-    """Reinterpret an int64's bits as a float64 (LLVM ``bitcast``, vectorisable)."""
-    sig = types.float64(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-    return sig, codegen
+_bits_to_float32 = _bitcast(types.float32, types.int32, ir.FloatType())
+_bits_to_float64 = _bitcast(types.float64, types.int64, ir.DoubleType())
 
 
 @_inline
