@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels, ops
+from . import kernels, ops, threads
 from .kernels import ACT_CODES
 from .layers import Dense
 
@@ -210,6 +210,7 @@ def _heads(P, stages, h, bufs):
 
 def encode(plan: Plan, P, x, ws: Workspace, record=None):
     """μ and v = ln σ² of q(z|x) into ws.mu, ws.lv; returns the last encoder features."""
+    threads.ran_on("blas")  # the products are NumPy's (OpenBLAS on its threads)
     h = _forward_chain(P, plan.encoder, x, ws.enc, ws.tapes, record)
     _heads(P, plan.heads, h, (ws.mu, ws.lv))
     return h
@@ -217,6 +218,7 @@ def encode(plan: Plan, P, x, ws: Workspace, record=None):
 
 def decode(plan: Plan, P, z, ws: Workspace, record=None):
     """The likelihood's output heads for z into ws.out; returns the last decoder features."""
+    threads.ran_on("blas")
     h = _forward_chain(P, plan.decoder, z, ws.dec, ws.tapes, record)
     _heads(P, plan.outputs, h, ws.out)
     if record is not None:

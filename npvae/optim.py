@@ -46,20 +46,27 @@ def flat_like(params: dict) -> dict:
 
 
 class _FlatCache:
-    """Remembers, by identity (weakly), which groups of arrays are views of one flat buffer."""
+    """Remembers, by identity (weakly), which groups of arrays are views of one flat buffer,
+    group by group: the parameters and moments stay the same arrays from step to step, the
+    gradients of a user's loop are new views each step, and only they are looked at again."""
 
     def __init__(self):
-        self._key, self._bases = (), ()
+        self._groups = []  # per group: (weak references to its arrays, its flat base or None)
 
     def bases(self, *groups):
-        groups = [list(g) for g in groups]
-        key = [a for g in groups for a in g]
-        # the identity check runs every step: map/all keep it in C (~1 µs for 60 arrays);
-        # weakref.ref.__call__ rather than operator.call, which needs Python 3.11
-        if len(key) != len(self._key) or not all(map(operator.is_, map(weakref.ref.__call__, self._key), key)):
-            self._key = tuple(weakref.ref(a) for a in key)
-            self._bases = tuple(flat_base(g) for g in groups)
-        return self._bases
+        out = []
+        for i, group in enumerate(groups):
+            group = list(group)
+            if i == len(self._groups):
+                self._groups.append(((), None))
+            key, base = self._groups[i]
+            # the identity check runs every step: map/all keep it in C (~1 µs for 60 arrays);
+            # weakref.ref.__call__ rather than operator.call, which needs Python 3.11
+            if len(key) != len(group) or not all(map(operator.is_, map(weakref.ref.__call__, key), group)):
+                base = flat_base(group)
+                self._groups[i] = (tuple(weakref.ref(a) for a in group), base)
+            out.append(base)
+        return tuple(out)
 
 
 def clip_grad_norm(grads: dict, max_norm: float | None, *, flat=None, norm=None):
@@ -111,8 +118,9 @@ class Optimizer:
         When params, grads and every moment are views of flat buffers (as for a VAE), the
         update is one fused kernel call over all parameters; otherwise one per array.
         ``grad_norm``: the global gradient norm, when the caller has computed it already.
-        Runs under the training thread settings (:mod:`npvae.threads`), in a user's loop too."""
-        with threads.limited():
+        Runs under the training thread settings (:mod:`npvae.threads`), in a user's loop too:
+        on the pool of the step that made the gradients (:func:`npvae.threads.update_limits`)."""
+        with threads.limited(**threads.update_limits()):
             return self._update(params, grads, state, grad_norm)
 
     def _update(self, params, grads, state, grad_norm):

@@ -477,6 +477,41 @@ def test_loss_and_grad_never_hands_out_arrays_a_caller_still_holds():
     assert len(bases) <= compiled.Gradients.POOL  # dropped buffers are used again
 
 
+def test_the_update_runs_on_the_pool_of_the_step_that_made_the_gradients(monkeypatch):
+    """After the compiled step, a user's update runs on its numba threads (as fit's, inside
+    the step); after the engine's, on the training settings (one numba thread beside
+    OpenBLAS's).  The numbers are the same either way, bit for bit (Adam's pass is split
+    in two here: the model has more parameters than one thread takes alone)."""
+    import numba
+
+    from npvae import threads
+    if numba.config.NUMBA_NUM_THREADS < 2 or npvae.get_threads()["blas"] < 2:
+        pytest.skip("needs two threads: set NUMBA_NUM_THREADS and npvae.set_threads(blas=2)")
+    seen = []
+    real = npvae.kernels.adam_
+    monkeypatch.setattr(npvae.kernels, "adam_", lambda *a: (seen.append(numba.get_num_threads()), real(*a)))
+    x = np.random.default_rng(0).random((9, 200))
+    eps = np.random.default_rng(1).standard_normal((9, 4))
+    m1, m2 = (npvae.VAE(200, 4, hidden=(100,), seed=0) for _ in range(2))
+    assert m1.n_params >= npvae.kernels.numba_impl.PARALLEL_MIN_ELEMENTS
+    opt1, opt2 = npvae.Adam(lr=0.01), npvae.Adam(lr=0.01)
+    s1, s2 = opt1.init(m1.params), opt2.init(m2.params)
+    for _ in range(2):
+        _, g, _ = m1.loss_and_grad(x, eps=eps)  # the compiled step
+        assert threads.update_limits() == {"numba": npvae.get_threads()["blas"]}
+        same = {k: v.copy() for k, v in g.items()}
+        opt1.update(m1.params, g, s1)
+        assert seen[-1] == npvae.get_threads()["blas"]
+        m2.loss_and_grad(x, eps=eps, trace=True)  # the engine's step
+        assert threads.update_limits() == {}
+        opt2.update(m2.params, same, s2)
+        assert seen[-1] == npvae.get_threads()["numba"]
+        for k in m1.params:
+            np.testing.assert_array_equal(m1.params[k], m2.params[k])
+    with pytest.raises(ValueError, match="pool must be"):
+        threads.ran_on("gpu")
+
+
 def test_loss_and_grad_takes_the_engine_for_a_trace_free_bits_or_iwae():
     """Where the compiled step does not apply, loss_and_grad is the engine's step exactly;
     where it does, gradient arrays that are not views of one buffer get the same numbers

@@ -335,7 +335,8 @@ def test_the_finiteness_checks_see_every_nan(dtype):
         for size in (1, 7, 1000, 100_003):
             a = np.zeros(size, dtype)
             for pos in (0, size // 2, size - 1):
-                a[pos] = np.nan
-                assert not impl.all_finite(a) and not np.isfinite(impl.sum_squares(a))
-                a[pos] = 0
+                for bad in (np.nan, np.inf, -np.inf):
+                    a[pos] = bad
+                    assert not impl.all_finite(a) and not np.isfinite(impl.sum_squares(a))
+                    a[pos] = 0
             assert impl.all_finite(a) and impl.sum_squares(a) == 0

@@ -101,6 +101,39 @@ def test_state_saves_and_config_round_trips(opt, tmp_path):
     assert again.config() == opt.config()
 
 
+def test_new_gradient_arrays_every_step_update_as_one_buffer_does():
+    """A user's loop that gets new gradient arrays each step (views of a new buffer, as
+    loss_and_grad hands out) updates bit for bit as one reused buffer; when one group of
+    arrays stops being one buffer (here the first moments), the update notices and goes
+    array by array, with the same numbers."""
+    rng = np.random.default_rng(0)
+    shapes = {"a": (3, 4), "b": (4,), "c": (2, 5)}
+
+    def params():
+        return optim.flat_like({k: np.zeros(s) for k, s in shapes.items()})
+    steps = [{k: rng.standard_normal(s) for k, s in shapes.items()} for _ in range(6)]
+    p1, p2 = params(), params()
+    opt1, opt2 = npvae.Adam(lr=0.1), npvae.Adam(lr=0.1)
+    s1, s2 = opt1.init(p1), opt2.init(p2)
+    reused = optim.flat_like(p1)
+    for i, g in enumerate(steps):
+        for k in g:
+            reused[k][...] = g[k]
+        fresh = optim.flat_like(p2)
+        for k in g:
+            fresh[k][...] = g[k]
+        if i == 3:  # the first moments become separate arrays
+            for k in shapes:
+                s2[f"m.{k}"] = s2[f"m.{k}"].copy()
+        opt1.update(p1, reused, s1)
+        opt2.update(p2, fresh, s2)
+        for k in shapes:
+            np.testing.assert_array_equal(p1[k], p2[k])
+            np.testing.assert_array_equal(s1[f"m.{k}"], s2[f"m.{k}"])
+        assert s1["grad_norm"] == s2["grad_norm"]
+    assert optim.flat_base(s2[f"m.{k}"] for k in shapes) is None
+
+
 def test_float32_parameters_stay_float32():
     params = {"w": np.ones(4, np.float32)}
     for opt in (npvae.SGD(momentum=0.9), npvae.Adam(), npvae.AdamW()):
