@@ -1,5 +1,5 @@
 """A training step inside ``fit`` (the compiled path: chunks of steps) against the same step
-in a user's own loop (the README's ``loss_and_grad`` + ``update`` on the engine path, and
+in a user's own loop (the README's ``loss_and_grad`` + ``update``, and
 ``AdamSteps.run`` one step per call), and the evaluation calls (``elbo``, which fit runs for
 its validation, and ``log_likelihood``) against the same calls under fit's thread settings,
 with no thread settings from the user: they must run as fast as inside fit.
