@@ -393,7 +393,7 @@ class VAE:
         batch_size = positive_int(batch_size, "batch_size")
         rng = np.random.default_rng(0) if rng is None else generator(rng)
         comm = parallel.world(comm)
-        with threads.limited():
+        with threads.limited(**threads.engine_limits()):  # the engine's, inside fit too
             return self._elbo(x, rng, n_samples, batch_size, comm)
 
     def _elbo(self, x, rng, n_samples, batch_size, comm):

@@ -678,20 +678,24 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                 record.update({k: sums[k] for k in ("loss", "reconstruction", "kl", "lr")})
                 record["beta"] = sums["beta"] / steps_per_epoch
                 record["grad_norm"] = sums["grad_norm"] / steps_per_epoch
-                if x_val is not None:
-                    val = float(model.elbo(x_val, rng=np.random.default_rng(val_rng_seed), comm=comm).mean())
-                    record["val_elbo"] = val
-                    if run["best_val"] is None or val > run["best_val"]:
-                        run["best_val"], run["best_epoch"], run["bad_epochs"] = val, epoch, 0
-                        if early_stopping is not None:
-                            best_params = {k: v.copy() for k, v in model.params.items()}
-                    else:
-                        run["bad_epochs"] += 1
-                    history.best_epoch = run["best_epoch"]
-                if diagnostics is not None:
-                    diag = diag_mod.summary(model, diagnostics, grads=step.grads, before=before)
-                    record["active_units"] = diag["active_units"]
-                    record["diagnostics"] = diag
+                # the epoch's evaluation is the engine's work: under its thread settings, not
+                # the compiled steps' (numba's threads beside OpenBLAS's took it 2x as long)
+                with threads.limited(**threads.engine_limits()):
+                    if x_val is not None:
+                        val = float(model.elbo(x_val, rng=np.random.default_rng(val_rng_seed),
+                                               comm=comm).mean())
+                        record["val_elbo"] = val
+                        if run["best_val"] is None or val > run["best_val"]:
+                            run["best_val"], run["best_epoch"], run["bad_epochs"] = val, epoch, 0
+                            if early_stopping is not None:
+                                best_params = {k: v.copy() for k, v in model.params.items()}
+                        else:
+                            run["bad_epochs"] += 1
+                        history.best_epoch = run["best_epoch"]
+                    if diagnostics is not None:
+                        diag = diag_mod.summary(model, diagnostics, grads=step.grads, before=before)
+                        record["active_units"] = diag["active_units"]
+                        record["diagnostics"] = diag
                 record["time"] = run["epoch_time"]
                 history.append(record)
                 run["epoch"], run["step_in_epoch"] = epoch, 0
@@ -714,7 +718,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
             for k in model.params:
                 model.params[k][...] = best_params[k]
         if diagnostics is not None and len(history) and not history.interrupted:
-            diag_mod.check_posterior_collapse(model, diagnostics)
+            with threads.limited(**threads.engine_limits()):
+                diag_mod.check_posterior_collapse(model, diagnostics)
         return history
     finally:
         if lock is not None:

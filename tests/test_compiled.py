@@ -512,6 +512,28 @@ def test_the_update_runs_on_the_pool_of_the_step_that_made_the_gradients(monkeyp
         threads.ran_on("gpu")
 
 
+@pytest.mark.filterwarnings("ignore:posterior collapse")  # one epoch of a small model
+def test_the_epochs_evaluation_runs_under_the_engines_thread_settings(monkeypatch):
+    """fit's compiled path runs its steps on numba's threads; its validation ELBO and
+    diagnostics are the engine's work (OpenBLAS's products) and run under the engine's
+    settings (one numba thread), as ``elbo`` does inside any caller's limits."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2 or npvae.get_threads()["blas"] < 2:
+        pytest.skip("needs two threads: set NUMBA_NUM_THREADS and npvae.set_threads(blas=2)")
+    seen = []
+    real = npvae.engine.encode
+    monkeypatch.setattr(npvae.engine, "encode",
+                        lambda *a, **k: (seen.append(numba.get_num_threads()), real(*a, **k))[1])
+    m = npvae.VAE(200, 4, hidden=(100,), seed=0)
+    x = (np.random.default_rng(0).random((128, 200)) < 0.3).astype(m.dtype)
+    with npvae.threads.limited(numba=2):
+        m.elbo(x[:16])
+    assert seen and set(seen) == {npvae.get_threads()["numba"]}
+    seen.clear()
+    npvae.fit(m, x, x_val=x[:32], epochs=1, batch_size=64, progress=False, diagnostics=x[:16], compiled=True)
+    assert seen and set(seen) == {npvae.get_threads()["numba"]}
+
+
 def test_loss_and_grad_takes_the_engine_for_a_trace_free_bits_or_iwae():
     """Where the compiled step does not apply, loss_and_grad is the engine's step exactly;
     where it does, gradient arrays that are not views of one buffer get the same numbers
