@@ -42,6 +42,15 @@ SPLIT_ROWS = 24
 SPLIT_WORK = 1 << 20
 
 
+def _typed_from_python(arrays):
+    """A numba typed List of ``arrays`` (one type), appended from Python: no compile, for
+    lists made once."""
+    out = numba.typed.List()
+    for a in arrays:
+        out.append(a)
+    return out
+
+
 @jit()
 def _typed_list(items):
     """A numba typed List of the tuple ``items`` (one type), built in compiled code: 3 µs
@@ -146,28 +155,23 @@ class Steps:
         self.M = self.V = np.empty(0, dtype=model.dtype)  # Adam's moments: AdamSteps sets them
         stages, self.n_enc, self.n_dec = stage_list(model.plan)
         self.stages = stages
-
-        def typed(arrays):
-            out = numba.typed.List()
-            for a in arrays:
-                out.append(a)
-            return out
         P = model.params
         self._params = tuple(P.values())
-        self.Ws = typed([P[s[0]] for s in stages])
-        self.bs = typed([P[s[1]] for s in stages])
+        self.Ws = _typed_from_python([P[s[0]] for s in stages])
+        self.bs = _typed_from_python([P[s[1]] for s in stages])
         self.acts = np.array([s[2] for s in stages], dtype=np.int64)
         D, dt = model.n_inputs, model.dtype
         self.lik, logvar = _likelihood_code(model.likelihood, D, dt)
         self._learned = logvar is None
         self.lik_logvar = P["likelihood.logvar"] if self._learned else logvar
         self._bufs = {}
-        if not hasattr(self, "_typed"):
-            self._typed = typed
         self._partials = {}
         self._threads_cache = {}
         self.blocks = None
         self._bind(grads)
+
+    # how the step's lists of arrays are made: from Python, as fit binds its buffers once
+    _typed = staticmethod(_typed_from_python)
 
     def _bind(self, grads):
         """Make ``grads`` (views of one flat buffer) the gradients the steps write."""
@@ -465,19 +469,12 @@ def log_weights(model, x, eps):
     in the model's dtype) and eps (K, B, J), by one compiled call: what
     :func:`npvae.engine.log_weights` computes, to rounding.  For a model the compiled path
     takes (:func:`unsupported` is None)."""
-    import numba.typed
-
     from .kernels import step
     K, B, J = eps.shape
     dt, D = model.dtype, model.n_inputs
     stages, n_enc, n_dec = stage_list(model.plan)
     d0 = n_enc + 2
-
-    def typed(arrays):
-        out = numba.typed.List()
-        for a in arrays:
-            out.append(a)
-        return out
+    typed = _typed_from_python
     P = model.params
     lik, logvar = _likelihood_code(model.likelihood, D, dt)
     if logvar is None:
