@@ -82,9 +82,10 @@ def ran_on(pool: str) -> None:
 def update_limits() -> dict:
     """The thread limits for an optimizer's update (:meth:`npvae.optim.Optimizer.update`):
     the pool of the step that made the gradients.  After a compiled step, numba on npvae's
-    thread count (``blas``), as the compiled step updates inside ``fit``: Adam's pass is
-    bound by its square roots and divisions, and two threads halve it (784-400-20: 0.11 ms
-    against 0.22 in a user's loop).  After the engine's step, the training settings: OpenBLAS's
+    thread count (``blas``), as the compiled step updates inside ``fit``: right after a
+    step, whose buffers pushed Adam's moments out of cache, Adam's pass over 784-400-20's
+    parameters took 0.56 ms on one thread and 0.30 on two (timed inside a user's loop).  After
+    the engine's step, the training settings: OpenBLAS's
     threads are still spinning, and a second numba thread next to them made a user's loop
     3.5x slower (8.4 ms a step against 2.4)."""
     if _last_pool == "numba":
