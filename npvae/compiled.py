@@ -348,9 +348,10 @@ class AdamSteps(Steps):
 
 class Gradients(Steps):
     """One batch's loss and gradient by the compiled step, without an update: what
-    :meth:`npvae.VAE.loss_and_grad` runs for a model the compiled path takes (the ELBO; the
-    same mathematics as the engine's step, to rounding), so that a user's own loop runs at
-    ``fit``'s speed.
+    :meth:`npvae.VAE.loss_and_grad` runs for a model the compiled path takes (the ELBO, or
+    with ``objective="iwae"`` (``"iwae-dreg"``, ``"iwae-stl"``) the importance-weighted bound
+    with ``n_samples`` = K; the same mathematics as the engine's step, to rounding), so that a
+    user's own loop runs at ``fit``'s speed.
 
     The gradients go to any flat gradient buffer (``grads`` of :meth:`__call__`); the
     compiled step's lists of its arrays are kept for the last few buffers.  For a call
@@ -366,10 +367,12 @@ class Gradients(Steps):
         per call here (``fit`` binds once, and does not compile this)."""
         return _typed_list(tuple(arrays))
 
-    def __init__(self, model, grads: dict | None = None):
+    def __init__(self, model, grads: dict | None = None, *, objective="elbo", n_samples=1):
         self._pool = []  # (base, grads views, GWs, Gbs, dlogvar, threads cache, ours), newest last
         self._fresh = ((), lambda: None)  # the views fresh_grads handed out last, and their buffer
-        super().__init__(model, grads if grads is not None else _flat_empty(model.params))
+        self._weights = None  # the last importance-weighted call's w̃_k / B, (B, K)
+        super().__init__(model, grads if grads is not None else _flat_empty(model.params), objective=objective,
+                         n_samples=n_samples)
         if grads is None:  # a buffer of the pool's own, to hand out
             self._pool[-1] = (*self._pool[-1][:6], True)
         self._all_rows = np.zeros((1, 0), dtype=np.int64)
@@ -428,8 +431,10 @@ class Gradients(Steps):
 
     def __call__(self, x, eps, beta, grads):
         """Loss and gradient of the batch x (B, D) (checked, in the model's dtype) with the
-        noise eps (B, J) and KL weight ``beta``, into ``grads`` (views of one flat buffer).
-        Returns (loss, reconstruction, KL) batch means in float64."""
+        noise eps, (B, J) for the ELBO and (K, B, J) for the importance-weighted bound, and
+        KL weight ``beta`` (the ELBO's), into ``grads`` (views of one flat buffer).  Returns
+        (loss, reconstruction, KL) batch means in float64: the loss is −ELBO_β, or −L_K;
+        the reconstruction is E_q[−ln p(x|z)], or Σ_k w̃_k (−ln p(x|z_k))."""
         if any(a is not b for a, b in zip(self.model.params.values(), self._params)):
             raise ValueError("the model's parameters were replaced: make a new Gradients")
         base = self._base_of(grads)
@@ -439,12 +444,24 @@ class Gradients(Steps):
             self._bind(grads, base)
         B = x.shape[0]
         b = self._buffers(1, B)
-        b["E"][0, 0] = eps
+        if self.K:
+            b["E"][0] = eps
+        else:
+            b["E"][0, 0] = eps
         b["betas"][0] = beta
         if self._all_rows.shape[1] != B:
             self._all_rows = np.arange(B, dtype=np.int64).reshape(1, B)
         self._call(np.ascontiguousarray(x), self._all_rows, b, 0.0, False)
+        self._weights = b["lw"] if self.K else None
         return b["losses"][0], b["recs"][0], b["kls"][0]
+
+    def ess(self) -> float:
+        """The last importance-weighted call's effective sample size, the batch mean of
+        1 / Σ_k w̃_k² (in [1, K]), from the normalised weights its step leaves (w̃_k / B)."""
+        if self._weights is None:
+            raise ValueError("no importance-weighted call yet")
+        wn = self._weights * self._weights.shape[0]
+        return float((1.0 / (wn * wn).sum(axis=1)).mean())
 
 
 def _flat_empty(params) -> dict:

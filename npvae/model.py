@@ -264,9 +264,10 @@ class VAE:
         beta = finite_float(beta, "beta", min_value=0.0)
         free_bits = finite_float(free_bits, "free_bits", min_value=0.0)
         objective, n_samples = check_objective(objective, n_samples, beta, free_bits)
-        # the ELBO of a model the compiled path takes: the compiled step (fit's speed, the
-        # same mathematics to rounding); else, and for a trace, free bits or IWAE, the engine
-        step = None if (trace or free_bits > 0 or importance_weighted(objective)) else self._compiled_gradients()
+        iw = importance_weighted(objective)
+        # a model the compiled path takes: fit's compiled step (its speed, the same
+        # mathematics to rounding); else, and for a trace or free bits, the engine
+        step = None if (trace or free_bits > 0) else self._compiled_gradients(objective, n_samples)
         G = gradient_buffers(out, self.params) if out is not None else None
         if step is not None:
             # arrays that are not views of one buffer get the compiled step's result copied
@@ -278,43 +279,51 @@ class VAE:
         if trace:
             from .trace import Trace
             record = Trace()
+        B = x.shape[0]
         with threads.limited():  # fit's thread settings, in a user's own loop too
-            if importance_weighted(objective):
-                eps = self._noise((n_samples, x.shape[0], self.n_latent), eps, rng)
-                loss, parts = engine.iwae_step(self.plan, self.params, G, x, eps, self.workspaces(x.shape[0]),
-                                               self.workspaces(n_samples * x.shape[0]),
+            eps = self._noise((n_samples, B, self.n_latent) if iw else (B, self.n_latent), eps, rng)
+            if step is not None:
+                loss, rec, kl = step(x, eps, beta, into)
+                if G is None:
+                    G = into
+                elif into is not G:
+                    for k in G:
+                        G[k][...] = into[k]
+                dt = self.dtype.type
+                parts = {"reconstruction": dt(rec), "kl": dt(kl), "elbo": dt(-(rec + kl)), "beta": beta}
+                if iw:  # the loss is −L_K
+                    loss = dt(loss)
+                    parts.update(iwae=dt(-loss), ess=step.ess())
+                else:
+                    loss = dt(rec + beta * kl)
+            elif iw:
+                loss, parts = engine.iwae_step(self.plan, self.params, G, x, eps, self.workspaces(B),
+                                               self.workspaces(n_samples * B),
                                                estimator=IMPORTANCE_WEIGHTED[objective], record=record)
             else:
-                eps = self._noise((x.shape[0], self.n_latent), eps, rng)
-                if step is not None:
-                    _, rec, kl = step(x, eps, beta, into)
-                    if G is None:
-                        G = into
-                    elif into is not G:
-                        for k in G:
-                            G[k][...] = into[k]
-                    dt = self.dtype.type
-                    loss = dt(rec + beta * kl)
-                    parts = {"reconstruction": dt(rec), "kl": dt(kl), "elbo": dt(-(rec + kl)), "beta": beta}
-                else:
-                    loss, parts = engine.elbo_step(self.plan, self.params, G, x, eps, self.workspaces(x.shape[0]),
-                                                   beta=beta, free_bits=free_bits, record=record)
+                loss, parts = engine.elbo_step(self.plan, self.params, G, x, eps, self.workspaces(B),
+                                               beta=beta, free_bits=free_bits, record=record)
         return (loss, G, parts, record) if trace else (loss, G, parts)
 
-    def _compiled_gradients(self):
-        """The compiled step that computes the ELBO's loss and gradient for loss_and_grad
-        (:class:`npvae.compiled.Gradients`, kept while the parameters are the same arrays),
-        or None where the engine computes them (a model the compiled path does not take, or
-        the NumPy backend)."""
+    def _compiled_gradients(self, objective="elbo", n_samples=1):
+        """The compiled step that computes the objective's loss and gradient for
+        loss_and_grad (:class:`npvae.compiled.Gradients`, one per objective and K, kept while
+        the parameters are the same arrays), or None where the engine computes them (a model
+        the compiled path does not take for this objective, or the NumPy backend)."""
         from . import compiled, kernels
         if kernels.get_backend() != "numba":
             return None
         params = tuple(self.params.values())
         cached = self.__dict__.get("_gradients")
         if cached is None or len(cached[0]) != len(params) or any(a is not b for a, b in zip(cached[0], params)):
-            step = compiled.Gradients(self) if compiled.unsupported(self) is None else None
-            cached = self.__dict__["_gradients"] = (params, step)
-        return cached[1]
+            cached = self.__dict__["_gradients"] = (params, {})
+        key = (objective, n_samples if importance_weighted(objective) else 1)
+        if key not in cached[1]:
+            if len(cached[1]) >= 4:  # each holds its buffers: the oldest objective goes
+                cached[1].pop(next(iter(cached[1])))
+            cached[1][key] = (compiled.Gradients(self, objective=objective, n_samples=key[1])
+                              if compiled.unsupported(self, objective=objective) is None else None)
+        return cached[1][key]
 
     # ------------------------------------------------------------------------------------
     # Inference and generation

@@ -436,7 +436,7 @@ def test_loss_and_grad_runs_the_compiled_step_and_equals_the_engines(dtype, lik,
     eps = rng.standard_normal((B, 3)).astype(dtype)
     out = None if fresh else m.new_grads()
     loss, grads, parts = m.loss_and_grad(x, eps=eps, beta=beta, out=out)
-    assert isinstance(m.__dict__["_gradients"][1], compiled.Gradients)
+    assert isinstance(m.__dict__["_gradients"][1][("elbo", 1)], compiled.Gradients)
     if out is not None:
         assert all(grads[k] is out[k] for k in out)
     G = m.new_grads()
@@ -447,11 +447,48 @@ def test_loss_and_grad_runs_the_compiled_step_and_equals_the_engines(dtype, lik,
         assert abs(float(parts[k]) - float(ref_parts[k])) <= tol * max(1.0, abs(float(ref_parts[k]))), k
     for k in G:
         assert rel(grads[k], G[k]) < tol * 100 or np.max(np.abs(grads[k] - G[k])) < tol, k
-    m.__dict__["_gradients"][1].blocks = 2  # the two-block path gives the same, to rounding
+    m.__dict__["_gradients"][1][("elbo", 1)].blocks = 2  # the two-block path gives the same, to rounding
     loss2, grads2, _ = m.loss_and_grad(x, eps=eps, beta=beta)
     assert rel(loss2, ref_loss) < tol
     for k in G:
         assert rel(grads2[k], G[k]) < tol * 100 or np.max(np.abs(grads2[k] - G[k])) < tol, k
+
+
+@settings(max_examples=30, deadline=None)
+@given(dtype=st.sampled_from([np.float64, np.float32]),
+       lik=st.sampled_from([LIKELIHOODS[0], LIKELIHOODS[1], LIKELIHOODS[3]]),
+       hidden=st.lists(st.integers(1, 9), max_size=3).map(tuple), act=st.sampled_from(LAYERS),
+       B=st.integers(1, 40), K=st.integers(1, 6), seed=st.integers(0, 2**16),
+       objective=st.sampled_from(["iwae", "iwae-dreg", "iwae-stl"]), blocks=st.sampled_from([None, 2]))
+@example(dtype=np.float64, lik=LIKELIHOODS[0], hidden=(4, 3), act="mixed", B=9, K=3, seed=2, objective="iwae-dreg",
+         blocks=2)
+def test_loss_and_grad_runs_the_compiled_iwae_step_and_equals_the_engines(dtype, lik, hidden, act, B, K, seed,
+                                                                           objective, blocks):
+    """The importance-weighted objectives in a user's own loop run the compiled step too:
+    loss, the bound, the effective sample size, the other parts and every gradient equal
+    the engine's iwae_step to rounding, for each estimator, in one row block and in two."""
+    from npvae import engine
+    m = make_vae(11, 3, hidden, act, likelihood=lik[0], seed=seed, dtype=dtype, **lik[1])
+    rng = np.random.default_rng(seed)
+    x = (rng.random((B, 11)) if lik[0] == "bernoulli" else rng.standard_normal((B, 11))).astype(dtype)
+    eps = rng.standard_normal((K, B, 3)).astype(dtype)
+    kw = dict(objective=objective, n_samples=K)
+    m.loss_and_grad(x, eps=eps, **kw)
+    step = m.__dict__["_gradients"][1][(objective, K)]
+    assert isinstance(step, compiled.Gradients)
+    step.blocks = blocks
+    loss, grads, parts = m.loss_and_grad(x, eps=eps, **kw)
+    G = m.new_grads()
+    ref_loss, ref = engine.iwae_step(m.plan, m.params, G, x, eps, m.workspaces(B), m.workspaces(K * B),
+                                     estimator=npvae.model.IMPORTANCE_WEIGHTED[objective])
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert loss.dtype == dtype and rel(loss, ref_loss) < tol
+    assert set(parts) == set(ref)
+    for k in ("iwae", "reconstruction", "kl", "elbo", "ess"):
+        assert abs(float(parts[k]) - float(ref[k])) <= tol * max(1.0, abs(float(ref[k]))), k
+    assert 1.0 - 1e-9 <= parts["ess"] <= K + 1e-9
+    for k in G:
+        assert rel(grads[k], G[k]) < tol * 100 or np.max(np.abs(grads[k] - G[k])) < tol, k
 
 
 def test_loss_and_grad_never_hands_out_arrays_a_caller_still_holds():
@@ -534,7 +571,7 @@ def test_the_epochs_evaluation_runs_under_the_engines_thread_settings(monkeypatc
     assert seen and set(seen) == {npvae.get_threads()["numba"]}
 
 
-def test_loss_and_grad_takes_the_engine_for_a_trace_free_bits_or_iwae():
+def test_loss_and_grad_takes_the_engine_for_a_trace_free_bits_or_iwae_with_a_learned_sigma():
     """Where the compiled step does not apply, loss_and_grad is the engine's step exactly;
     where it does, gradient arrays that are not views of one buffer get the same numbers
     as a flat buffer (the compiled step's, copied in)."""
@@ -554,3 +591,12 @@ def test_loss_and_grad_takes_the_engine_for_a_trace_free_bits_or_iwae():
     ref_fb, _ = engine.elbo_step(m.plan, m.params, G2, x, eps, m.workspaces(9), beta=1.0, free_bits=0.1)
     loss, grads, _ = m.loss_and_grad(x, eps=eps, free_bits=0.1)
     assert loss == ref_fb and all(np.array_equal(grads[k], G2[k]) for k in G2)
+    learned = npvae.VAE(12, 2, hidden=(6,), seed=0, dtype=np.float64, likelihood="gaussian", sigma="learned")
+    eps3 = np.random.default_rng(2).standard_normal((3, 9, 2))
+    for model in (learned, m):  # IWAE with a learned σ; a traced IWAE step
+        G3 = model.new_grads()
+        ref_iw, _ = engine.iwae_step(model.plan, model.params, G3, x, eps3, model.workspaces(9),
+                                     model.workspaces(27), estimator="iwae")
+        loss, grads, _, *_ = model.loss_and_grad(x, eps=eps3, objective="iwae", n_samples=3,
+                                                 trace=model is m)
+        assert loss == ref_iw and all(np.array_equal(grads[k], G3[k]) for k in G3)

@@ -49,8 +49,8 @@ def test_trace_names_and_hand_checks():
 def test_trace_is_the_step_itself_for_every_objective(kw):
     """trace=True returns the loss, the gradients and the parts of the engine's step bit for
     bit (the same engine code, with a recorder), for ELBO and IWAE alike; the untraced call
-    is that step too (IWAE, free bits), or, for the ELBO of a model the compiled path takes,
-    the compiled step, equal to it to rounding."""
+    is that step too (free bits), or, for the ELBO and IWAE of a model the compiled path
+    takes, the compiled step, equal to it to rounding."""
     from npvae import engine
     model = npvae.VAE(5, 2, hidden=(4,), activation="tanh", dtype=np.float64, seed=3)
     x = np.random.default_rng(0).random((6, 5))
@@ -60,17 +60,23 @@ def test_trace_is_the_step_itself_for_every_objective(kw):
     assert len(out) == 4
     loss, grads, parts, T = out
     loss2, grads2, parts2 = model.loss_and_grad(x, eps=eps, **kw)
-    if "beta" in kw:  # the untraced ELBO: the compiled step
-        G = model.new_grads()
-        ref, ref_parts = engine.elbo_step(model.plan, model.params, G, x, eps, model.workspaces(6), **kw)
-        assert loss == ref and parts == ref_parts and all(np.array_equal(grads[k], G[k]) for k in G)
-        assert abs(loss - loss2) <= 1e-12 * abs(loss)
-        for k in grads2:
-            np.testing.assert_allclose(grads[k], grads2[k], rtol=1e-12, atol=1e-15)
-    else:
+    if "free_bits" in kw:  # the untraced call: the engine's step too
         assert loss == loss2 and parts == parts2
         for k in grads2:
             np.testing.assert_array_equal(grads[k], grads2[k])
+    else:  # the untraced ELBO and IWAE: the compiled step
+        G = model.new_grads()
+        if "n_samples" in kw:
+            ref, ref_parts = engine.iwae_step(model.plan, model.params, G, x, eps, model.workspaces(6),
+                                              model.workspaces(6 * kw["n_samples"]), estimator="iwae")
+        else:
+            ref, ref_parts = engine.elbo_step(model.plan, model.params, G, x, eps, model.workspaces(6), **kw)
+        assert loss == ref and parts == ref_parts and all(np.array_equal(grads[k], G[k]) for k in G)
+        assert abs(loss - loss2) <= 1e-12 * abs(loss) and set(parts2) == set(parts)
+        for k in parts2:
+            assert abs(parts2[k] - parts[k]) <= 1e-12 * max(1.0, abs(parts[k])), k
+        for k in grads2:
+            np.testing.assert_allclose(grads[k], grads2[k], rtol=1e-12, atol=1e-15)
     for k in grads:
         np.testing.assert_array_equal(T[f"grad.param.{k}"], grads[k])
     assert T["z"].shape == shape and float(T["loss"]) == float(loss)
