@@ -21,6 +21,21 @@ import npvae
 from bench_step import settle
 
 
+def as_fit_runs(chunks, x, rows, rng):
+    """n steps as fit runs them: chunks of compiled steps (``chunks``, an AdamSteps) under
+    its thread settings, on the batches ``rows`` (8, B) in turn."""
+    B = rows.shape[1]
+
+    def run(n):
+        with npvae.threads.limited(**chunks.thread_settings(B)):
+            done = 0
+            while done < n:
+                s = min(npvae.compiled.CHUNK, n - done)
+                chunks.run(x, rows[np.arange(done, done + s) % len(rows)], rng, np.ones(s))
+                done += s
+    return run
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
@@ -44,13 +59,7 @@ def main(argv=None):
                                              npvae.optim.flat_like(own_steps_model.params))
     rows = np.arange(8 * B).reshape(8, B)
 
-    def inside_fit(n):  # what fit runs: chunks of compiled steps, under its thread settings
-        with npvae.threads.limited(**chunks.thread_settings(B)):
-            done = 0
-            while done < n:
-                s = min(npvae.compiled.CHUNK, n - done)
-                chunks.run(x, rows[np.arange(done, done + s) % 8], r1, np.ones(s))
-                done += s
+    inside_fit = as_fit_runs(chunks, x, rows, r1)
 
     def own_compiled_loop(n):  # a user's loop of compiled steps, one call per step, no settings
         for i in range(n):
@@ -80,13 +89,7 @@ def main(argv=None):
     iw_rows = np.arange(8 * Bi).reshape(8, Bi)
     r4, r5 = np.random.default_rng(4), np.random.default_rng(5)
 
-    def iwae_inside_fit(n):
-        with npvae.threads.limited(**iw_chunks.thread_settings(Bi)):
-            done = 0
-            while done < n:
-                s = min(npvae.compiled.CHUNK, n - done)
-                iw_chunks.run(xi, iw_rows[np.arange(done, done + s) % 8], r4, np.ones(s))
-                done += s
+    iwae_inside_fit = as_fit_runs(iw_chunks, xi, iw_rows, r4)
 
     def iwae_own_loop(n):
         for i in range(n):
