@@ -97,9 +97,10 @@ def main(argv=None):
                                                      n_samples=Ki)
             opt.update(iw_own_model.params, grads, iw_own_state)
 
-    def under_fit_settings(f):  # as fit calls it (its validation ELBO): under fit's settings
-        def run(n):
-            with npvae.threads.limited(**chunks.thread_settings(B)):
+    def under_fit_settings(f, evaluation=False):  # under fit's settings; evaluation: as fit
+        def run(n):                                   # runs its validation ELBO inside them
+            with npvae.threads.limited(**chunks.thread_settings(B)), \
+                    npvae.threads.limited(**(npvae.threads.engine_limits() if evaluation else {})):
                 f(n)
         return run
 
@@ -107,7 +108,7 @@ def main(argv=None):
             "compiled step in a user's own loop": own_compiled_loop,
             "log_likelihood, 64 examples, K = 50/step": log_likelihood, "elbo, 1024 examples/step": elbo,
             "log_likelihood under fit's thread settings": under_fit_settings(log_likelihood),
-            "elbo under fit's thread settings": under_fit_settings(elbo),
+            "elbo as fit's validation runs it": under_fit_settings(elbo, evaluation=True),
             "IWAE K=5 step inside fit (784-300-300-40)": iwae_inside_fit,
             "IWAE K=5 step in a user's own loop": iwae_own_loop}
     for f in runs.values():
@@ -128,8 +129,9 @@ def main(argv=None):
     print(f"own loop (loss_and_grad + update) / inside fit: {ratio:.2f}x  (target <= 1.2x)")
     print(f"own loop of compiled steps / inside fit: {ratio_c:.2f}x")
     ratio_ll = med["log_likelihood, 64 examples, K = 50/step"] / med["log_likelihood under fit's thread settings"]
-    ratio_elbo = med["elbo, 1024 examples/step"] / med["elbo under fit's thread settings"]
-    print(f"log_likelihood / under fit's settings: {ratio_ll:.2f}x; elbo: {ratio_elbo:.2f}x  (target <= 1.2x)")
+    ratio_elbo = med["elbo, 1024 examples/step"] / med["elbo as fit's validation runs it"]
+    print(f"log_likelihood / under fit's settings: {ratio_ll:.2f}x; elbo / as fit's validation: {ratio_elbo:.2f}x"
+          "  (target <= 1.2x)")
     ratio_iw = med["IWAE K=5 step in a user's own loop"] / med["IWAE K=5 step inside fit (784-300-300-40)"]
     print(f"IWAE own loop (loss_and_grad + update) / inside fit: {ratio_iw:.2f}x")
     if args.json:

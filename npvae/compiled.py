@@ -30,6 +30,7 @@ from .layers import Dense, GatedDense
 from .likelihoods import Bernoulli, Gaussian
 from .kernels.jit import jit
 from .optim import Adam, flat_base
+from .validation import positive_int
 
 # steps per call: Python is entered once per chunk; a Ctrl-C waits for the chunk to end
 CHUNK = 16
@@ -148,7 +149,7 @@ class Steps:
             raise ValueError(f"the compiled path cannot train this model: {reason}")
         self.model = model
         self.dynamic = bool(dynamic_binarize)
-        self.K = int(n_samples) if objective != "elbo" else 0  # 0: the ELBO
+        self.K = positive_int(n_samples, "n_samples") if objective != "elbo" else 0  # 0: the ELBO
         # the encoder's gradient estimator of the importance-weighted objectives
         self.estimator = {"iwae-dreg": step.DREG, "iwae-stl": step.STL}.get(objective, step.PLAIN)
         self.P = flat_base(model.params.values())
@@ -274,7 +275,9 @@ class Steps:
         # None for the ELBO: numba then compiles the ELBO step alone (see step.step_block)
         iwae = (b["xk"], b["lw"], b["dzk"]) if self.K else (None, None, None)
         outs = (b["losses"], b["recs"], b["kls"], b["norms"])
-        threads.ran_on("numba")
+        from .kernels import blas
+        # one block with BLAS's products runs them on BLAS's threads: the engine's pool
+        threads.ran_on("numba" if T > 1 or blas.BLAS == "npvae" else "blas")
         if T <= 1:
             return self._step.adam_steps(
                 *common, self.GWs, self.Gbs, self.acts, self.n_enc, self.n_dec, *buffers, self.lik_dlogvar, *iwae,

@@ -318,8 +318,10 @@ class VAE:
         if cached is None or len(cached[0]) != len(params) or any(a is not b for a, b in zip(cached[0], params)):
             cached = self.__dict__["_gradients"] = (params, {})
         key = (objective, n_samples if importance_weighted(objective) else 1)
-        if key not in cached[1]:
-            if len(cached[1]) >= 4:  # each holds its buffers: the oldest objective goes
+        if key in cached[1]:  # the most recently used last
+            cached[1][key] = cached[1].pop(key)
+        else:
+            if len(cached[1]) >= 4:  # each holds its buffers: the least recently used goes
                 cached[1].pop(next(iter(cached[1])))
             cached[1][key] = (compiled.Gradients(self, objective=objective, n_samples=key[1])
                               if compiled.unsupported(self, objective=objective) is None else None)
@@ -402,7 +404,7 @@ class VAE:
         batch_size = positive_int(batch_size, "batch_size")
         rng = np.random.default_rng(0) if rng is None else generator(rng)
         comm = parallel.world(comm)
-        with threads.limited(**threads.engine_limits()):  # the engine's, inside fit too
+        with threads.limited():
             return self._elbo(x, rng, n_samples, batch_size, comm)
 
     def _elbo(self, x, rng, n_samples, batch_size, comm):

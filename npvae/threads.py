@@ -81,7 +81,9 @@ def ran_on(pool: str) -> None:
 
 def update_limits() -> dict:
     """The thread limits for an optimizer's update (:meth:`npvae.optim.Optimizer.update`):
-    the pool of the step that made the gradients.  After a compiled step, numba on npvae's
+    the pool of npvae's last step in this process, which in a loop of ``loss_and_grad`` and
+    ``update`` is the step that made the gradients (gradients made otherwise may update on
+    the wrong pool: slower, never different numbers).  After a compiled step, numba on npvae's
     thread count (``blas``), as the compiled step updates inside ``fit``: right after a
     step, whose buffers pushed Adam's moments out of cache, Adam's pass over 784-400-20's
     parameters took 0.56 ms on one thread and 0.30 on two (timed inside a user's loop).  After

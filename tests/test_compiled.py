@@ -512,6 +512,10 @@ def test_loss_and_grad_never_hands_out_arrays_a_caller_still_holds():
         bases.add(id(g["encoder.0.W"].base))
         del g
     assert len(bases) <= compiled.Gradients.POOL  # dropped buffers are used again
+    _, g, _ = m.loss_and_grad(x, eps=eps)
+    _, again, _ = m.loss_and_grad(x / 2, eps=eps, out=g)  # the arrays handed out, given back
+    _, fresh, _ = m.loss_and_grad(x / 2, eps=eps)
+    assert all(again[k] is g[k] and np.array_equal(again[k], fresh[k]) for k in g)
 
 
 def test_the_update_runs_on_the_pool_of_the_step_that_made_the_gradients(monkeypatch):
@@ -545,6 +549,13 @@ def test_the_update_runs_on_the_pool_of_the_step_that_made_the_gradients(monkeyp
         assert seen[-1] == npvae.get_threads()["numba"]
         for k in m1.params:
             np.testing.assert_array_equal(m1.params[k], m2.params[k])
+    small = npvae.VAE(12, 2, hidden=(6,), seed=0)  # one row block
+    xs = np.random.default_rng(3).random((9, 12))
+    small.loss_and_grad(xs)
+    assert threads.update_limits() == {"numba": npvae.get_threads()["blas"]}
+    monkeypatch.setattr(npvae.kernels.blas, "BLAS", "openblas")  # one block's products on BLAS's threads
+    small.loss_and_grad(xs)
+    assert threads.update_limits() == {}
     with pytest.raises(ValueError, match="pool must be"):
         threads.ran_on("gpu")
 
@@ -553,7 +564,7 @@ def test_the_update_runs_on_the_pool_of_the_step_that_made_the_gradients(monkeyp
 def test_the_epochs_evaluation_runs_under_the_engines_thread_settings(monkeypatch):
     """fit's compiled path runs its steps on numba's threads; its validation ELBO and
     diagnostics are the engine's work (OpenBLAS's products) and run under the engine's
-    settings (one numba thread), as ``elbo`` does inside any caller's limits."""
+    settings (one numba thread).  ``elbo`` outside fit keeps a caller's own limits."""
     import numba
     if numba.config.NUMBA_NUM_THREADS < 2 or npvae.get_threads()["blas"] < 2:
         pytest.skip("needs two threads: set NUMBA_NUM_THREADS and npvae.set_threads(blas=2)")
@@ -563,9 +574,9 @@ def test_the_epochs_evaluation_runs_under_the_engines_thread_settings(monkeypatc
                         lambda *a, **k: (seen.append(numba.get_num_threads()), real(*a, **k))[1])
     m = npvae.VAE(200, 4, hidden=(100,), seed=0)
     x = (np.random.default_rng(0).random((128, 200)) < 0.3).astype(m.dtype)
-    with npvae.threads.limited(numba=2):
+    with npvae.threads.limited(numba=2):  # elbo keeps a caller's own limits
         m.elbo(x[:16])
-    assert seen and set(seen) == {npvae.get_threads()["numba"]}
+    assert seen and set(seen) == {2}
     seen.clear()
     npvae.fit(m, x, x_val=x[:32], epochs=1, batch_size=64, progress=False, diagnostics=x[:16], compiled=True)
     assert seen and set(seen) == {npvae.get_threads()["numba"]}
