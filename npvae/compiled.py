@@ -330,7 +330,7 @@ class AdamSteps(Steps):
         for s in range(S):  # the engine path's draws, in its order
             if self.dynamic:
                 rng.random(out=U[s], dtype=dt)
-            rng.standard_normal(out=E[s] if self.K else E[s, 0], dtype=dt)
+            kernels.standard_normal_(rng, E[s] if self.K else E[s, 0])  # NumPy's numbers
         opt, st = self.optimizer, self.state
         t0 = int(st["step"])
         b1, b2 = opt.betas

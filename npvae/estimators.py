@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from . import compiled, engine, ops, parallel, threads
+from . import compiled, engine, kernels, ops, parallel, threads
 from .validation import generator, positive_int
 
 
@@ -85,9 +85,10 @@ def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress,
         m = np.full(B, -np.inf)
         s1 = np.zeros(B)
         s2 = np.zeros(B)
+        eps_buf = np.empty((min(chunk, K), B, model.n_latent), model.dtype)
         for k0 in range(0, K, chunk):
-            kc = min(chunk, K - k0)
-            eps = rng.standard_normal((kc, B, model.n_latent), dtype=model.dtype)
+            eps = eps_buf[:min(chunk, K - k0)]
+            kernels.standard_normal_(rng, eps)  # rng.standard_normal's numbers, drawn faster
             lw = weights(model, xb, eps)
             new_m = np.maximum(m, lw.max(axis=0))
             scale = np.exp(m - new_m)

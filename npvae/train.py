@@ -823,7 +823,7 @@ class TrainStep:
         if self.dynamic:
             rng.random(out=u, dtype=model.dtype)
             kernels.binarize_(xb, u)
-        rng.standard_normal(out=eps, dtype=model.dtype)
+        kernels.standard_normal_(rng, eps)
         loss, parts = self._loss_and_grad(xb, eps, beta)
         return loss, parts, self._check(loss)
 
@@ -852,7 +852,7 @@ class TrainStep:
             rng.random(out=u, dtype=model.dtype)
             if r1 > r0:
                 kernels.binarize_(xb, u[r0:r1])
-        rng.standard_normal(out=eps, dtype=model.dtype)
+        kernels.standard_normal_(rng, eps)
         if importance_weighted(self.objective):
             mine = bufs[3] if len(bufs) > 3 else eps
             if mine is not eps:

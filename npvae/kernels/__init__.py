@@ -19,7 +19,7 @@ from .codes import ACT_CODES, ACT_NAMES
 KERNELS = (
     "all_finite", "sum_squares", "bias_act_", "act_backward_bias_grad_", "reparam_kl_", "reparam_kl_backward_",
     "bernoulli_", "continuous_bernoulli_", "gaussian_fixed_", "gaussian_learned_",
-    "gaussian_per_example_", "binarize_", "adam_", "sgd_",
+    "gaussian_per_example_", "binarize_", "adam_", "sgd_", "standard_normal_",
 )
 BACKENDS = ("numba", "numpy")
 _backend = None

@@ -12,6 +12,15 @@ from .. import activations, ops
 from .codes import ACT_NAMES, IDENTITY
 
 
+def standard_normal_(rng, out):
+    """out ← rng.standard_normal(out.shape, out.dtype), in place: rng (a numpy Generator)
+    advances as that call advances it, and the numba kernel draws the same numbers."""
+    if out.flags.c_contiguous:
+        rng.standard_normal(out=out, dtype=out.dtype)
+    else:  # NumPy fills only contiguous arrays
+        out[...] = rng.standard_normal(out.shape, dtype=out.dtype)
+
+
 def all_finite(a) -> bool:
     return bool(np.isfinite(a).all())
 

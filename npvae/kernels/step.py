@@ -732,23 +732,31 @@ def adam_steps_blocks(K, est, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts,
 
 
 @_elementwise
-def log_lik_terms(lik, out, out2, x, lik_logvar, terms, factors):
-    """ln p(x|out) of one decoder row, by elements, into float64 scratch: for Bernoulli logits
-    l, terms ← x l − max(l, 0) and factors ← 1 + e^{−|l|}, so that ln p = Σ terms − ln Π
-    factors (:func:`row_log_lik`: one logarithm per 512 elements instead of a log1p per
-    element); for a Gaussian mean (out2: a per-example ln σ² head's row, else lik_logvar),
-    terms ← ln N(x; out, e^s) and factors is not used."""
-    D = out.shape[0]
+def log_lik_terms(lik, out, out2, ro, x, i, lik_logvar, tr):
+    """ln p(x_i|out[ro]) of one decoder row, by elements, into float64 scratch tr (2, D) (the
+    arrays whole and their rows by index: a row view per decoder row cost reference counts
+    shared by the threads): for Bernoulli logits l, tr[0] ← x l − max(l, 0) and tr[1] ←
+    1 + e^{−|l|}, so that ln p = Σ tr[0] − ln Π tr[1] (:func:`row_log_lik`: one logarithm per
+    512 elements instead of a log1p per element), e^{−|l|} in float32 arithmetic for float32
+    logits (vmath.exp32: twice the lanes; its few units in float32's last place are below
+    the logits' own rounding); for a Gaussian mean (out2: a per-example ln σ² head's output,
+    else lik_logvar), tr[0] ← ln N(x; out, e^s) and tr[1] is not used."""
+    D = x.shape[1]
     if lik == BERNOULLI:
         for j in range(D):
-            l = out[j]
-            terms[j] = x[j] * l - (l if l > 0 else 0.0)
-            factors[j] = 1.0 + np.float64(vmath.exp(-abs(l)))
+            l = out[ro, j]
+            tr[0, j] = x[i, j] * l - (l if l > 0 else 0.0)
+        if out.itemsize == 4:
+            for j in range(D):
+                tr[1, j] = 1.0 + np.float64(vmath.exp32(-abs(out[ro, j])))
+        else:
+            for j in range(D):
+                tr[1, j] = 1.0 + vmath.exp(-abs(out[ro, j]))
     else:
         for j in range(D):
-            s = out2[j] if lik == GAUSSIAN_PER_EXAMPLE else lik_logvar[j]
-            r = out[j] - x[j]
-            terms[j] = -0.5 * (r * r * vmath.exp(-s) + s + LOG_2PI)
+            s = out2[ro, j] if lik == GAUSSIAN_PER_EXAMPLE else lik_logvar[j]
+            r = out[ro, j] - x[i, j]
+            tr[0, j] = -0.5 * (r * r * vmath.exp(-s) + s + LOG_2PI)
 
 
 # factors multiplied before a logarithm is taken: each lies in [1, 2], so a product of 512
@@ -757,17 +765,17 @@ FACTORS_PER_LOG = 512
 
 
 @_reduction
-def row_log_lik(lik, terms, factors):
-    """Σ terms, minus Σ ln factors for Bernoulli (as ln of products of FACTORS_PER_LOG)."""
+def row_log_lik(lik, tr):
+    """Σ tr[0], minus Σ ln tr[1] for Bernoulli (as ln of products of FACTORS_PER_LOG)."""
     acc = 0.0
-    D = terms.shape[0]
+    D = tr.shape[1]
     for j in range(D):
-        acc += terms[j]
+        acc += tr[0, j]
     if lik == BERNOULLI:
         for j0 in range(0, D, FACTORS_PER_LOG):
             p = 1.0
             for j in range(j0, min(j0 + FACTORS_PER_LOG, D)):
-                p *= factors[j]
+                p *= tr[1, j]
             acc -= math.log(p)
     return acc
 
@@ -805,6 +813,8 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_log
             for j in range(J):
                 std[r0 + i, j] = vmath.exp(0.5 * lv[i, j])
         tr = terms[t]
+        out = H[io]
+        out2 = H[io + n_out - 1]  # a per-example ln σ² head, else the output itself (unused)
         p0 = t * LOG_P_ROWS  # block t's piece of the output head's rows
         q0 = t * DEC_ROWS  # and of the decoder's and z's rows
         for a0 in range(R0, R1, DEC_ROWS):
@@ -818,11 +828,10 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, lik, lik_log
             for a in range(a0, a1, LOG_P_ROWS):
                 b = min(a + LOG_P_ROWS, a1)
                 heads_forward(h_dec[a - a0:b - a0], Ws, bs, H, io, n_out, p0, p0 + b - a)
-                out2 = H[io + n_out - 1]  # a per-example ln σ² head, else the output itself (unused)
                 for r in range(a, b):
                     i = r // K
-                    log_lik_terms(lik, H[io][p0 + r - a], out2[p0 + r - a], x[i], lik_logvar, tr[0], tr[1])
-                    log_px = row_log_lik(lik, tr[0], tr[1])
+                    log_lik_terms(lik, out, out2, p0 + r - a, x, i, lik_logvar, tr)
+                    log_px = row_log_lik(lik, tr)
                     k = r - i * K
                     sz = 0.0
                     hv = 0.0

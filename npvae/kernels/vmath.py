@@ -66,6 +66,7 @@ _TANH32_P = (np.float32(-0.3333333134651184), np.float32(0.13333207368850708),
              np.float32(-0.05394911393523216), np.float32(0.021742258220911026),
              np.float32(-0.008422385901212692), np.float32(0.002738116541877389),
              np.float32(-0.0005152330850251019))
+_EXP32_MIN = np.float32(-87.0)
 _EXP32_P = tuple(np.float32(1.0 / math.factorial(n)) for n in range(7, -1, -1))  # 1/7!, …, 1/0!
 
 
@@ -176,6 +177,22 @@ def tanh(a):
 
 
 @_inline
+def exp32(t):
+    """e^t of a float32 in float32 arithmetic, for t ≤ 0: 2^k (1 + r + … + r⁷/7!), within a
+    few units in the last place of float32; t below −87 is taken as −87 (e^−87 ≈ 1.6e−38, the
+    bottom of float32's normal range).  NaN is not propagated: callers that may see NaN
+    carry it another way."""
+    t = max(np.float32(t), _EXP32_MIN)
+    k = np.floor(t * _INV_LN2_32 + _HALF)
+    r = (t - k * _LN2_HI_32) - k * _LN2_LO_32
+    q = _EXP32_P
+    e = q[0]
+    for n in range(1, 8):
+        e = e * r + q[n]
+    return e * _bits_to_float32((np.int32(k) + np.int32(127)) << 23)
+
+
+@_inline
 def tanh32(a):
     """tanh of a float32, in float32 arithmetic, within 1.3 units in the last place of
     float32 (see the module's docstring); NaN stays NaN, ±inf gives ±1."""
@@ -191,14 +208,7 @@ def tanh32(a):
     p = p * s + c[1]
     p = p * s + c[0]
     small = x + x * s * p
-    t = -_F2 * min(x, _TANH32_FLAT)                    # e = e^t, t ∈ [−19, −1.75] where used
-    k = np.floor(t * _INV_LN2_32 + _HALF)
-    r = (t - k * _LN2_HI_32) - k * _LN2_LO_32
-    q = _EXP32_P
-    e = q[0]
-    for n in range(1, 8):
-        e = e * r + q[n]
-    e = e * _bits_to_float32((np.int32(k) + np.int32(127)) << 23)
+    e = exp32(-_F2 * min(x, _TANH32_FLAT))             # t ∈ [−19, −1.75] where used
     big = _F1 - _F2 * e / (_F1 + e)
     y = small if x < _TANH32_SMALL else big
     y = a if a != a else y
