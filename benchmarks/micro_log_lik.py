@@ -1,7 +1,7 @@
 """The compiled ln p(x)'s Bernoulli terms on one thread, per 64 rows of 784 logits: the
-kernel as log_weights runs it (npvae.kernels.step.log_lik_terms + row_log_lik), its float64
-exp alone, its reduction alone, an exp in float32 arithmetic (not used: float32 precision),
-and a fused terms-and-product pass.  Medians of 200 calls.
+kernel as log_weights runs it (npvae.kernels.step.log_lik_terms + row_log_lik; float32
+logits take vmath.exp32), a float64 exp alone, the reduction alone, an exp in float32
+arithmetic, and a fused terms-and-product pass.  Medians of 200 calls.
 
 Run:  python benchmarks/micro_log_lik.py
 """
@@ -20,8 +20,8 @@ Rd = jit(cache_subfolder=step.CACHE, fastmath={"contract", "nsz", "arcp", "reass
 def cur(out, x, lv, terms, acc):
     s = 0.0
     for r in range(out.shape[0]):
-        step.log_lik_terms(step.BERNOULLI, out[r], out[r], x[r], lv, terms[0], terms[1])
-        s += step.row_log_lik(step.BERNOULLI, terms[0], terms[1])
+        step.log_lik_terms(step.BERNOULLI, out, out, r, x, r, lv, terms)
+        s += step.row_log_lik(step.BERNOULLI, terms)
     acc[0] = s
 @E
 def terms_only(out, x, terms):
@@ -46,7 +46,7 @@ def exp32_only(out, f32):
 def red_only(terms, acc):
     s = 0.0
     for r in range(64):
-        s += step.row_log_lik(step.BERNOULLI, terms[0], terms[1])
+        s += step.row_log_lik(step.BERNOULLI, terms)
     acc[0] = s
 f32 = np.empty(D, np.float32)
 fs = dict(cur=lambda: cur(out, x, lv, terms, acc), terms=lambda: terms_only(out, x, terms), exp=lambda: exp_only(out, terms),

@@ -9,7 +9,9 @@ was written: it sums in another order and evaluates exp, log1p and tanh with its
 kernels, so it agrees with the engine to rounding, not bit for bit.  They were re-recorded
 when the compiled path's products moved to npvae's own kernel (:mod:`npvae.kernels.gemm`),
 which sums each element as one in-order chain of FMAs where OpenBLAS sums in blocks; they
-hold for that kernel (``npvae.kernels.blas.BLAS == "npvae"``) at any vector width.
+hold for that kernel (``npvae.kernels.blas.BLAS == "npvae"``) at any vector width.  The
+four float32 Bernoulli runs of the compiled path were re-recorded once more when its
+likelihood moved to float32 arithmetic (vmath.exp32 and log1p32); the others kept their bits.
 """
 import hashlib
 import json
