@@ -36,7 +36,6 @@ def main(argv=None):
     parts = {"draws": [], "compiled calls": [], "log-sum-exp": [], "floor": []}
     for _ in range(args.repeats):
         r = np.random.default_rng(1)
-        t = time.perf_counter()
         eps = [np.empty((min(chunk, K - k0), IMAGES, 40), np.float32) for k0 in range(0, K, chunk)]
         t = time.perf_counter()
         for e in eps:  # as log_likelihood draws them: NumPy's numbers, by numba's ziggurat

@@ -510,5 +510,6 @@ def log_weights(model, x, eps):
         step.log_weights(np.ascontiguousarray(x, dtype=dt), np.ascontiguousarray(eps, dtype=dt),
                          typed([P[s[0]] for s in stages]), typed([P[s[1]] for s in stages]),
                          np.array([s[2] for s in stages], dtype=np.int64), n_enc, n_dec, H, np.empty((B, J), dt),
-                         np.empty((T * step.DEC_ROWS, J), dt), np.empty((T, 2, D)), lik, logvar, lw, T)
+                         np.empty((T * step.DEC_ROWS, J), dt), np.empty((T, D)), np.empty((T, 2, D), dt), lik, logvar,
+                         lw, T)
     return lw
