@@ -1,8 +1,9 @@
 """Where ln p(x)'s time goes (784-300-300-40, K = 5000, 20 images, as bench_estimators.py
 times it): drawing ε, the compiled log-weights calls and the log-sum-exp, against the floor
 of its products; then the whole ln p(x) timed right after the floor's 2-thread OpenBLAS
-products and after 0.3 s of quiet; then one chunk's ε drawn on one thread against two
-threads from two streams.  Medians of --repeats.
+products and after 0.3 s of quiet; then one chunk's ε by NumPy's call, by numba's port of
+its ziggurat (the same numbers, what log_likelihood runs), and by NumPy on two threads from
+two streams.  Medians of --repeats.
 
 Run:  python benchmarks/profile_log_px.py [--repeats 9]
 """
@@ -73,8 +74,10 @@ def main(argv=None):
             for f in [pool.submit(gens[0].standard_normal, out=out[:h], dtype=np.float32),
                       pool.submit(gens[1].standard_normal, out=out[h:], dtype=np.float32)]:
                 f.result()
-        for name, f in (("one thread", lambda: gens[0].standard_normal(out=out, dtype=np.float32)),
-                        ("two threads, two streams", two)):
+        for name, f in (("NumPy's call, one thread", lambda: gens[0].standard_normal(out=out, dtype=np.float32)),
+                        ("the same numbers by numba's ziggurat (what log_likelihood runs)",
+                         lambda: kernels.standard_normal_(gens[0], out)),
+                        ("NumPy, two threads from two streams (other numbers)", two)):
             f()
             ts = []
             for _ in range(50):
@@ -82,7 +85,6 @@ def main(argv=None):
                 f()
                 ts.append(time.perf_counter() - t)
             print(f"one chunk's ε ({chunk} x {IMAGES} x 40 normals), {name}: {med(ts):.2f} ms")
-
 
 if __name__ == "__main__":
     main()

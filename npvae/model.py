@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import activations, distributions, engine, estimators, layers, likelihoods, parallel, threads
+from . import activations, distributions, engine, estimators, kernels, layers, likelihoods, parallel, threads
 from .layers import INITIALISERS, Dense
 from .validation import as_float_array, finite_float, generator, gradient_buffers, positive_int
 
@@ -210,7 +210,9 @@ class VAE:
         if eps is not None:
             return as_float_array(eps, "eps", dtype=self.dtype, shape=shape)
         rng = self._rng if rng is None else generator(rng)
-        return rng.standard_normal(shape, dtype=self.dtype)
+        out = np.empty(shape, self.dtype)
+        kernels.standard_normal_(rng, out)  # rng.standard_normal's numbers, drawn faster
+        return out
 
     def new_grads(self):
         """Fresh gradient arrays keyed like ``params``, views of one flat buffer (so the
