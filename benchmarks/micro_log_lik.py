@@ -1,7 +1,7 @@
 """The compiled ln p(x)'s Bernoulli terms on one thread, per 64 rows of 784 logits: the
-kernel as log_weights runs it (npvae.kernels.step.log_lik_terms + row_log_lik; float32
-logits take vmath.exp32), a float64 exp alone, the reduction alone, an exp in float32
-arithmetic, and a fused terms-and-product pass.  Medians of 200 calls.
+kernel as log_weights runs it (npvae.kernels.step.bernoulli_row + row_log_lik; float32
+logits take vmath.exp32), a float64 exp alone, the reduction alone (on float64 scratch), an
+exp in float32 arithmetic, and an older fused terms-and-product pass (float64).  Medians of 200 calls.
 
 Run:  python benchmarks/micro_log_lik.py
 """
@@ -18,10 +18,12 @@ E = jit(cache_subfolder=step.CACHE, fastmath={"contract", "nsz", "arcp"}, error_
 Rd = jit(cache_subfolder=step.CACHE, fastmath={"contract", "nsz", "arcp", "reassoc"}, error_model="numpy", nogil=True)
 @E
 def cur(out, x, lv, terms, acc):
+    # what log_weights runs per decoder row: the elementwise pass, then the float64 reduction
+    lin, e = np.empty(out.shape[1], out.dtype), np.empty(out.shape[1], out.dtype)
     s = 0.0
     for r in range(out.shape[0]):
-        step.log_lik_terms(step.BERNOULLI, out, out, r, x, r, lv, terms)
-        s += step.row_log_lik(step.BERNOULLI, terms)
+        step.bernoulli_row(out, r, x, r, lin, e)
+        s += step.row_log_lik(step.BERNOULLI, terms[0], lin, e)
     acc[0] = s
 @E
 def terms_only(out, x, terms):
@@ -46,7 +48,7 @@ def exp32_only(out, f32):
 def red_only(terms, acc):
     s = 0.0
     for r in range(64):
-        s += step.row_log_lik(step.BERNOULLI, terms)
+        s += step.row_log_lik(step.BERNOULLI, terms[0], terms[0], terms[1])
     acc[0] = s
 f32 = np.empty(D, np.float32)
 fs = dict(cur=lambda: cur(out, x, lv, terms, acc), terms=lambda: terms_only(out, x, terms), exp=lambda: exp_only(out, terms),

@@ -407,6 +407,27 @@ def test_compiled_bernoulli_log_weights_take_logs_of_products_in_range(case, dty
     assert np.max(np.abs(shift - exact)) < tol, (shift, exact)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_nan_logit_makes_nan_log_weights_and_a_non_finite_step(dtype):
+    """The float32 likelihoods' exponential does not carry NaN itself: a NaN logit must
+    still make ln w NaN (ln p(x)) and the compiled step's loss and gradient not finite (the
+    step stops before its update); an infinite one likewise makes ln w not finite."""
+    m = npvae.VAE(10, 2, hidden=(5,), seed=0, dtype=dtype)
+    x = (np.random.default_rng(0).random((4, 10)) < 0.5).astype(dtype)
+    eps = np.random.default_rng(1).standard_normal((3, 4, 2)).astype(dtype)
+    for bad in (np.nan, np.inf, -np.inf):
+        m.params["decoder.out.b"][3] = bad
+        lw = compiled.log_weights(m, x, eps)
+        assert not np.isfinite(lw).any() if bad != bad else not np.isfinite(lw).all(), (bad, lw)
+    m.params["decoder.out.b"][3] = np.nan
+    before = {k: v.copy() for k, v in m.params.items()}
+    opt = npvae.Adam(lr=1e-2)
+    c = compiled.AdamSteps(m, opt, opt.init(m.params), TrainStep(m).grads)
+    n, losses, *_ = c.run(x, np.arange(4).reshape(1, 4), np.random.default_rng(2), np.ones(1))
+    assert n == 0 and not np.isfinite(losses[0])
+    assert all(np.array_equal(before[k], m.params[k], equal_nan=True) for k in before)
+
+
 def test_log_likelihood_takes_the_compiled_weights_and_agrees(monkeypatch):
     m = npvae.VAE(20, 3, hidden=(16,), seed=1, dtype=np.float64)
     x = (np.random.default_rng(0).random((30, 20)) < .4).astype(np.float64)

@@ -216,11 +216,10 @@ def bernoulli(logits, x, w, terms):
     −ln p = max(l, 0) + ln(1 + e^{−|l|}) − x l."""
     B, D = logits.shape
     if logits.itemsize == 4:
-        # float32 logits: the terms in float32 arithmetic (vmath.exp32 and log1p32, 16 lanes
-        # to a 512-bit vector, not 8, within a few units in float32's last place: the size
-        # of the logits' own rounding), then widened row by row for the float64 row sums
-        # (one loop that mixed float32 and float64 ran at float64's 8 lanes, 2x slower)
-        row = np.empty(D, np.float32)
+        # float32 logits (terms is float32 too): in float32 arithmetic (vmath.exp32 and
+        # log1p32, 16 lanes to a 512-bit vector, not 8; within a few units in float32's last
+        # place, the size of the logits' own rounding); a loop that mixed float32 and
+        # float64 ran at float64's 8 lanes, 2x slower
         zero = np.float32(0.0)
         wf = np.float32(w)
         for i in range(B):
@@ -229,11 +228,9 @@ def bernoulli(logits, x, w, terms):
                 xv = x[i, j]
                 e = vmath.exp32(-abs(l))
                 r = np.float32(1.0) / (np.float32(1.0) + e)
-                row[j] = ((l if l > 0 else zero) - xv * l) + vmath.log1p32(e)
+                terms[i, j] = ((l if l > 0 else zero) - xv * l) + vmath.log1p32(e)
                 g = wf * ((r if l >= 0 else e * r) - xv)
                 logits[i, j] = g if l == l else l  # NaN stays NaN (exp32 does not carry it)
-            for j in range(D):
-                terms[i, j] = row[j]
         return
     for i in range(B):
         wi = w

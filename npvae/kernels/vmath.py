@@ -28,9 +28,10 @@ of the exact value, where ``tanh`` rounded to float32 is within 0.5):
     with e^t = 2^k · (1 + t' + … + t'⁷/7!),  t' = t − k ln 2 ∈ [−ln2/2, ln2/2] (remainder < 6e-9),
     and tanh32 = ±1 beyond |a| = 9.5, where 1 − tanh(a) < 2^−25 rounds to 1 anyway
 
-That e^t is ``exp32`` (t ≤ 0, within 0.9 units of float32's last place), and with it
-``log1p32`` (0 ≤ t ≤ 1, the atanh series above cut at s⁹, within 3.3 units): the Bernoulli
-likelihood of float32 models in the compiled step and in ln p(x)'s estimator.
+That e^t is ``exp32`` (t ≤ 0, within 0.9 units of float32's last place): with ``log1p32``
+(0 ≤ t ≤ 1, the atanh series above cut at s⁹, within 3.3 units) the Bernoulli likelihood of
+float32 models in the compiled step; alone, the factors e^{−|l|} of ln p(x)'s estimator,
+whose logarithms are taken in float64.
 
 Arguments below −708 give exp = 0 (the true value is below 3e-308); NaN propagates.
 """
@@ -187,9 +188,10 @@ def tanh(a):
 def exp32(t):
     """e^t of a float32 in float32 arithmetic, for t ≤ 0: 2^k (1 + r + … + r⁷/7!), within a
     few units in the last place of float32; t below −87 is taken as −87 (e^−87 ≈ 1.6e−38, the
-    bottom of float32's normal range).  NaN is not propagated: callers that may see NaN
-    carry it another way."""
-    t = max(np.float32(t), _EXP32_MIN)
+    bottom of float32's normal range), and so is NaN: callers that may see NaN carry it
+    another way (a float-to-integer conversion of NaN would be undefined)."""
+    t = np.float32(t)
+    t = t if t > _EXP32_MIN else _EXP32_MIN
     k = np.floor(t * _INV_LN2_32 + _HALF)
     r = (t - k * _LN2_HI_32) - k * _LN2_LO_32
     q = _EXP32_P
