@@ -587,6 +587,11 @@ def _help(key):
     return S.SETTINGS[key].help + (f" (default: {d})" if d is not None else "")
 
 
+# what a flag's value looks like, where argparse's default (the flag's name) says nothing
+_METAVARS = {"data": "DATA", "data_key": "NAME", "out": "DIR", "hidden": "WIDTHS",
+             "image_shape": "HxW", "sigma": "SIGMA", "n_samples": "K"}
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     def __init__(self, prog):
         super().__init__(prog, max_help_position=30, width=100)
@@ -617,12 +622,14 @@ def build_parser():
                            help="do not write the plots (default: plots on)")
             continue
         if key == "resume":
-            t.add_argument("--resume", action="store_true", default=None, help=_help(key) + " (default: off)")
+            t.add_argument("--resume", action="store_true", default=None, help=_help(key))
             continue
         kw = {"dest": key, "help": _help(key)}
         if s.kind in flag_types:
             kw["type"] = flag_types[s.kind]
             kw["metavar"] = "N" if s.kind == "int" else "X"
+        if key in _METAVARS:
+            kw["metavar"] = _METAVARS[key]
         if s.kind == "choice":
             kw["choices"] = s.choices
         t.add_argument(flag, **kw)
@@ -645,33 +652,46 @@ def build_parser():
                        description="Draw x ~ p(x|z), z ~ N(0, I), in the data's own units: a figure "
                                    "(images, or feature marginals and pairs against the data) or an .npy array.")
     s.add_argument("run", type=_path, help="a run directory made by 'npvae train'")
-    s.add_argument("--n", type=_bounded(int, 1, 100_000), default=64, help="how many samples (default: 64)")
-    s.add_argument("--seed", type=_bounded(int, 0, 2**63 - 1), default=0, help="seeds the draws (default: 0)")
+    s.add_argument("--n", type=_bounded(int, 1, 100_000), default=64, metavar="N",
+                   help="how many samples (default: 64)")
+    s.add_argument("--seed", type=_bounded(int, 0, 2**63 - 1), default=0, metavar="N",
+                   help="seeds the draws (default: 0)")
     s.add_argument("--mean", action="store_true",
                    help="with an .npy --out: the decoder means E[x|z] instead of draws (default: draws)")
-    s.add_argument("--out", type=_path, help="a .png (a figure) or .npy (the samples) path (default: RUN/samples.png)")
+    s.add_argument("--out", type=_path, metavar="FILE",
+                   help="a .png (a figure) or .npy (the samples) path (default: RUN/samples.png)")
     s.set_defaults(func=cmd_sample)
 
     g = sub.add_parser("gradcheck", formatter_class=_Formatter,
                        help="finite-difference check of a model's gradients",
                        description="Build a small float64 model, and compare every analytic gradient of its "
                                    "loss with a 4th-order central difference. Exit code 0 when all agree.")
-    g.add_argument("--inputs", type=_bounded(int, 1, 4096), default=6, help="data dimension D (default: 6)")
-    g.add_argument("--latent", type=_bounded(int, 1, 256), default=2, help="latent dimension J (default: 2)")
-    g.add_argument("--hidden", default="5", help="hidden widths, e.g. 5 or 8,4; 'none' for linear (default: 5)")
-    g.add_argument("--activation", choices=S.ACTIVATIONS, help="of dense layers (default: tanh)")
+    g.add_argument("--inputs", type=_bounded(int, 1, 4096), default=6, metavar="N",
+                   help="data dimension D (default: 6)")
+    g.add_argument("--latent", type=_bounded(int, 1, 256), default=2, metavar="N",
+                   help="latent dimension J (default: 2)")
+    g.add_argument("--hidden", default="5", metavar="WIDTHS",
+                   help="hidden widths, e.g. 5 or 8,4; 'none' for linear (default: 5)")
+    g.add_argument("--activation", choices=S.ACTIVATIONS,
+                   help="the hidden layers' activation, for dense layers (default: tanh)")
     g.add_argument("--layer", choices=S.LAYERS, default="dense",
                    help="dense, or gated: (x W + b) ⊙ sigmoid(x V + c) (default: dense)")
-    g.add_argument("--likelihood", choices=S.LIKELIHOODS, default="bernoulli", help="(default: bernoulli)")
-    g.add_argument("--sigma", help="gaussian only: a number > 0, 'learned' or 'per_example' (default: 1.0)")
+    g.add_argument("--likelihood", choices=S.LIKELIHOODS, default="bernoulli",
+                   help="p(x|z) of the model; the data x is drawn to fit it (default: bernoulli)")
+    g.add_argument("--sigma", metavar="SIGMA", help="gaussian only: a number > 0, 'learned' or 'per_example' (default: 1.0)")
     g.add_argument("--objective", choices=S.EXACT_GRADIENT_OBJECTIVES, default="elbo",
-                   help="(default: elbo; iwae-dreg and iwae-stl are not the gradients of their loss, "
-                        "and are checked against their surrogates in the test suite)")
-    g.add_argument("--n-samples", dest="n_samples", type=_bounded(int, 1, 64), default=1,
+                   help="the loss whose gradient is checked: the negative ELBO, or the negative IWAE "
+                        "bound with --n-samples K (default: elbo; iwae-dreg and iwae-stl are not the "
+                        "gradients of their loss, and are checked against their surrogates in the test "
+                        "suite)")
+    g.add_argument("--n-samples", dest="n_samples", type=_bounded(int, 1, 64), default=1, metavar="K",
                    help="the iwae objective's K (default: 1)")
-    g.add_argument("--batch", type=_bounded(int, 1, 256), default=4, help="examples (default: 4)")
-    g.add_argument("--beta", type=_bounded(float, 0.0, 1e6), default=1.0, help="KL weight β (default: 1.0)")
-    g.add_argument("--seed", type=_bounded(int, 0, 2**63 - 1), default=0, help="(default: 0)")
+    g.add_argument("--batch", type=_bounded(int, 1, 256), default=4, metavar="N",
+                   help="examples in the checked batch (default: 4)")
+    g.add_argument("--beta", type=_bounded(float, 0.0, 1e6), default=1.0, metavar="X",
+                   help="KL weight β (default: 1.0)")
+    g.add_argument("--seed", type=_bounded(int, 0, 2**63 - 1), default=0, metavar="N",
+                   help="seeds the weights, the data x and the noise ε (default: 0)")
     g.set_defaults(func=cmd_gradcheck)
     return p
 

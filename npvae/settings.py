@@ -65,7 +65,8 @@ COMMON_DEFAULTS = {
 SETTINGS: dict[str, Setting] = {
     "data": Setting("str", "'ising' (built-in 2D Ising lattices), 'fashion-mnist', or a "
                            ".npy/.npz/.csv file of numbers (one example per row)"),
-    "data_key": Setting("str", "the array to use in an .npz file that holds several"),
+    "data_key": Setting("str", "the array to use in an .npz file that holds several (default: "
+                               "the file's only array)"),
     "out": Setting("str", "the run directory (default: runs/<data name>)"),
     "epochs": Setting("int", "passes over the training split", 1, 1_000_000),
     "batch_size": Setting("int", "examples per step", 1, 1_000_000),
@@ -76,7 +77,7 @@ SETTINGS: dict[str, Setting] = {
     "layer": Setting("choice", "the hidden layers: dense (x W + b, then --activation) or gated "
                                "((x W + b) ⊙ sigmoid(x V + c), the gated MLP of the published "
                                "Fashion-MNIST likelihoods; twice the parameters)", choices=LAYERS),
-    "likelihood": Setting("choice", "p(x|z) (default: bernoulli for data in [0, 1], "
+    "likelihood": Setting("choice", "the decoder's distribution p(x|z) (default: bernoulli for data in [0, 1], "
                                     "gaussian otherwise)", choices=LIKELIHOODS),
     "sigma": Setting("sigma", "Gaussian likelihood only: a fixed σ (a number > 0), 'learned' "
                               "(one σ per feature) or 'per_example' (a decoder head)"),
@@ -103,7 +104,8 @@ SETTINGS: dict[str, Setting] = {
     "ising_L": Setting("int", "built-in data: the Ising lattice side L", 2, 256),
     "ising_n_per_T": Setting("int", "built-in data: configurations per temperature", 2, 1_000_000),
     "image_shape": Setting("str", "a data file's rows are images of this shape, e.g. 28x28 "
-                                  "(the plots then show images, not feature marginals)"),
+                                  "(the plots then show images, not feature marginals; default: "
+                                  "none, the rows are tables of features)"),
     "plots": Setting("bool", "write the run's plots (needs the plot extra)"),
     "resume": Setting("bool", "continue the run in --out from its newest checkpoint"),
 }

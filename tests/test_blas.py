@@ -78,6 +78,7 @@ SCRIPT = (
     " sys.stdout)\n")
 
 
+@pytest.mark.reproducibility
 def test_npvae_blas_chooses_the_product_with_the_same_results(tmp_path):
     # the same short compiled training run through each product: agreement to float64 rounding
     out = {}

@@ -167,6 +167,20 @@ def test_version_and_help_show_every_default(capsys):
             assert "default" in " ".join(block.split()), (command, flag, block)
 
 
+def test_every_flag_says_what_it_does_once():
+    import argparse
+    parser = cli.build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command, sub in subs.choices.items():
+        for action in sub._actions:
+            flag, text = action.option_strings[-1] if action.option_strings else action.dest, action.help
+            assert text.count("default") <= 1, (command, flag, text)  # once, not twice
+            what = re.sub(r"\(?default:[^)]*\)?", "", text).strip(" ;()")
+            assert len(what) >= 10, (command, flag, text)  # what it does, not only its default
+            if action.metavar is None and action.nargs != 0 and action.option_strings:
+                assert action.choices, (command, flag)  # a named value (N, K, X, DIR), not --seed SEED
+
+
 def test_beta_with_a_warmup_warms_up_to_that_beta(tmp_path):
     assert cli.main(["train", *TINY_ISING, "--epochs", "4", "--beta", "0.5", "--beta-warmup", "2",
                      "--no-plots"]) == 0

@@ -152,6 +152,7 @@ def test_fit_takes_the_compiled_path_and_agrees_with_the_engine(dtype, tol, obje
             assert abs(re[key] - rc[key]) <= tol * max(1.0, abs(re[key])) * 10, key
 
 
+@pytest.mark.reproducibility
 def test_the_compiled_path_is_bit_identical_from_run_to_run_and_across_resume(tmp_path):
     x = (np.random.default_rng(1).random((100, 20)) < .3).astype(np.float32)
     kw = dict(batch_size=8, seed=4, binarize="dynamic", progress=False, compiled=True)
@@ -260,6 +261,7 @@ def test_what_the_compiled_path_cannot_train_runs_on_the_engine_or_is_refused(ca
     assert len(h) == 1 and np.isfinite(h[-1]["loss"])
 
 
+@pytest.mark.reproducibility
 def test_the_result_does_not_depend_on_how_many_threads_run_the_blocks():
     """The batch is split into a fixed number of row blocks (not one per core), added in a
     fixed order: one thread or two give the same bits, so a run's numbers do not depend on

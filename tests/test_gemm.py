@@ -48,6 +48,7 @@ def test_the_product_equals_a_float64_product_for_every_layout(m, k, n, ta, tb, 
     np.testing.assert_allclose(c, want, rtol=tol, atol=tol * np.sqrt(k + 1) * max(1.0, np.abs(want).max()))
 
 
+@pytest.mark.reproducibility
 @settings(max_examples=40, deadline=None)
 @given(**shapes)
 def test_every_vector_width_and_layout_gives_the_same_bits(m, k, n, ta, tb, dtype, acc, seed):

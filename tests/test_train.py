@@ -44,6 +44,7 @@ def test_fit_reduces_the_loss_on_fashion_mnist():
     assert h["val_elbo"][-1] > untrained + 200  # an untrained model scores about −550
 
 
+@pytest.mark.reproducibility
 def test_same_seed_gives_bit_identical_history_and_parameters():
     x = bars()
     runs = []
@@ -100,6 +101,7 @@ def run_script(tmp_path, *args):
     subprocess.run([sys.executable, str(script), *map(str, args)], check=True, timeout=300)
 
 
+@pytest.mark.reproducibility
 def test_resume_across_processes_is_bit_identical(tmp_path):
     run_script(tmp_path, 5, "-", tmp_path / "full.npz", 0)
     ck = tmp_path / "ck"
@@ -115,6 +117,7 @@ def test_resume_across_processes_is_bit_identical(tmp_path):
     assert len(train.list_checkpoints(ck)) == 2  # the newest two are kept
 
 
+@pytest.mark.reproducibility
 @pytest.mark.parametrize("path", ["engine", "compiled"])
 def test_ctrl_c_saves_mid_epoch_and_resumes_bit_identically(path, tmp_path, monkeypatch):
     if path == "compiled" and npvae.get_backend() != "numba":
