@@ -296,6 +296,8 @@ def _train(args, finishing) -> int:
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
 
+    trained_now = []  # the epochs this command trains (a resumed run may have none left)
+
     def train():
         return npvae.fit(model, x_train, x_val=x_val, optimizer=npvae.Adam(lr=learning_rate(cfg, len(x_train))),
                          epochs=cfg["epochs"], batch_size=cfg["batch_size"], beta=beta,
@@ -303,7 +305,8 @@ def _train(args, finishing) -> int:
                          checkpoint_dir=out / "checkpoints", resume=cfg["resume"],
                          progress=not args.quiet and writer, free_bits=cfg["free_bits"],
                          objective=cfg["objective"], n_samples=cfg["n_samples"],
-                         diagnostics=x_val[:500], comm=comm)
+                         diagnostics=x_val[:500], comm=comm,
+                         callbacks=(lambda record, _: trained_now.append(record["epoch"]),))
 
     if not writer:  # another MPI rank: its share of every step; rank 0 writes the run
         try:
@@ -350,7 +353,10 @@ def _train(args, finishing) -> int:
         # (a scheduler's SIGTERM must not leave a trained run without its model.npz) and
         # skips the plots; a second signal stops at once, each file being written atomically.
         finishing.__enter__()
+        asked = cfg["epochs"]
         if cfg["resume"]:
+            # a run already past the epochs asked for keeps its own count in its record
+            cfg["epochs"] = max(cfg["epochs"], len(history))
             npvae.checkpoint.atomic_write_text(out / "config.toml", S.toml_text(cfg))
         model.save(out / "model.npz")
         history.to_csv(out / "history.csv")
@@ -382,18 +388,34 @@ def _train(args, finishing) -> int:
     val = last.get("val_elbo")
     val_txt = f"validation ELBO {val:.3f} nats" if val is not None else "no validation ELBO"
     if history.interrupted:
-        print(f"interrupted after {len(history)} full epochs; saved, continue with "
+        print(f"interrupted after {_epochs(len(history), 'full ')}; saved, continue with "
               f"'npvae train --resume --out {out}'")
         return 130
     if finishing.set:
-        print(f"stopped by a signal after training {len(history)} epochs; the model and history are "
+        print(f"stopped by a signal after training {_epochs(len(history))}; the model and history are "
               f"written to {out}" + ("" if not cfg["plots"] else
                                      f"; the plots are not: 'npvae train --resume --out {out}' writes them"))
         return 130
-    done = f"trained {len(history)} epochs" if not cfg["resume"] else f"trained to epoch {len(history)}"
-    print(f"{done} in {npvae.train.format_seconds(wall)}; {val_txt}; run written to {out}"
-          + (f" ({len(written)} plots)" if written else ""))
+    took = npvae.train.format_seconds(wall)
+    if not cfg["resume"]:
+        done = f"trained {_epochs(len(trained_now))} in {took}"
+    elif trained_now:
+        done = f"trained {_epochs(len(trained_now), 'more ')}, to epoch {len(history)}, in {took}"
+    else:
+        where = "past" if len(history) > asked else "at"
+        done = (f"nothing was trained: the run is already at epoch {len(history)}, {where} the "
+                f"{_epochs(asked)} asked for (an --epochs above {len(history)} trains on)")
+    print(f"{done}; {val_txt}; run written to {out}")
+    if written:
+        pngs = [Path(p).name for p in written if Path(p).suffix == ".png"]
+        others = [Path(p).name for p in written if Path(p).suffix != ".png"]
+        print(f"{len(pngs)} plot{'s' if len(pngs) != 1 else ''}: {', '.join(pngs)}"
+              + (f"; and {', '.join(others)}" if others else ""))
     return 0
+
+
+def _epochs(n: int, kind: str = "") -> str:
+    return f"{n} {kind}epoch{'' if n == 1 else 's'}"
 
 
 def load_run(run):

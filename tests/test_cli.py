@@ -286,6 +286,26 @@ def test_resume_keeps_the_runs_settings_and_refuses_a_conflict_before_writing(tm
     assert strip(resumed) == strip(straight)
 
 
+def test_the_last_line_says_what_was_trained_and_which_plots_were_written(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "runs" / "ising"
+    assert cli.main(["train", *TINY_ISING, "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "trained 1 epoch in" in out
+    pngs = sorted(p.name for p in run.glob("*.png"))
+    listed = re.search(r"^(\d+) plots: (.*?)(; and (.*))?$", out, re.M)
+    assert listed and int(listed[1]) == len(pngs) == 7, out
+    assert sorted(listed[2].split(", ")) == pngs and listed[4] == "ising_observables.json"
+    assert cli.main(["train", "--resume", "--out", str(run), "--epochs", "3", "--quiet", "--no-plots"]) == 0
+    assert "trained 2 more epochs, to epoch 3, in" in capsys.readouterr().out
+    # a run already past the epochs asked for: nothing is trained, and its record keeps its epochs
+    assert cli.main(["train", "--resume", "--out", str(run), "--epochs", "2", "--quiet", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing was trained: the run is already at epoch 3, past the 2 epochs asked for" in out
+    assert read_toml(run / "config.toml")["epochs"] == 3
+    assert len(json.loads((run / "history.json").read_text())["records"]) == 3
+
+
 @pytest.mark.filterwarnings("ignore::npvae.diagnostics.PosteriorCollapseWarning")  # 2 epochs of tiny data
 def test_gated_layers_train_evaluate_resume_and_count(tmp_path, capsys):
     """--layer gated builds GatedDense layers (encoder 8, 4; decoder mirrored), records the
