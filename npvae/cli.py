@@ -177,6 +177,26 @@ def _run_contents(out: Path) -> list[str]:
     return held + ([f"{n_ckpt} checkpoint(s)"] if n_ckpt else [])
 
 
+def default_out(data: str) -> str:
+    """The run folder when --out is not given: runs/ and the data's name, a file's with its
+    extension (features.csv and features.npy must not share a run folder)."""
+    return str(Path("runs") / (data if data in S.BUILT_IN else Path(data).name))
+
+
+def _used_folder(out: Path, held: list[str]) -> str:
+    """Why a new run cannot go into ``out``, naming the data of the run it holds."""
+    of = ""
+    try:
+        saved = S.read_toml(out / "config.toml")
+        if isinstance(saved.get("data"), str):
+            key = saved.get("data_key")
+            of = f" of {saved['data']}" + (f" (--data-key {key})" if isinstance(key, str) else "")
+    except SettingsError:
+        pass  # no readable config: the files held say enough
+    return (f"{out} already holds a run{of} ({', '.join(held)}): continue it with "
+            f"'npvae train --resume --out {out}', or choose another --out")
+
+
 def _settings_for(args):
     """(settings, explicit keys, out) for a new run, or for ``--resume`` the run's own settings
     with the flags checked against them.  Nothing is written."""
@@ -186,14 +206,12 @@ def _settings_for(args):
     except SettingsError as exc:
         raise UsageError(str(exc)) from None
     if cfg["out"] is None:
-        name = cfg["data"] if cfg["data"] in S.BUILT_IN else Path(cfg["data"]).stem
-        cfg["out"] = str(Path("runs") / name)
+        cfg["out"] = default_out(cfg["data"])
     out = Path(cfg["out"]).expanduser().resolve()
     held = _run_contents(out)
     if not cfg["resume"]:
         if held:
-            raise UsageError(f"{out} already holds a run ({', '.join(held)}): continue it with "
-                             f"'npvae train --resume --out {out}', or choose another --out")
+            raise UsageError(_used_folder(out, held))
         cfg["out"] = str(out)
         return cfg, explicit, out
     if "config.toml" not in held:
@@ -328,8 +346,7 @@ def _train(args, finishing) -> int:
     try:
         # checked again under the lock: another process may have made a run here meanwhile
         if not cfg["resume"] and _run_contents(out):
-            raise UsageError(f"{out} already holds a run ({', '.join(_run_contents(out))}): continue "
-                             f"it with 'npvae train --resume --out {out}', or choose another --out")
+            raise UsageError(_used_folder(out, _run_contents(out)))
         if not cfg["resume"]:
             written_now.append(npvae.checkpoint.atomic_write_text(out / "config.toml", S.toml_text(cfg)))
             if standardizer is not None:

@@ -67,7 +67,8 @@ SETTINGS: dict[str, Setting] = {
                            ".npy/.npz/.csv file of numbers (one example per row)"),
     "data_key": Setting("str", "the array to use in an .npz file that holds several (default: "
                                "the file's only array)"),
-    "out": Setting("str", "the run directory (default: runs/<data name>)"),
+    "out": Setting("str", "the run directory (default: runs/ and the data's name: runs/ising, "
+                          "runs/fashion-mnist, runs/features.csv for --data path/to/features.csv)"),
     "epochs": Setting("int", "passes over the training split", 1, 1_000_000),
     "batch_size": Setting("int", "examples per step", 1, 1_000_000),
     "latent": Setting("int", "latent dimensions J", 1, 4096),

@@ -55,7 +55,7 @@ def test_train_on_a_user_file_with_a_config(tmp_path):
     (tmp_path / "run.toml").write_text('[train]\nepochs = 2\nlatent = 2\nhidden = "8,4"\nactivation = "tanh"\n'
                                        'beta_warmup = 0.0\nplots = false\n')
     assert cli.main(["train", "--data", "feat.npy", "--config", "run.toml", "--quiet", "--seed", "3"]) == 0
-    run = tmp_path / "runs" / "feat"
+    run = tmp_path / "runs" / "feat.npy"
     cfg = read_toml(run / "config.toml")
     assert cfg["likelihood"] == "gaussian" and cfg["hidden"] == "8,4" and cfg["seed"] == 3
     assert (run / "standardizer.npz").exists()
@@ -262,12 +262,28 @@ def test_a_new_run_into_a_used_folder_is_refused_and_changes_nothing(tmp_path, c
     assert digest(run) == before
 
 
+def test_two_files_of_one_name_get_their_own_run_folders(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(60, 3))
+    np.savetxt(tmp_path / "features.csv", x, delimiter=",")
+    np.save(tmp_path / "features.npy", x)
+    tiny = ["--epochs", "1", "--hidden", "4", "--latent", "2", "--quiet", "--no-plots"]
+    assert cli.main(["train", "--data", "features.csv", *tiny]) == 0
+    assert cli.main(["train", "--data", "features.npy", *tiny]) == 0
+    for name in ("features.csv", "features.npy"):
+        assert read_toml(tmp_path / "runs" / name / "config.toml")["data"] == str(tmp_path / name)
+    # a folder chosen by hand that holds another file's run: the refusal names that file
+    capsys.readouterr()
+    assert cli.main(["train", "--data", "features.npy", "--out", "runs/features.csv", *tiny]) == 2
+    err = capsys.readouterr().err
+    assert f"already holds a run of {tmp_path / 'features.csv'}" in err and "another --out" in err
+
+
 def test_resume_keeps_the_runs_settings_and_refuses_a_conflict_before_writing(tmp_path, capsys):
     x = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32) * 5 + 3
     np.save(tmp_path / "t.npy", x)
     common = ["--quiet", "--no-plots", "--hidden", "8", "--latent", "2"]
     assert cli.main(["train", "--data", "t.npy", "--epochs", "2", *common]) == 0
-    run = tmp_path / "runs" / "t"
+    run = tmp_path / "runs" / "t.npy"
     before = digest(run)
     for flags, message in [(["--lr", "0.01"], "--lr 0.01 conflicts with the run's lr = 0.001"),
                            (["--seed", "3"], "--seed 3 conflicts with the run's seed = 0"),
@@ -355,7 +371,7 @@ def test_cosine_learning_rate_follows_its_plan_and_keeps_its_epochs(tmp_path, ca
     common = ["--data", "t.npy", "--quiet", "--no-plots", "--hidden", "8", "--latent", "2", "--val-fraction", "0.2",
               "--batch-size", "16", "--lr", "0.002"]
     assert cli.main(["train", *common, "--epochs", "3", "--lr-schedule", "cosine"]) == 0
-    run = tmp_path / "runs" / "t"
+    run = tmp_path / "runs" / "t.npy"
     cfg = read_toml(run / "config.toml")
     assert cfg["lr_schedule"] == "cosine"
     sched = cli.learning_rate(cfg, 80)  # 80 training rows: 5 steps an epoch, 15 in all, warm-up 1
