@@ -183,8 +183,10 @@ def default_out(data: str) -> str:
     return str(Path("runs") / (data if data in S.BUILT_IN else Path(data).name))
 
 
-def _used_folder(out: Path, held: list[str]) -> str:
-    """Why a new run cannot go into ``out``, naming the data of the run it holds."""
+def _used_folder(out: Path, held: list[str], differ: str = "", epochs: int | None = None) -> str:
+    """Why a new run cannot go into ``out``, naming the data of the run it holds (and
+    ``differ``: which of its settings differ from the ones asked for; ``epochs``: the epochs
+    asked for, when a resume would reach them)."""
     of = ""
     try:
         saved = S.read_toml(out / "config.toml")
@@ -193,8 +195,34 @@ def _used_folder(out: Path, held: list[str]) -> str:
             of = f" of {saved['data']}" + (f" (--data-key {key})" if isinstance(key, str) else "")
     except SettingsError:
         pass  # no readable config: the files held say enough
-    return (f"{out} already holds a run{of} ({', '.join(held)}): continue it with "
-            f"'npvae train --resume --out {out}', or choose another --out")
+    differ = f", with {differ}" if differ else ""
+    more = f" --epochs {epochs}" if epochs is not None else ""
+    return (f"{out} already holds a run{of} ({', '.join(held)}){differ}: continue it with "
+            f"'npvae train --resume --out {out}{more}', or choose another --out")
+
+
+_NOT_COMPARED = ("out", "resume", "plots")  # what may differ between two asks for the same run
+
+
+def _finished_run(out: Path) -> dict | None:
+    """The settings of the complete run in ``out`` (its model written, every epoch of its
+    config.toml in its history), as config.toml holds them; None for anything else."""
+    try:
+        saved = S.read_toml(out / "config.toml")
+        saved = {k: S.check_value(k, v) for k, v in saved.items()}
+        records = json.loads((out / "history.json").read_text(encoding="utf-8"))["records"]
+    except (SettingsError, OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (out / "model.npz").is_file() or len(records) != saved.get("epochs"):
+        return None
+    return saved
+
+
+def _differences(cfg: dict, saved: dict, keys=None) -> str:
+    """The settings in ``keys`` (default: all that make a run) where ``cfg`` and a run's saved
+    ones differ, as 'epochs = 30 (asked: 3)'; unset ones (None) are left out of a config.toml."""
+    keys = [k for k in (keys or S.SETTINGS) if k not in _NOT_COMPARED]
+    return ", ".join(f"{k} = {saved.get(k)!r} (asked: {cfg[k]!r})" for k in keys if saved.get(k) != cfg[k])
 
 
 def _settings_for(args):
@@ -211,7 +239,16 @@ def _settings_for(args):
     held = _run_contents(out)
     if not cfg["resume"]:
         if held:
-            raise UsageError(_used_folder(out, held))
+            # the same command again over its finished run has nothing to do (settings that
+            # depend on the data are compared once it is read)
+            finished = _finished_run(out)
+            if finished is None:
+                raise UsageError(_used_folder(out, held))
+            differ = _differences(cfg, finished, [k for k in S.SETTINGS if cfg[k] is not None])
+            if differ:
+                longer = differ == _differences(cfg, finished, ["epochs"]) and cfg["epochs"] > finished["epochs"]
+                raise UsageError(_used_folder(out, held, differ, cfg["epochs"] if longer else None))
+            cfg["finished"] = finished
         cfg["out"] = str(out)
         return cfg, explicit, out
     if "config.toml" not in held:
@@ -287,6 +324,19 @@ def _train(args, finishing) -> int:
         comm.Barrier()
     _stop_point()
     _fill_data_defaults(cfg, explicit, lik_default, bin_default)
+    finished = cfg.pop("finished", None)
+    if finished is not None:
+        differ = _differences(cfg, finished)
+        if differ:
+            raise UsageError(_used_folder(out, _run_contents(out), differ))
+        if writer:
+            no_plots = cfg["plots"] and not any(out.glob("*.png"))
+            print(f"nothing was trained: {out} already holds this run, trained for its "
+                  f"{_epochs(cfg['epochs'])} with these settings. Train it on with "
+                  f"'npvae train --resume --out {out} --epochs N', or start another with --out DIR"
+                  + (f"; its plots are not written: 'npvae train --resume --out {out}' writes them"
+                     if no_plots else ""))
+        return 0
     likelihood, binarize = cfg["likelihood"], cfg["binarize"]
     if binarize != "none" and (float(x.min()) < 0 or float(x.max()) > 1):
         raise UsageError(f"--binarize {binarize} needs data in [0, 1]; {cfg['data']} spans "

@@ -262,6 +262,32 @@ def test_a_new_run_into_a_used_folder_is_refused_and_changes_nothing(tmp_path, c
     assert digest(run) == before
 
 
+def test_the_same_command_again_over_its_finished_run_does_nothing(tmp_path, capsys):
+    assert cli.main(["train", *TINY_ISING, "--no-plots"]) == 0
+    run = tmp_path / "runs" / "ising"
+    before = digest(run)
+    capsys.readouterr()
+    assert cli.main(["train", *TINY_ISING, "--no-plots"]) == 0
+    assert f"nothing was trained: {run} already holds this run, trained for its 2 epochs" in capsys.readouterr().out
+    assert digest(run) == before
+    # more epochs than the run has: a resume, not a new run, says how
+    assert cli.main(["train", *TINY_ISING, "--no-plots", "--epochs", "4"]) == 2
+    assert f"epochs = 2 (asked: 4): continue it with 'npvae train --resume --out {run} --epochs 4'" \
+        in capsys.readouterr().err
+    # a setting that follows from the data is compared once the data is read
+    x = np.random.default_rng(0).random((60, 3))
+    np.save(tmp_path / "u.npy", x)  # in [0, 1]: bernoulli unless asked otherwise
+    tiny = ["--data", "u.npy", "--epochs", "1", "--hidden", "4", "--latent", "2", "--quiet", "--no-plots"]
+    assert cli.main(["train", *tiny, "--likelihood", "gaussian"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", *tiny]) == 2
+    assert "likelihood = 'gaussian' (asked: 'bernoulli')" in capsys.readouterr().err
+    # a run stopped before its epochs are done is continued with --resume, never passed over
+    (tmp_path / "runs" / "u.npy" / "model.npz").unlink()
+    assert cli.main(["train", *tiny, "--likelihood", "gaussian"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
 def test_two_files_of_one_name_get_their_own_run_folders(tmp_path, capsys):
     x = np.random.default_rng(0).normal(size=(60, 3))
     np.savetxt(tmp_path / "features.csv", x, delimiter=",")
