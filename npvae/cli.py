@@ -473,12 +473,29 @@ def _train(args, finishing) -> int:
         done = (f"nothing was trained: the run is already at epoch {len(history)}, {where} the "
                 f"{_epochs(asked)} asked for (an --epochs above {len(history)} trains on)")
     print(f"{done}; {val_txt}; run written to {out}")
+    note = log_density_note(likelihood, x.shape[1], standardizer is not None)
+    if note and val is not None:
+        print(f"note: {note}")
     if written:
         pngs = [Path(p).name for p in written if Path(p).suffix == ".png"]
         others = [Path(p).name for p in written if Path(p).suffix != ".png"]
         print(f"{len(pngs)} plot{'s' if len(pngs) != 1 else ''}: {', '.join(pngs)}"
               + (f"; and {', '.join(others)}" if others else ""))
     return 0
+
+
+def log_density_note(likelihood: str, n_inputs: int, standardised: bool) -> str | None:
+    """Why an ELBO or ln p(x) of a density likelihood may be positive; None for the Bernoulli's
+    log probabilities, which never are."""
+    units = "; in the data's own units, subtract Σ_j ln σ_j of standardizer.npz" if standardised else ""
+    if likelihood == "continuous_bernoulli":
+        return (f"the continuous Bernoulli p(x|z) is a density on [0, 1]^{n_inputs}, which can exceed 1: "
+                "its ELBO and ln p(x) are log densities and may be positive; compare them with other "
+                "densities of the same data, not with a Bernoulli run's log probabilities")
+    if likelihood == "gaussian":
+        return (f"the Gaussian p(x|z) is a density on {'standardised' if standardised else 'the'} "
+                f"features: its ELBO and ln p(x) are log densities and may be positive{units}")
+    return None
 
 
 def _epochs(n: int, kind: str = "") -> str:
@@ -543,7 +560,7 @@ def cmd_evaluate(args) -> int:
            "mean_ess": _finite_or_none(float(ess.mean())),
            "non_finite_log_px": int(np.count_nonzero(~np.isfinite(ll)))}
     if standardizer is not None:
-        res["units"] = "standardised features (add Σ ln σ_j of standardizer.npz for data units)"
+        res["units"] = "standardised features (for the data's own units subtract Σ_j ln σ_j of standardizer.npz)"
     from .checkpoint import atomic_write_text
     atomic_write_text(run / "evaluation.json", json.dumps(res, indent=1, allow_nan=False) + "\n")
     fmt = lambda v: "not finite" if v is None else f"{v:.3f} nats"
@@ -551,6 +568,9 @@ def cmd_evaluate(args) -> int:
           f"ln p(x) (K={args.n_samples}): {fmt(res['test_log_px'])} (mean ESS "
           f"{res['mean_ess'] if res['mean_ess'] is None else round(res['mean_ess'], 1)})\n"
           f"written to {run / 'evaluation.json'}")
+    note = log_density_note(model.likelihood_name, model.n_inputs, standardizer is not None)
+    if note:
+        print(f"note: {note}")
     if res["non_finite_log_px"] or res["test_elbo"] is None:
         _say(f"npvae evaluate: {res['non_finite_log_px']} of {len(x_val)} examples have a non-finite "
              "ln p(x) or ELBO: the model has diverged (see history.csv)")

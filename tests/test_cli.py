@@ -288,6 +288,22 @@ def test_the_same_command_again_over_its_finished_run_does_nothing(tmp_path, cap
     assert "already holds a run" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore::npvae.diagnostics.PosteriorCollapseWarning")  # 3 epochs of tiny data
+def test_a_log_density_is_said_to_be_one_where_it_is_printed(tmp_path, capsys):
+    """A continuous Bernoulli's ELBO can be positive (a density on [0, 1]^D): train and
+    evaluate say why; a Bernoulli's log probability needs no such note."""
+    x = np.clip(np.random.default_rng(0).normal(0.5, 0.01, size=(100, 20)), 0, 1)
+    np.save(tmp_path / "narrow.npy", x)  # concentrated: a density far above 1
+    tiny = ["--epochs", "3", "--hidden", "8", "--latent", "2", "--quiet", "--no-plots"]
+    assert cli.main(["train", "--data", "narrow.npy", "--likelihood", "continuous_bernoulli", *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "density on [0, 1]^20" in out and "may be positive" in out
+    assert cli.main(["evaluate", "runs/narrow.npy", "--n-samples", "5", "--quiet"]) == 0
+    assert "density on [0, 1]^20" in capsys.readouterr().out
+    assert cli.main(["train", *TINY_ISING, "--no-plots"]) == 0
+    assert "log densit" not in capsys.readouterr().out
+
+
 def test_two_files_of_one_name_get_their_own_run_folders(tmp_path, capsys):
     x = np.random.default_rng(0).normal(size=(60, 3))
     np.savetxt(tmp_path / "features.csv", x, delimiter=",")
