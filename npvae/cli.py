@@ -614,7 +614,7 @@ def cmd_sample(args) -> int:
     try:
         plots.samples(model, out, n=args.n, seed=args.seed,
                       data=None if x_ref is None else x_ref[:5000], to_data_units=to_data_units,
-                      image_shape=image_shape)
+                      image_shape=image_shape, spins=cfg["data"] == "ising")
     except ImportError as exc:
         raise UsageError(f"{exc} (or write the samples as .npy with --out samples.npy)") from None
     print(f"{args.n} samples written to {out}")

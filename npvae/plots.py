@@ -33,7 +33,9 @@ FRAME_COLOUR = "#f28e2b"   # the separator between the images of a grid
 DATA_COLOUR = "tab:blue"
 MODEL_COLOUR = "tab:orange"
 MAX_FEATURES = 16          # features in the histograms, reconstructions and traversals
-MAX_PAIRS = 4              # features in the corner plot
+MAX_PAIRS = 6              # features in the corner plot
+MARKERS_UP_TO = 30         # epochs: the training curves mark each epoch up to this many
+TEMPERATURE_LABEL = "temperature $T$ ($J/k_B$)"
 
 
 def _plt():
@@ -123,14 +125,14 @@ def _grid(images, image_shape, ncols, pad=1):
     return np.ma.masked_invalid(canvas)
 
 
-def _show_grid(fig, ax, canvas, vmin, vmax, label, binary=False):
+def _show_grid(fig, ax, canvas, vmin, vmax, label, binary=False, spins=False):
     plt = _plt()
     cmap = plt.get_cmap("gray").with_extremes(bad=FRAME_COLOUR)
     im = ax.imshow(canvas, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     cb.set_label(label)
     if binary:
-        cb.set_ticks([vmin, vmax])
+        cb.set_ticks([vmin, vmax], labels=["−1", "+1"] if spins else None)
     ax.set_xticks([])
     ax.set_yticks([])
     for side in ax.spines.values():
@@ -146,40 +148,44 @@ def _value_range(model, *arrays):
     return _robust_range(*arrays)
 
 
-def _labels(model, to_data_units):
-    """Colour-bar labels: (decoder mean, draw, data)."""
+def _labels(model, to_data_units, spins=False):
+    """Colour-bar labels: (decoder mean, draw, data); ``spins``: Ising lattices, whose x_i = 1
+    is the spin s_i = +1 and x_i = 0 the spin −1."""
+    if spins:
+        return "$p(s_i = +1 \\mid z)$", "$s_i \\sim p(s \\mid z)$  (±1)", "spin $s_i = \\pm 1$"
     if model.likelihood_name == "bernoulli":
         return "p(x_i = 1 | z)", "x_i ~ p(x|z)  (0 or 1)", "pixel value x_i"
     units = " (data units)" if to_data_units is not None else ""
     return f"E[x_i | z]{units}", f"x_i ~ p(x|z){units}", f"pixel value x_i{units}"
 
 
-def prior_samples(model, image_shape, path, n=64, seed=0, *, data=None, to_data_units=None):
+def prior_samples(model, image_shape, path, n=64, seed=0, *, data=None, to_data_units=None, spins=False):
     """Images generated from the prior, side by side:
 
     left, the decoder means E[x|z] (for Bernoulli pixels p(x_i = 1 | z)) for z ~ N(0, I);
     middle, one draw x ~ p(x|z) for each of the same z (what the model generates);
     right (when ``data`` is given, in model units), as many data images for comparison,
     spread evenly over the rows of ``data`` (so sorted data shows all its kinds).
-    Each panel is a framed grid with its own colour bar."""
+    Each panel is a framed grid with its own colour bar; ``spins``: Ising lattices, labelled
+    as spins s_i = ±1."""
     plt = _plt()
     h, w = _check_shape(image_shape, model.n_inputs)
     means = _units(model.sample(n, np.random.default_rng(seed), mean=True), to_data_units)
     draws = _units(model.sample(n, np.random.default_rng(seed), mean=False), to_data_units)
-    panels = [(means, "decoder means E[x|z], z ~ N(0, I)", 0),
-              (draws, "draws x ~ p(x|z), same z", 1)]
+    panels = [(means, "decoder means " + ("$p(s_i = +1 \\mid z)$" if spins else "E[x|z]") + ", z ~ N(0, I)", 0),
+              (draws, ("draws $s \\sim p(s \\mid z)$" if spins else "draws x ~ p(x|z)") + ", same z", 1)]
     if data is not None and len(data):
         data = np.asarray(data)
         rows = np.unique(np.linspace(0, len(data) - 1, min(n, len(data))).round().astype(int))
         panels.append((_units(data[rows], to_data_units), "data", 2))
     vmin, vmax = _value_range(model, *(p[0] for p in panels))
-    labels = _labels(model, to_data_units)
+    labels = _labels(model, to_data_units, spins)
     ncols = int(math.ceil(math.sqrt(n)))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 6.0), squeeze=False)
     binary = model.likelihood_name == "bernoulli"
     for ax, (imgs, title, kind) in zip(axes[0], panels):
         is_binary = binary and kind == 1 or (kind == 2 and binary and _is_binary(imgs))
-        _show_grid(fig, ax, _grid(imgs, (h, w), ncols), vmin, vmax, labels[kind], is_binary)
+        _show_grid(fig, ax, _grid(imgs, (h, w), ncols), vmin, vmax, labels[kind], is_binary, spins)
         ax.set_title(f"{title}  ({len(imgs)})")
     fig.suptitle("what the model generates" + (", next to data" if len(panels) == 3 else ""))
     fig.tight_layout(rect=(0, 0, 1, 0.97))
@@ -191,7 +197,7 @@ def _is_binary(a):
     return a.size > 0 and bool(np.all((a == 0) | (a == 1)))
 
 
-def _image_reconstructions(model, x, image_shape, path, n, to_data_units):
+def _image_reconstructions(model, x, image_shape, path, n, to_data_units, spins=False):
     plt = _plt()
     h, w = _check_shape(image_shape, model.n_inputs)
     x = np.asarray(x[:n])
@@ -201,8 +207,10 @@ def _image_reconstructions(model, x, image_shape, path, n, to_data_units):
     vmin, vmax = _value_range(model, xd, rec)
     canvas = _grid(np.concatenate([xd, rec]), (h, w), k)
     fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * k + 2.2), 3.4))
-    mean_label = _labels(model, to_data_units)[0].replace("z", "z = μ(x)")
-    _show_grid(fig, ax, canvas, vmin, vmax, f"data: pixel value;\nreconstruction: {mean_label}")
+    labels = _labels(model, to_data_units, spins)
+    mean_label = labels[0].replace("| z", "| z = μ(x)").replace("\\mid z", "\\mid z = \\mu(x)")
+    data_label = "spin $s_i$ (black −1, white +1)" if spins else labels[2]
+    _show_grid(fig, ax, canvas, vmin, vmax, f"data: {data_label};\nreconstruction: {mean_label}")
     ax.set_yticks([1 + h / 2, 2 + h + h / 2], ["data", "reconstruction\ndecode(μ(x))"])
     ax.tick_params(left=False)
     ax.set_title(f"{k} held-out examples (top) and their reconstructions (bottom)")
@@ -210,7 +218,7 @@ def _image_reconstructions(model, x, image_shape, path, n, to_data_units):
     return _save(fig, path)
 
 
-def _image_traversal(model, image_shape, path, dims, kl, values, to_data_units):
+def _image_traversal(model, image_shape, path, dims, kl, values, to_data_units, spins=False):
     plt = _plt()
     h, w = _check_shape(image_shape, model.n_inputs)
     rows = []
@@ -222,7 +230,7 @@ def _image_traversal(model, image_shape, path, dims, kl, values, to_data_units):
     vmin, vmax = _value_range(model, imgs)
     canvas = _grid(imgs, (h, w), len(values))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(values) + 3.0), 0.9 * len(dims) + 1.6))
-    _show_grid(fig, ax, canvas, vmin, vmax, _labels(model, to_data_units)[0])
+    _show_grid(fig, ax, canvas, vmin, vmax, _labels(model, to_data_units, spins)[0])
     ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(len(dims))],
                   [_dim_label(d, kl) for d in dims])
     ax.set_xticks([1 + c * (w + 1) + w / 2 for c in range(len(values))],
@@ -285,7 +293,7 @@ def latent_scatter(model, x, labels, path, label_name="label"):
             for i, v in enumerate(values):
                 sel = labels == v
                 ax.scatter(a[sel], b[sel], s=5, color=cmap(i),
-                           label=f"{label_name} {v:g}" if numeric else f"{label_name} {v}")
+                           label=_class_label(label_name, v, numeric))
             ax.legend(markerscale=3, fontsize=8, loc="best")
         else:
             sc = ax.scatter(a, b, c=labels, s=5, cmap="viridis")
@@ -295,6 +303,15 @@ def latent_scatter(model, x, labels, path, label_name="label"):
                      "dimensions with most KL", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _class_label(label_name, v, numeric):
+    """A legend entry: 'garment Coat', or for a numeric label with a unit, 'temperature $T$ (K)',
+    'temperature $T$ = 1.5 K'."""
+    if not numeric:
+        return f"{label_name} {v}"
+    name, _, unit = label_name.partition(" (")
+    return f"{name} = {v:g} {unit[:-1]}" if unit.endswith(")") else f"{label_name} {v:g}"
 
 
 def latent_usage(model, x, path):
@@ -325,7 +342,7 @@ def latent_usage(model, x, path):
 
 
 def latent_traversal(model, image_shape, path, n=9, span=2.5, *, x=None, n_dims=4,
-                     to_data_units=None):
+                     to_data_units=None, spins=False):
     """The decoder mean as one latent coordinate sweeps −span..span (the others at 0), one
     row per coordinate: the ``n_dims`` coordinates with the largest mean KL over ``x`` (the
     first ones when x is None), each labelled with its KL.
@@ -340,10 +357,11 @@ def latent_traversal(model, image_shape, path, n=9, span=2.5, *, x=None, n_dims=
     else:
         dims, kl = np.arange(min(model.n_latent, n_dims)), None
     if image_shape is not None:
-        return _image_traversal(model, image_shape, path, dims, kl, values, to_data_units)
+        return _image_traversal(model, image_shape, path, dims, kl, values, to_data_units, spins)
     plt = _plt()
-    feats = np.arange(min(model.n_inputs, MAX_FEATURES))
-    if x is not None and len(x):
+    has_x = x is not None and len(x)
+    feats = informative_features(x, MAX_FEATURES) if has_x else np.arange(min(model.n_inputs, MAX_FEATURES))
+    if has_x:
         xd = _units(x, to_data_units)[:, feats]
         centre, scale = np.median(xd, axis=0), xd.std(axis=0)
         scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
@@ -368,8 +386,10 @@ def latent_traversal(model, image_shape, path, n=9, span=2.5, *, x=None, n_dims=
         ax.title.set_fontsize(10)
     axes[0, 0].set_yticks(np.arange(len(feats)), [f"feature {f}" for f in feats], fontsize=7)
     fig.colorbar(im, ax=axes[0].tolist(), label=what, fraction=0.04)
+    note = (_feature_note(feats, model.n_inputs) if has_x or len(feats) == model.n_inputs else
+            f"the first {len(feats)} of {model.n_inputs} features")
     _suptitle(fig, "latent traversal: the decoder mean as one latent coordinate sweeps (the others "
-                   f"at 0), by KL; {_feature_note(feats, model.n_inputs)}")
+                   f"at 0), by KL; {note}")
     return _save(fig, path)
 
 
@@ -408,10 +428,28 @@ def _marker_size(n):
     return float(np.clip(2000.0 / max(n, 1), 3.0, 16.0))
 
 
-def _feature_note(feats, D):
+def informative_features(x, k, draws=None):
+    """Indices of at most ``k`` features to show, in index order: all of them when there are
+    k or fewer, else the k with the largest variance in x (of ``draws`` when x is None or
+    empty), variances rounded to a tenth of the largest, ties going to the lower index (so
+    features standardised alike keep their order)."""
+    a = np.asarray(x if x is not None and len(x) else draws, dtype=np.float64)
+    D = a.shape[1]
+    if D <= k:
+        return np.arange(D)
+    with np.errstate(all="ignore"):
+        finite = np.where(np.isfinite(a), a, np.nan)
+        v = np.nanvar(finite, axis=0) if np.isfinite(finite).any() else np.zeros(D)
+    v = np.where(np.isfinite(v), v, 0.0)
+    top = float(v.max())
+    level = np.round(v / top, 1) if top > 0 and math.isfinite(top) else np.zeros(D)
+    return np.sort(np.lexsort((np.arange(D), -level))[:k])
+
+
+def _feature_note(feats, D, source="the data"):
     if len(feats) == D:
         return f"all {D} features" if D > 1 else "its one feature"
-    return f"features {feats[0]}–{feats[-1]} (the first {len(feats)}) of {D}"
+    return f"the {len(feats)} of {D} features that vary most in {source}, named on the panels"
 
 
 def _tabular_draws(model, x, seed, to_data_units, n=None):
@@ -432,15 +470,17 @@ def _panels(k, width=3.0, height=2.5, ncols=4):
 
 def marginals(model, x, path, *, to_data_units=None, seed=0, max_features=MAX_FEATURES,
               n_samples=None):
-    """A histogram per feature (the first ``max_features``), in data units: the data x
-    (given in model units; may be None) filled, and ``n_samples`` draws x ~ p(x|z),
-    z ~ N(0, I) (default: as many as data rows, at least 1000, at most 5000) as an outline,
-    both as densities on the same bins."""
+    """A histogram per feature in data units (of at most ``max_features``: the ones that vary
+    most, :func:`informative_features`): the data x (given in model units; may be None)
+    filled, and ``n_samples`` draws x ~ p(x|z), z ~ N(0, I) (default: as many as data rows,
+    at least 1000, at most 5000) as an outline, both as densities on the same bins."""
     draws = _tabular_draws(model, x, seed, to_data_units, n_samples)
     data = None if x is None or not len(x) else _units(x, to_data_units)
-    feats = np.arange(min(model.n_inputs, max_features))
+    feats = informative_features(x, max_features, draws)
+    units = "data units" if to_data_units is not None else "model units"
     fig, axes = _panels(len(feats))
-    for ax, f in zip(axes, feats):
+    ncols = min(len(feats), 4)
+    for i, (ax, f) in enumerate(zip(axes, feats)):
         cols = [draws[:, f]] + ([] if data is None else [data[:, f]])
         edges = np.linspace(*_robust_range(*cols), 31)
         if data is not None:
@@ -450,25 +490,30 @@ def marginals(model, x, path, *, to_data_units=None, seed=0, max_features=MAX_FE
                 color=MODEL_COLOUR, label=f"model x ~ p(x|z) ({len(draws)})")
         ax.set_title(f"feature {f}", fontsize=9)
         ax.tick_params(labelsize=7)
-        ax.set_yticks([])
-    axes[0].legend(fontsize=7, loc="upper left")
-    units = "data units" if to_data_units is not None else "model units"
+        if i % ncols == 0:
+            ax.set_ylabel("probability density", fontsize=8)
+        if i + ncols >= len(feats):  # the lowest panel of its column
+            ax.set_xlabel(f"value ({units})", fontsize=8)
+    # under the panels: inside one it would hide a histogram's tail
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    source = "the data" if data is not None else "the model's draws"
     _suptitle(fig, f"marginal distributions ({units}): data vs samples from the model; "
-                   f"{_feature_note(feats, model.n_inputs)}")
-    fig.tight_layout()
+                   f"{_feature_note(feats, model.n_inputs, source)}")
+    fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))
     return _save(fig, path)
 
 
 def pairs(model, x, path, *, to_data_units=None, seed=0, max_features=MAX_PAIRS, n_samples=None):
-    """A corner plot of the first ``max_features`` features in data units: below the
-    diagonal, each pair of features as a scatter of data (blue) and model draws x ~ p(x|z)
-    (orange, ``n_samples`` of them, by default as many as data points, 200 to 2000); on the
-    diagonal, their histograms."""
+    """A corner plot in data units of every feature, or with more than ``max_features`` of
+    the ones that vary most (:func:`informative_features`): below the diagonal, each pair of
+    features as a scatter of data (blue) and model draws x ~ p(x|z) (orange, ``n_samples``
+    of them, by default as many as data points, 200 to 2000); on the diagonal, their
+    histograms as densities."""
     plt = _plt()
     data = None if x is None or not len(x) else _units(x, to_data_units)
     n_draw = n_samples or int(min(max(200, 0 if data is None else len(data)), 2000))
     draws = _tabular_draws(model, x, seed, to_data_units, n_draw)
-    feats = np.arange(min(model.n_inputs, max_features))
+    feats = informative_features(x, max_features, draws)
     k = len(feats)
     fig, axes = plt.subplots(k, k, figsize=(2.3 * k + 1.0, 2.3 * k + 0.6), squeeze=False)
     ranges = [_robust_range(draws[:, f], *([] if data is None else [data[:, f]]), pad=0.03)
@@ -499,9 +544,10 @@ def pairs(model, x, path, *, to_data_units=None, seed=0, max_features=MAX_PAIRS,
                 ax.set_xlabel(f"feature {fj}", fontsize=9)
             else:
                 ax.set_xticklabels([])
-            if j == 0 and i > 0:
-                ax.set_ylabel(f"feature {fi}", fontsize=9)
-            elif j > 0:
+            if j == 0:
+                # the diagonal's histograms share no scale with the rows' features
+                ax.set_ylabel(f"feature {fi}" if i > 0 else f"density of feature {fi}", fontsize=9)
+            elif i != j:
                 ax.set_yticklabels([])
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], ls="", marker="o", color=MODEL_COLOUR,
@@ -510,8 +556,9 @@ def pairs(model, x, path, *, to_data_units=None, seed=0, max_features=MAX_PAIRS,
         handles.insert(0, Line2D([], [], ls="", marker="o", color=DATA_COLOUR, label=f"data ({len(data)})"))
     fig.legend(handles=handles, loc="upper right", fontsize=9, frameon=False)
     units = "data units" if to_data_units is not None else "model units"
-    _suptitle(fig, f"pairs of features ({units}); {_feature_note(feats, model.n_inputs)}",
-              x=0.02, ha="left")
+    source = "the data" if data is not None else "the model's draws"
+    _suptitle(fig, f"pairs of features ({units}; on the diagonal, each one's probability density); "
+                   f"{_feature_note(feats, model.n_inputs, source)}", x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return _save(fig, path)
 
@@ -520,7 +567,7 @@ def _tabular_reconstructions(model, x, path, to_data_units):
     x = np.asarray(x)
     data = _units(x, to_data_units)
     rec = _units(model.reconstruct(x), to_data_units)
-    feats = np.arange(min(model.n_inputs, MAX_FEATURES))
+    feats = informative_features(x, MAX_FEATURES)
     fig, axes = _panels(len(feats), 2.8, 2.7)
     for ax, f in zip(axes, feats):
         a, b = data[:, f], rec[:, f]
@@ -548,17 +595,17 @@ def _tabular_reconstructions(model, x, path, to_data_units):
     return _save(fig, path)
 
 
-def reconstructions(model, x, image_shape, path, n=8, *, to_data_units=None):
+def reconstructions(model, x, image_shape, path, n=8, *, to_data_units=None, spins=False):
     """Held-out data and decode(μ(x)).  Images: the first n examples (top row) above their
     reconstructions (bottom row), framed, with a colour bar.  Tabular data
     (``image_shape=None``): per feature, reconstruction against data for every row of x,
     with the diagonal and the correlation r."""
     if image_shape is None:
         return _tabular_reconstructions(model, x, path, to_data_units)
-    return _image_reconstructions(model, x, image_shape, path, n, to_data_units)
+    return _image_reconstructions(model, x, image_shape, path, n, to_data_units, spins)
 
 
-def samples(model, path, *, n=64, seed=0, data=None, to_data_units=None, image_shape=None):
+def samples(model, path, *, n=64, seed=0, data=None, to_data_units=None, image_shape=None, spins=False):
     """The figure of ``npvae sample``: what the model generates, x ~ p(x|z), z ~ N(0, I).
 
     Images (``image_shape`` given): decoder means and draws side by side (and ``data`` next
@@ -569,7 +616,7 @@ def samples(model, path, *, n=64, seed=0, data=None, to_data_units=None, image_s
     ``to_data_units`` (e.g. ``Standardizer.inverse``) maps model units to the data's."""
     if image_shape is not None:
         return prior_samples(model, image_shape, path, n=n, seed=seed, data=data,
-                             to_data_units=to_data_units)
+                             to_data_units=to_data_units, spins=spins)
     if model.n_inputs <= MAX_PAIRS:
         return pairs(model, data, path, to_data_units=to_data_units, seed=seed, n_samples=n)
     return marginals(model, data, path, to_data_units=to_data_units, seed=seed, n_samples=n)
@@ -593,6 +640,7 @@ def ising_observables(comparison, path):
     fig, axes = plt.subplots(2 if has_T else 1, 2, figsize=(11, 8.2 if has_T else 4.2), squeeze=False)
     for ax, key, name, rng in ((axes[0, 0], "abs_m", "|m|", (0.0, 1.0)),
                                (axes[0, 1], "energy", "E/N", None)):
+        unit = " ($J$ per spin)" if key == "energy" else ",  $m = \\sum_i s_i / N$"
         d, p = c["data"][key], c["prior"][key]
         lo, hi = rng or _robust_range(d, p)
         edges = np.linspace(lo, hi + 1e-9, 26)
@@ -600,14 +648,14 @@ def ising_observables(comparison, path):
                 label=f"Monte Carlo data: mean {d.mean():.3f} ({len(d)})")
         _density_hist(ax, p, edges, histtype="step", lw=1.8, color=MODEL_COLOUR,
                 label=f"VAE prior draws: mean {p.mean():.3f} ({len(p)})")
-        ax.set(xlabel=name + (" per spin" if key == "energy" else ""), ylabel="density",
+        ax.set(xlabel=name + unit, ylabel="probability density" + (" ($1/J$)" if key == "energy" else ""),
                title=f"{name} of the configurations")
         ax.legend(fontsize=8, loc="upper left" if key == "abs_m" else "upper right")
     if has_T:
         rows = table["by_temperature"]
         T = np.array([r["T"] for r in rows])
         grid = np.linspace(T.min(), T.max(), 400)
-        for ax, key, name in ((axes[1, 0], "abs_m", "⟨|m|⟩"), (axes[1, 1], "energy", "⟨E/N⟩")):
+        for ax, key, name in ((axes[1, 0], "abs_m", "⟨|m|⟩"), (axes[1, 1], "energy", "⟨E/N⟩ ($J$ per spin)")):
             for who, colour, marker, label in (("data", DATA_COLOUR, "o", "Monte Carlo data"),
                                                ("posterior", MODEL_COLOUR, "s",
                                                 "VAE: z ~ q(z|x), x' ~ p(x'|z)")):
@@ -619,11 +667,11 @@ def ising_observables(comparison, path):
                 ax.plot(grid, onsager_magnetisation(grid), color="k", lw=1, label="Onsager M(T), L → ∞")
                 ax.set_ylim(-0.03, 1.05)
             if grid.min() < T_CRITICAL < grid.max():
-                ax.axvline(T_CRITICAL, color="gray", ls=":", lw=1, label="$T_c$")
-            ax.set(xlabel="temperature T", ylabel=name, title=f"{name} against temperature")
+                ax.axvline(T_CRITICAL, color="gray", ls=":", lw=1, label=f"$T_c$ = {T_CRITICAL:.3f} $J/k_B$")
+            ax.set(xlabel=TEMPERATURE_LABEL, ylabel=name, title=f"{name.split(' (')[0]} against temperature")
             ax.legend(fontsize=8)
     fig.suptitle(f"Ising observables, L = {c['L']}: Monte Carlo data vs configurations "
-                 "generated by the VAE (spins s = 2x − 1)")
+                 "generated by the VAE (spins $s_i = 2x_i - 1 = \\pm 1$, coupling $J$)")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -633,25 +681,37 @@ def ising_observables(comparison, path):
 # ----------------------------------------------------------------------------------------
 def training_curves(history, path):
     """Per epoch: training loss and reconstruction term (left), KL (middle), β and the
-    validation ELBO (right)."""
+    validation ELBO (right); each epoch marked on runs of up to MARKERS_UP_TO epochs, the
+    legends where they hide no curve."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
     ep = history["epoch"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(ep, history["loss"], "o-", label="loss")
-    axes[0].plot(ep, history["reconstruction"], "s-", label="reconstruction")
+    marks = len(ep) <= MARKERS_UP_TO  # a marker on each of hundreds of points smears the curve
+    style = lambda marker, line="-": (marker + line) if marks else line
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    axes[0].plot(ep, history["loss"], style("o"), label="loss")
+    axes[0].plot(ep, history["reconstruction"], style("s"), label="reconstruction, −E_q[ln p(x|z)]")
     axes[0].set(xlabel="epoch", ylabel="nats per example", title="training loss")
-    axes[0].legend()
-    axes[1].plot(ep, history["kl"], "o-", color="tab:green")
+    axes[1].plot(ep, history["kl"], style("o"), color="tab:green")
     axes[1].set(xlabel="epoch", ylabel="nats per example", title="KL(q(z|x) || p(z))")
-    axes[2].plot(ep, history["beta"], "o-", color="tab:purple", label="β (epoch mean)")
-    axes[2].set(xlabel="epoch", ylabel="β", title="β and validation ELBO", ylim=(-0.05, 1.05))
+    betas = [b for b in history["beta"] if b is not None and math.isfinite(b)]
+    top = max([1.0, *betas])
+    axes[2].plot(ep, history["beta"], style("o"), color="tab:purple", label="β (epoch mean)")
+    axes[2].set(xlabel="epoch", ylabel="β", title="β and validation ELBO", ylim=(-0.05 * top, 1.05 * top))
+    handles, labels = axes[2].get_legend_handles_labels()
     val = [v for v in history["val_elbo"] if v is not None]
     if val:
         ax2 = axes[2].twinx()
-        ax2.plot(ep[-len(val):], val, "s--", color="tab:red", label="validation ELBO (β = 1)")
-        ax2.set_ylabel("validation ELBO (nats)")
-        ax2.legend(loc="lower right")
-    axes[2].legend(loc="center right")
+        ax2.plot(ep[-len(val):], val, style("s", "--"), color="tab:red", label="validation ELBO (β = 1)")
+        ax2.set_ylabel("validation ELBO (nats per example)")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    # below the panels, outside the data: β and the ELBO cross anywhere on a short run
+    axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8, frameon=False)
+    axes[2].legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8,
+                   frameon=False)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return _save(fig, path)
 
@@ -664,9 +724,9 @@ def write_all(model, history, x_val, labels, run_dir, label_name="label", *,
     reconstructions.png and latent_traversal.png (as images or per feature).
     Images: prior_samples.png (decoder means, draws x ~ p(x|z) and data).
     Tabular data: marginals.png and, with two features or more, pairs.png.
-    Ising (``ising_L`` = L; ``labels`` then are the temperatures, and x_val in {0, 1}):
-    ising_observables.png and ising_observables.json (the table of
-    :func:`npvae.observables.summary_table`).
+    Ising (``ising_L`` = L; ``labels`` then are the temperatures, in units of J/k_B, and x_val
+    in {0, 1}, drawn and labelled as spins s = 2x − 1): ising_observables.png and
+    ising_observables.json (the table of :func:`npvae.observables.summary_table`).
 
     ``x_val`` is in model units; ``to_data_units`` maps model units to the data's (e.g.
     ``Standardizer.inverse``).  ``image_shape``: (h, w) for images, None for tabular data;
@@ -675,9 +735,12 @@ def write_all(model, history, x_val, labels, run_dir, label_name="label", *,
     """
     run_dir = Path(run_dir)
     x_val = np.asarray(x_val)
-    if ising_L is not None:
+    spins = ising_L is not None
+    if spins:
         if image_shape is None or isinstance(image_shape, str):
             image_shape = (int(ising_L), int(ising_L))
+        if label_name in ("label", "temperature"):  # the labels are the temperatures
+            label_name = TEMPERATURE_LABEL
     elif isinstance(image_shape, str):
         if image_shape != "auto":
             raise ValueError(f"image_shape must be (h, w), None or 'auto', got {image_shape!r}")
@@ -690,10 +753,11 @@ def write_all(model, history, x_val, labels, run_dir, label_name="label", *,
         paths += [latent_scatter(model, x_val, labels, run_dir / "latent_scatter.png", label_name),
                   latent_usage(model, x_val, run_dir / "kl_per_dimension.png"),
                   reconstructions(model, x_val, image_shape, run_dir / "reconstructions.png",
-                                  to_data_units=to_data_units)]
+                                  to_data_units=to_data_units, spins=spins)]
     if image_shape is not None:
         paths.append(prior_samples(model, image_shape, run_dir / "prior_samples.png", seed=seed,
-                                   data=x_val if has_data else None, to_data_units=to_data_units))
+                                   data=x_val if has_data else None, to_data_units=to_data_units,
+                                   spins=spins))
     else:
         paths.append(marginals(model, x_val if has_data else None, run_dir / "marginals.png",
                                to_data_units=to_data_units, seed=seed))
@@ -701,7 +765,8 @@ def write_all(model, history, x_val, labels, run_dir, label_name="label", *,
             paths.append(pairs(model, x_val if has_data else None, run_dir / "pairs.png",
                                to_data_units=to_data_units, seed=seed))
     paths.append(latent_traversal(model, image_shape, run_dir / "latent_traversal.png",
-                                  x=x_val if has_data else None, to_data_units=to_data_units))
+                                  x=x_val if has_data else None, to_data_units=to_data_units,
+                                  spins=spins))
     if ising_L is not None and has_data:
         temps = None if labels is None else np.asarray(labels, dtype=np.float64)
         comparison = observables.compare(model, x_val, ising_L, temps, seed=seed)

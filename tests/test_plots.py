@@ -1,5 +1,7 @@
 """The run plots (npvae.plots) and the Ising observables (npvae.observables), on tiny models."""
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +201,92 @@ def test_edge_cases_do_not_crash(tmp_path, case):
                             image_shape=shape, to_data_units=to_units)
     assert_pngs(paths)
     assert len(paths) >= 5
+
+
+# ----------------------------------------------------------------------------------------
+# What the figures say: labels, units, which features
+# ----------------------------------------------------------------------------------------
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plots save, by file name (kept for inspection after saving)."""
+    pytest.importorskip("matplotlib")
+    from npvae import plots
+    seen = {}
+    real = plots._save
+
+    def save(fig, path):
+        seen[Path(path).name] = fig
+        return real(fig, path)
+    monkeypatch.setattr(plots, "_save", save)
+    return seen
+
+
+def texts(fig):
+    import matplotlib.text
+    return [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
+
+
+def test_wide_tables_show_the_features_that_vary_and_name_them(tmp_path, figures):
+    from npvae import plots
+    rng = np.random.default_rng(0)
+    x = np.full((300, 40), 0.01, dtype=np.float32)
+    x[:, 20:28] = rng.random((300, 8))  # the only columns that vary, like an image's centre
+    model = npvae.VAE(40, 2, hidden=(8,), seed=0)
+    plots.write_all(model, history(), x, None, tmp_path, image_shape=None)
+    for name, most in (("marginals.png", 16), ("pairs.png", plots.MAX_PAIRS),
+                       ("reconstructions.png", 16), ("latent_traversal.png", 16)):
+        said = " ".join(texts(figures[name]))
+        named = {int(n) for n in re.findall(r"feature (\d+)", said)}
+        varying = set(range(20, 28))
+        assert varying <= named if most >= 8 else (len(named) == most and named <= varying), (name, named)
+        assert "of 40 features that vary most" in said, name
+
+
+def test_a_small_table_shows_every_feature_and_labels_every_axis(tmp_path, figures):
+    from npvae import plots
+    x = np.random.default_rng(0).standard_normal((100, 5)).astype(np.float32)
+    model = npvae.VAE(5, 2, hidden=(8,), likelihood="gaussian", seed=0)
+    plots.write_all(model, history(), x, None, tmp_path, image_shape=None)
+    pairs = figures["pairs.png"]
+    shown = [ax for ax in pairs.axes if ax.get_visible()]
+    assert len(shown) == 5 * 6 // 2  # the lower triangle of 5 features, the diagonal included
+    assert "feature 4" in texts(pairs) and "all 5 features" in " ".join(texts(pairs))
+    for ax in shown:
+        if ax.get_subplotspec().colspan.start == 0:
+            assert ax.get_ylabel(), "a y label on every row"
+    for ax in figures["marginals.png"].axes:
+        if ax.get_visible() and ax.get_subplotspec().colspan.start == 0:
+            assert "density" in ax.get_ylabel()
+
+
+def test_training_curves_mark_short_runs_only_and_keep_legends_off_the_curves(tmp_path, figures):
+    from npvae import plots
+    for epochs in (3, 200):
+        name = f"tc{epochs}.png"
+        plots.training_curves(history(epochs), tmp_path / name)
+        fig = figures[name]
+        markers = {line.get_marker() for ax in fig.axes for line in ax.get_lines()}
+        assert (markers - {"None", None, ""}) if epochs == 3 else markers <= {"None", None, ""}, markers
+        fig.canvas.draw()
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is not None:
+                box, area = legend.get_window_extent(), ax.get_window_extent()
+                assert not box.overlaps(area), "a legend over the curves"
+
+
+def test_ising_plots_show_spins_and_temperatures_in_units_of_j_over_kb(tmp_path, figures):
+    from npvae import plots
+    model = npvae.VAE(16, 2, hidden=(8,), seed=0)
+    x = (np.random.default_rng(0).random((30, 16)) < 0.5).astype(np.float32)
+    T = np.repeat([1.5, 2.5, 3.5], 10)
+    plots.write_all(model, history(), x, T, tmp_path, "temperature", ising_L=4)
+    for name in ("prior_samples.png", "reconstructions.png", "latent_traversal.png"):
+        said = " ".join(texts(figures[name]))
+        assert "s_i" in said and "pixel" not in said, name
+    assert {"−1", "+1"} <= set(texts(figures["prior_samples.png"]))  # the spins' values
+    for name in ("ising_observables.png", "latent_scatter.png"):
+        assert "$T$ ($J/k_B$)" in " ".join(texts(figures[name])), name
+    # an image run keeps its pixels
+    plots.write_all(model, history(), x, None, tmp_path / "img", image_shape=(4, 4))
+    assert "pixel value x_i" in texts(figures["prior_samples.png"])
