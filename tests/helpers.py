@@ -1,5 +1,11 @@
-"""An independent plain-NumPy forward of the VAE, used as an oracle and to keep the
-finite-difference tests away from the kinks of relu / leaky_relu / elu."""
+"""Helpers shared by the tests: an independent plain-NumPy forward of the VAE, used as an
+oracle and to keep the finite-difference tests away from the kinks of relu / leaky_relu / elu;
+and the check that stands in for a documented ``pip install`` of this project."""
+import importlib.metadata as metadata
+import importlib.util
+import re
+import shlex
+
 import numpy as np
 
 KINKED = {"relu", "leaky_relu", "elu"}
@@ -73,3 +79,43 @@ def reference_forward(model, x, eps, beta=1.0, clear_kinks=None):
         rec = np.sum(0.5 * (x - out) ** 2 / np.exp(s) + 0.5 * s + 0.5 * np.log(2 * np.pi), axis=1)
     kl = -0.5 * np.sum(1 + lv - mu**2 - np.exp(lv), axis=1)
     return np.mean(rec + beta * kl), rec, kl
+
+
+def check_pip_install(command):
+    """A documented ``pip install [options] .[extras]``, checked instead of run: the project
+    is installed already (editable, from this checkout), and installing it again would take
+    minutes, need the network and change the environment under the running tests.  Checks
+    that the command installs this project ("." is the checkout the docs are read from) with
+    extras the project declares, and that every requirement of those extras is installed at a
+    version it allows, with its Python modules importable.  Returns what was checked; raises
+    AssertionError naming what is wrong."""
+    from packaging.requirements import Requirement
+
+    words = shlex.split(command, comments=True)
+    assert words[:2] == ["pip", "install"], f"{command!r} is not a pip install"
+    targets = [w for w in words[2:] if not w.startswith("-")]
+    assert targets, f"{command!r}: installs nothing"
+    declared = set(metadata.metadata("npvae").get_all("Provides-Extra") or ())
+    requirements = [Requirement(r) for r in metadata.requires("npvae") or ()]
+    checked = []
+    for target in targets:
+        m = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", target)
+        assert m, f"{command!r}: {target!r} is not this project ('.' or '.[extras]')"
+        for extra in filter(None, (m.group(1) or "").split(",")):
+            assert extra in declared, f"{command!r}: the project has no extra {extra!r} ({sorted(declared)})"
+            for req in requirements:
+                if req.marker is None or not req.marker.evaluate({"extra": extra}):
+                    continue
+                try:
+                    version = metadata.version(req.name)
+                except metadata.PackageNotFoundError:
+                    raise AssertionError(f"{command!r}: {req.name} (extra {extra!r}) is not installed") from None
+                assert req.specifier.contains(version, prereleases=True), \
+                    f"{command!r}: {req.name} {version} is installed, the extra {extra!r} asks for {req}"
+                for module in (metadata.distribution(req.name).read_text("top_level.txt") or "").split():
+                    if module.isidentifier():
+                        assert importlib.util.find_spec(module) is not None, \
+                            f"{command!r}: {req.name}'s module {module} cannot be imported"
+                checked.append(f"{req.name} {version}")
+    return (f"not run (the project is installed already); checked instead: npvae installed, and "
+            f"{', '.join(checked) or 'no extras'}")
