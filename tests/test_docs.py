@@ -12,10 +12,10 @@ phmdoctest (Python only, generates test files) because it does all that these do
     prose quotes, beside that prose, without showing them on the rendered page;
   * a parser and an evaluator of one's own are a few lines: this file adds one for ```bash
     blocks and one for the ``<!-- not run in tests: ... -->`` note described below.
-Sybil's own pytest plugin is not used: it collects files that pytest walks into, and pytest
-walks only tests/ (``testpaths``); and it gives each document its own folder-less run, where
-here the README and the tutorial share one folder. So this file parses the documents with
-Sybil and hands their blocks to pytest as one parametrised test, in document order.
+Sybil's own pytest plugin is not used: it collects the files that pytest walks into, and
+pytest walks only tests/ (``testpaths``); and it runs each document on its own, where here the
+README and the tutorial share one folder. So this file parses the documents with Sybil and
+hands their blocks to pytest as one parametrised test, in document order.
 
 The rules, for whoever edits the docs:
   * The README runs first, the tutorial straight after it in the same folder (the tutorial
@@ -36,6 +36,8 @@ The rules, for whoever edits the docs:
     (30 minutes of training) -->``, only the commands (lines, or the parts of ``a && b``)
     that contain one of them, outside their ``#`` comment, are not run, and each part must
     match at least one command.
+  * Run the whole file (``pytest tests/test_docs.py``), or with ``-k README`` the README
+    alone: a block run alone (``-k``, ``--lf``) lacks what the blocks before it made.
   * Commands too slow for the suite (hours of training, Fashion-MNIST's 60,000 images for 10
     epochs, mpiexec, ln p(x) with K = 5000 over 10,000 images) carry that note. Blocks that
     need Debian's Fashion-MNIST skip with that reason when it is missing.
@@ -57,6 +59,7 @@ from helpers import check_pip_install
 
 pytest.importorskip("sybil", reason="the docs tests need Sybil (the test extra)")
 from sybil import Document, Region  # noqa: E402
+from sybil.evaluators.python import PythonEvaluator  # noqa: E402
 from sybil.evaluators.skip import Skipper  # noqa: E402
 from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser, SkipParser  # noqa: E402
 
@@ -118,34 +121,39 @@ def and_parts(line):
     return [p.strip() for p in re.split(r"\s&&\s", line)]
 
 
+def fashion_mnist_missing():
+    return not FASHION_MNIST.is_dir() and not os.environ.get("NPVAE_DATA")
+
+
 def run_bash(example):
     """Evaluator of a ```bash block: each command in the current folder, exit code 0."""
     block = example.parsed
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    skipped = set()
+    commands = []                                  # (command, not run)
     for line in logical_lines(block.source):
         for part in and_parts(line):
             words = " ".join(shlex.split(part, comments=True))   # the command without its comment
-            if block.not_run and any(p in words for p in block.not_run.parts):
-                skipped.update(p for p in block.not_run.parts if p in words)
-                print(f"$ {part}\n  not run in tests: {block.not_run.reason}")
-                continue
-            print(f"$ {part}")
-            if part.startswith("pip install"):
-                print("  " + check_pip_install(part))
-                continue
-            if "fashion-mnist" in part and not FASHION_MNIST.is_dir():
-                raise SkipTest(f"needs Debian's dataset-fashion-mnist ({FASHION_MNIST} is missing): {part}")
+            commands.append((part, [p for p in (block.not_run.parts if block.not_run else ()) if p in words]))
+    if block.not_run:
+        stale = set(block.not_run.parts) - {p for _, hit in commands for p in hit}
+        assert not stale, f"the not-run note names {sorted(stale)}, which no command of the block contains"
+    needs_data = [c for c, hit in commands if not hit and "fashion-mnist" in c]
+    if needs_data and fashion_mnist_missing():
+        raise SkipTest(f"needs Debian's dataset-fashion-mnist ({FASHION_MNIST} is missing): {needs_data[0]}")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for command, hit in commands:
+        print(f"$ {command}")
+        if hit:
+            print(f"  not run in tests: {block.not_run.reason}")
+        elif command.startswith("pip install"):
+            print("  " + check_pip_install(command))
+        else:
             start = time.perf_counter()
-            proc = subprocess.run(["bash", "-c", part], env=env, capture_output=True, text=True,
+            proc = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True,
                                   timeout=900)
             print(f"  exit {proc.returncode} in {time.perf_counter() - start:.1f} s")
             if proc.returncode != 0:
-                return (f"{part!r} exited with {proc.returncode} in {os.getcwd()}\n"
+                return (f"{command!r} exited with {proc.returncode} in {os.getcwd()}\n"
                         f"--- stdout (end)\n{proc.stdout[-3000:]}\n--- stderr (end)\n{proc.stderr[-3000:]}")
-    if block.not_run:
-        stale = [p for p in block.not_run.parts if p not in skipped]
-        assert not stale, f"the not-run note names {stale}, which no line of the block contains"
 
 
 class BashParser(CodeBlockParser):
@@ -171,7 +179,7 @@ PARSERS = [PythonCodeBlockParser(), BashParser(), SkipParser(), parse_not_run]
 
 def parse(name):
     """The Sybil document, each not-run note joined to the block right after it."""
-    document = Document.parse(str(ROOT / name), *PARSERS)
+    document = Document.parse(str(ROOT / name), *PARSERS)   # (an absolute name stays itself)
     regions = [r for _, r in document.regions]
     for i, region in enumerate(regions):
         if not isinstance(region.parsed, NotRun):
@@ -205,7 +213,8 @@ class Case:
             return f"{self.name}:parse"
         example = self.examples[-1]
         kind = "bash" if isinstance(example.parsed, Bash) else "python"
-        return f"{self.name}:{example.line}:{kind}"
+        hidden = "invisible-" if "directive" in example.region.lexemes else ""
+        return f"{self.name}:{example.line}:{hidden}{kind}"
 
 
 def cases():
@@ -251,9 +260,52 @@ def test_doc_block(case, folders, monkeypatch):
     monkeypatch.chdir(folders(case.sequence))
     try:
         for example in case.examples:
-            if ("load_fashion_mnist" in str(example.parsed) and not FASHION_MNIST.is_dir()
-                    and not os.environ.get("NPVAE_DATA")):
+            if (isinstance(example.region.evaluator, PythonEvaluator)
+                    and "load_fashion_mnist" in example.parsed and fashion_mnist_missing()):
                 raise SkipTest(f"needs Debian's dataset-fashion-mnist ({FASHION_MNIST} is missing)")
             example.evaluate()
     except SkipTest as exc:
         pytest.skip(str(exc))
+
+
+def test_the_markers_do_what_the_rules_say(tmp_path, monkeypatch, capsys):
+    """This file's own parser and evaluator, on a small Markdown file."""
+    doc = tmp_path / "doc.md"
+    doc.write_text("""<!-- not run in tests: `sleep 1000` (too slow) -->
+```bash
+echo one > one.txt
+echo zero > zero.txt && sleep 1000   # a comment
+pip install ".[plot]" && echo two > two.txt
+```
+
+<!-- not run in tests: a whole block -->
+```bash
+exit 1
+```
+
+```python
+done = open("two.txt").read().strip()
+```
+""")
+    monkeypatch.chdir(tmp_path)
+    examples = list(parse(doc).examples())
+    runnable = [e for e in examples if e.region.evaluator is not None]
+    assert len(runnable) == 3
+    runnable[0].evaluate()
+    out = capsys.readouterr().out
+    assert "not run in tests: `sleep 1000` (too slow)" in out and "checked instead" in out
+    assert all((tmp_path / f"{n}.txt").exists() for n in ("one", "zero", "two"))
+    with pytest.raises(SkipTest, match="a whole block"):
+        runnable[1].evaluate()
+    runnable[2].evaluate()
+    assert runnable[2].namespace["done"] == "two"
+
+    doc.write_text("<!-- not run in tests: `nowhere` (stale) -->\n```bash\necho x\n```\n")
+    with pytest.raises(AssertionError, match="nowhere"):
+        [e for e in parse(doc).examples() if e.region.evaluator][0].evaluate()
+    doc.write_text("<!-- not run in tests: misplaced -->\nSome prose.\n```bash\necho x\n```\n")
+    with pytest.raises(ValueError, match="right before a code block"):
+        parse(doc)
+    doc.write_text("```bash\nfalse\n```\n")
+    with pytest.raises(Exception, match="exited with 1"):
+        [e for e in parse(doc).examples() if e.region.evaluator][0].evaluate()
