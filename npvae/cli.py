@@ -133,33 +133,6 @@ def learning_rate(cfg, n_train):
     return npvae.schedules.Warmup(cosine, max(1, min(S.COSINE_WARMUP_STEPS, total // 10)))
 
 
-def _compile_notice() -> bool:
-    """Say that the kernels compile now (a cold cache, on rank 0); True when it was said."""
-    if _RANK != 0:
-        return False
-    from npvae.kernels import get_backend, implementation, jit, step
-    # (vmath is inlined into step; step's cache is kept per BLAS)
-    modules = ((implementation("numba").__file__, ""), (step.__file__, step.CACHE))
-    if get_backend() != "numba" or all(jit.cache_is_warm(m, sub) for m, sub in modules):
-        return False
-    where = (f"kept in {jit.KERNEL_CACHE} for later runs" if jit.KERNEL_CACHE is not None else
-             "no writable cache folder, so every run compiles; set NUMBA_CACHE_DIR to keep them")
-    _say(f"npvae: compiling the training kernels for this machine, once (20–30 s on a 2-core machine; {where})")
-    return True
-
-
-@contextlib.contextmanager
-def _compile_timer(announced: bool):
-    """After a block that compiled (``announced``: the notice was given), say how long
-    numba spent compiling in it (its compile events, outermost only, summed)."""
-    if not announced:
-        yield
-        return
-    from numba.core import event
-    with event.install_timer("numba:compile", lambda seconds: _say(f"npvae: compiled in {seconds:.1f} s")):
-        yield
-
-
 # ----------------------------------------------------------------------------------------
 # Commands
 # ----------------------------------------------------------------------------------------
@@ -401,12 +374,10 @@ def _train(args, finishing) -> int:
             written_now.append(npvae.checkpoint.atomic_write_text(out / "config.toml", S.toml_text(cfg)))
             if standardizer is not None:
                 written_now.append(standardizer.save(out / "standardizer.npz"))
-        announced = _compile_notice()
         t0 = time.perf_counter()
         try:
             _stop_point()  # fit takes the signals over from here
-            with _compile_timer(announced):
-                history = train()
+            history = train()
         except npvae.DivergenceError as exc:
             _say(f"npvae train: error: {exc}")
             return 1
@@ -549,10 +520,9 @@ def cmd_evaluate(args) -> int:
     if cfg.get("binarize") in ("static", "dynamic"):
         x_val = npvae.data.binarize(x_val, np.random.default_rng([cfg["seed"], 3]))
     x_val = x_val[:args.max_examples]
-    with _compile_timer(_compile_notice()):
-        elbo = float(model.elbo(x_val, rng=np.random.default_rng(0)).mean())
-        ll, ess = model.log_likelihood(x_val, n_samples=args.n_samples, rng=np.random.default_rng(1),
-                                       return_ess=True, progress=not args.quiet)
+    elbo = float(model.elbo(x_val, rng=np.random.default_rng(0)).mean())
+    ll, ess = model.log_likelihood(x_val, n_samples=args.n_samples, rng=np.random.default_rng(1),
+                                   return_ess=True, progress=not args.quiet)
     if _RANK != 0:  # rank 0 writes and prints
         return 1 if not np.all(np.isfinite(ll)) or not math.isfinite(elbo) else 0
     res = {"examples": len(x_val), "test_elbo": _finite_or_none(elbo),
@@ -831,7 +801,10 @@ def main(argv=None) -> int:
         _RANK = parallel.rank_of(comm)
     elif _launched_on_another_rank():
         return 0  # sample and gradcheck run once, on rank 0
+    from npvae.kernels import compiling  # a cold cache's compiles are announced by rank 0
+    compiling.announce(_RANK == 0, bar=not getattr(args, "quiet", False))
     code = _main(args)
+    compiling.wait()
     if comm is not None and code not in (0, 130):
         # an error on one rank must not leave the others waiting: stop the whole job
         from npvae import parallel

@@ -86,6 +86,23 @@ def test_cache_is_warm_after_a_run(tmp_path):
     assert check() == "True"
 
 
+def test_a_named_cpu_gets_the_kernels_that_cpu_would_run():
+    """NUMBA_CPU_NAME / NUMBA_CPU_FEATURES name the CPU numba compiles for, and npvae's matrix
+    kernel follows it: haswell's 256-bit vectors (as on an AVX2 machine), none past SSE2 for
+    generic (NumPy's OpenBLAS then does the products), or an explicit feature list."""
+    code = "from npvae.kernels import gemm, blas; print(gemm.VECTOR_BITS, blas.BLAS)"
+    cases = {("haswell", None): "256 npvae", ("haswell", ""): "256 npvae", ("generic", None): "128 numpy-openblas",
+             ("skylake-avx512", None): "512 npvae", ("x86-64", "+avx2,+fma"): "256 npvae",
+             ("haswell", "+avx2,-fma"): "128 numpy-openblas"}
+    for (name, features), want in cases.items():
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU") and k != "NPVAE_BLAS"}
+        env["NUMBA_CPU_NAME"] = name
+        if features is not None:
+            env["NUMBA_CPU_FEATURES"] = features
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want, (name, features, out.stdout)
+
+
 def test_jit_refuses_a_cache_option():
     import pytest
     with pytest.raises(TypeError, match="cache"):

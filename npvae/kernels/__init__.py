@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from . import numpy_impl
+from . import compiling, numpy_impl  # compiling: says when npvae's kernels compile
 from .codes import ACT_CODES, ACT_NAMES
 
 KERNELS = (

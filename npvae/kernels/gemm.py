@@ -47,15 +47,15 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .jit import target_features
+
 
 def _vector_bits() -> int:
     """512 with AVX-512 (and FMA), 256 with AVX2 and FMA, else 128 (where npvae's kernel is not
-    the default: :mod:`npvae.kernels.blas`).  A CPU that numba is told to compile for
-    (``NUMBA_CPU_NAME``, for caches shared between machines) gets 128."""
-    from numba.core import config
-    if config.CPU_NAME or config.CPU_FEATURES:
-        return 128
-    features = llvm.get_host_cpu_features()
+    the default: :mod:`npvae.kernels.blas`), for the CPU numba compiles for
+    (:func:`npvae.kernels.jit.target_features`: the host's, or the one ``NUMBA_CPU_NAME``
+    names, so that ``NUMBA_CPU_NAME=haswell`` runs the kernel an AVX2 machine runs)."""
+    features = target_features()
     if not features.get("fma", False):
         return 128
     if features.get("avx512f", False):

@@ -71,6 +71,32 @@ def _numba_cache_dir(path: Path):
         numba_config.CACHE_DIR = old
 
 
+# The instruction sets of CPUs that NUMBA_CPU_NAME may name (LLVM's names), for a named CPU
+# whose features are not spelled out: what its vectors are, as LLVM compiles for it.
+_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client", "icelake-server",
+                "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids", "graniterapids", "znver4", "znver5",
+                "x86-64-v4")
+_AVX2_CPUS = ("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake", "arrowlake", "znver1",
+              "znver2", "znver3", "x86-64-v3")
+
+
+def target_features() -> dict:
+    """The instruction-set features numba compiles for, as ``{"avx2": True, ...}``: the host
+    CPU's; or, under ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` (a cache shared between
+    machines, or another CPU emulated on this one), the features they name: an explicit
+    ``NUMBA_CPU_FEATURES`` list, else the named CPU's own vector extensions (``haswell``:
+    AVX2 and FMA; ``generic``: none past SSE2).  Only ``avx2``, ``fma`` and ``avx512f`` are
+    read from a name; a list is read whole."""
+    if numba_config.CPU_FEATURES:
+        return {f[1:]: f[0] == "+" for f in numba_config.CPU_FEATURES.split(",") if f[:1] in "+-" and len(f) > 1}
+    if numba_config.CPU_NAME:
+        name = numba_config.CPU_NAME.lower()
+        wide = name in _AVX512_CPUS
+        return {"avx2": wide or name in _AVX2_CPUS, "fma": wide or name in _AVX2_CPUS, "avx512f": wide}
+    import llvmlite.binding as llvm
+    return dict(llvm.get_host_cpu_features())
+
+
 def jit(cache_subfolder: str = "", **options):
     """``numba.njit(**options)`` whose compiled code is cached in :data:`KERNEL_CACHE`
     (in its folder ``cache_subfolder`` when given: code compiled against one of several
@@ -109,4 +135,4 @@ def cache_is_warm(module_file, cache_subfolder: str = "") -> bool:
         return False
 
 
-__all__ = ["jit", "KERNEL_CACHE", "cache_is_warm", "npvae_cache_root"]
+__all__ = ["jit", "KERNEL_CACHE", "cache_is_warm", "npvae_cache_root", "target_features"]
