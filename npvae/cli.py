@@ -630,7 +630,7 @@ def cmd_gradcheck(args) -> int:
                               else (args.batch, args.latent))
     fn = lambda p: model.loss_and_grad(x, eps=eps, beta=args.beta, objective=args.objective,
                                        n_samples=args.n_samples)
-    report = check_gradients(fn, model.params, raise_on_failure=False)
+    report = check_gradients(fn, model.params, raise_on_failure=False, progress=not args.quiet)
     print(f"{model!r}, batch {args.batch}, β = {args.beta}, objective {args.objective}")
     print(report)
     print(f"{'PASS' if report.ok else 'FAIL'}: largest relative error {report.max_rel:.2e} "
@@ -739,6 +739,7 @@ def build_parser():
                    help="with an .npy --out: the decoder means E[x|z] instead of draws (default: draws)")
     s.add_argument("--out", type=_path, metavar="FILE",
                    help="a .png (a figure) or .npy (the samples) path (default: RUN/samples.png)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 
     g = sub.add_parser("gradcheck", formatter_class=_Formatter,
@@ -771,6 +772,7 @@ def build_parser():
                    help="KL weight β (default: 1.0)")
     g.add_argument("--seed", type=_bounded(int, 0, 2**63 - 1), default=0, metavar="N",
                    help="seeds the weights, the data x and the noise ε (default: 0)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar over the elements checked")
     g.set_defaults(func=cmd_gradcheck)
     return p
 

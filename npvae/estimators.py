@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from . import compiled, engine, kernels, ops, parallel, threads
+from .progress import bar as progress_bar
 from .validation import generator, positive_int
 
 
@@ -36,14 +37,15 @@ def log_weights(model, x, eps):
 
 
 def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, return_ess=False,
-                   max_elements=1 << 22, progress=False, comm="auto"):
+                   max_elements=1 << 22, progress="auto", comm="auto"):
     """Importance-sampled ln p(x) ≈ ln (1/K) Σ_k p(x, z_k)/q(z_k|x) per example, in nats.
 
     Samples are drawn in chunks so that memory stays bounded however large K is (at most
     ``max_elements`` decoder outputs at a time); the log-sum-exp is carried across chunks
     (running maximum and rescaled sums), in float64.  ``rng=None`` uses default_rng(0).
     With ``return_ess`` also returns the effective sample size (Σ w)² / Σ w² per example,
-    which lies in [1, K].  ``progress=True`` shows a bar with an ETA on a terminal (tqdm).
+    which lies in [1, K].  ``progress``: a bar with an ETA on a terminal (tqdm): ``"auto"``
+(the default) once the call has lasted 2 s, True at once, False never (:mod:`npvae.progress`).
 
     The examples are cut into blocks of ``batch_size``, each with its own random stream
     spawned from ``rng``.  Under MPI (``comm``, see :mod:`npvae.parallel`; "auto" under
@@ -60,7 +62,7 @@ def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, retur
     comm = parallel.world(comm)
     with threads.limited():
         ll, ess = _log_likelihood(model, x, K, rng, batch_size, max_elements, width,
-                                  progress and parallel.rank_of(comm) == 0, comm)
+                                  progress if parallel.rank_of(comm) == 0 else False, comm)
     return (ll, ess) if return_ess else ll
 
 
@@ -72,11 +74,8 @@ def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress,
     n_blocks = -(-x.shape[0] // batch_size)
     streams = parallel.block_streams(rng, n_blocks)
     mine = parallel.my_blocks(n_blocks, comm)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        total = min(x.shape[0], mine.stop * batch_size) - mine.start * batch_size
-        bar = tqdm(total=total, desc=f"ln p(x), K={K}", unit="ex", leave=False, disable=None)
+    total = min(x.shape[0], mine.stop * batch_size) - mine.start * batch_size
+    bar = progress_bar(progress, total, f"ln p(x), K={K}", "ex")
     for j in mine:
         start, rng = j * batch_size, streams[j]
         xb = x[start:start + batch_size]
@@ -90,6 +89,7 @@ def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress,
             eps = eps_buf[:min(chunk, K - k0)]
             kernels.standard_normal_(rng, eps)  # rng.standard_normal's numbers, drawn faster
             lw = weights(model, xb, eps)
+            bar.update(B * eps.shape[0] / K)  # a block of few examples and a large K still moves
             new_m = np.maximum(m, lw.max(axis=0))
             scale = np.exp(m - new_m)
             s1 = s1 * scale + np.exp(lw - new_m).sum(axis=0)
@@ -97,10 +97,7 @@ def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress,
             m = new_m
         ll[start:start + B] = m + np.log(s1) - math.log(K)
         ess[start:start + B] = s1 ** 2 / s2
-        if bar is not None:
-            bar.update(B)
-    if bar is not None:
-        bar.close()
+    bar.close()
     # every rank's blocks to every rank: the others' entries are zeros, so the sum is exact
     parallel.sum_in_place(comm, ll)
     parallel.sum_in_place(comm, ess)

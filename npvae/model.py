@@ -383,11 +383,12 @@ class VAE:
         return self.decode(z)
 
     def log_likelihood(self, x, *, n_samples=5000, rng=None, batch_size=None, return_ess=False,
-                       progress=False, comm="auto"):
+                       progress="auto", comm="auto"):
         """Importance-sampled ln p(x) per example in nats, shape (B,) (correction L8):
         ln (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), by log-sum-exp, with memory
         bounded however large K is.  ``return_ess=True`` adds the effective sample size.
-        ``rng=None`` uses default_rng(0).  See :func:`npvae.estimators.log_likelihood`."""
+        ``rng=None`` uses default_rng(0).  ``progress``: a bar with an ETA on a terminal,
+        "auto" once the call lasts 2 s.  See :func:`npvae.estimators.log_likelihood`."""
         return estimators.log_likelihood(self, x, n_samples=n_samples, rng=rng,
                                          batch_size=batch_size, return_ess=return_ess,
                                          progress=progress, comm=comm)

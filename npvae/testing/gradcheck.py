@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..progress import bar as progress_bar
+
 
 class GradientCheckError(AssertionError):
     """Raised when an analytic gradient disagrees with finite differences."""
@@ -77,7 +79,7 @@ def _value_and_grads(out):
 
 
 def check_gradients(fn, params, *, grads=None, h=1e-3, rtol=1e-6, floor=None,
-                    names=None, raise_on_failure=True) -> GradientReport:
+                    names=None, raise_on_failure=True, progress="auto") -> GradientReport:
     """Compare the analytic gradient of ``fn`` with central finite differences.
 
     ``fn(params)`` returns the scalar loss, or a tuple ``(loss, grads, ...)`` as
@@ -88,7 +90,9 @@ def check_gradients(fn, params, *, grads=None, h=1e-3, rtol=1e-6, floor=None,
 
     Returns a :class:`GradientReport` with the maximum and mean relative error per parameter;
     raises :class:`GradientCheckError` (an AssertionError) with that table when any error
-    exceeds ``rtol`` and ``raise_on_failure`` is true.
+    exceeds ``rtol`` and ``raise_on_failure`` is true.  ``progress``: a bar over the
+    elements (four evaluations of ``fn`` each) with an ETA on a terminal: ``"auto"`` (the
+    default) once the check has lasted 2 s, True at once, False never.
     """
     for name, p in params.items():
         if not isinstance(p, np.ndarray) or p.dtype != np.float64:
@@ -104,7 +108,10 @@ def check_gradients(fn, params, *, grads=None, h=1e-3, rtol=1e-6, floor=None,
     if floor is None:
         floor = 1e-5 * max(abs(f0), 1.0)
     report = GradientReport(rtol=rtol, loss=f0)
-    for name in (params if names is None else names):
+    checked = list(params if names is None else names)
+    bar = progress_bar(progress, sum(int(np.size(params[n])) for n in checked if n in params),
+                       "gradient check", "element")
+    for name in checked:
         p = params[name]
         if name not in grads:
             raise KeyError(f"no analytic gradient for parameter {name!r}")
@@ -123,6 +130,7 @@ def check_gradients(fn, params, *, grads=None, h=1e-3, rtol=1e-6, floor=None,
             finally:
                 flat[i] = orig
             num.reshape(-1)[i] = (8 * (vals[0] - vals[1]) - (vals[2] - vals[3])) / (12 * h)
+            bar.update()
         abs_err = np.abs(g - num)
         rel = abs_err / np.maximum(np.maximum(np.abs(g), np.abs(num)), floor)
         if rel.size:
@@ -133,6 +141,7 @@ def check_gradients(fn, params, *, grads=None, h=1e-3, rtol=1e-6, floor=None,
         else:
             row = ParamError(name, p.shape, 0.0, 0.0, 0.0, (), 0.0, 0.0)
         report.rows.append(row)
+    bar.close()
     if raise_on_failure and not report.ok:
         raise GradientCheckError(report)
     return report
