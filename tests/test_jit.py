@@ -105,6 +105,37 @@ def test_a_named_cpu_gets_the_kernels_that_cpu_would_run():
         assert out.stdout.strip() == want, (name, features, out.stdout)
 
 
+MISSES = textwrap.dedent("""
+    import json, numpy as np, npvae
+    from npvae.kernels import numba_impl
+    m = npvae.VAE(10, 2, hidden=(8,), seed=1)
+    x = np.random.default_rng(0).random((64, 10)).astype(np.float32)
+    npvae.fit(m, x, epochs=1, batch_size=32, progress=False, compiled=False)
+    kernels = [getattr(numba_impl, n) for n in dir(numba_impl)]
+    print(json.dumps({"at": npvae.__file__, "w": float(m.params["decoder.out.W"].sum()),
+                      "misses": sum(sum(f.stats.cache_misses.values()) for f in kernels
+                                    if hasattr(f, "stats") and hasattr(f, "signatures"))}))
+""")
+
+
+def test_two_installs_of_the_same_source_share_the_compiled_kernels(tmp_path):
+    """The kernels are kept by the module's source, not the path it is installed at: a second
+    copy of npvae (another environment, a reinstall) compiles nothing."""
+    import shutil
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT")}
+    env["NPVAE_CACHE"] = str(tmp_path / "cache")
+    runs = []
+    for copy in ("env-a", "env-b"):
+        shutil.copytree(PACKAGE, tmp_path / copy / "npvae", ignore=shutil.ignore_patterns("__pycache__"))
+        out = subprocess.run([sys.executable, "-c", MISSES], env=dict(env, PYTHONPATH=str(tmp_path / copy)),
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert [r["at"] for r in runs] == [str(tmp_path / c / "npvae" / "__init__.py") for c in ("env-a", "env-b")]
+    assert runs[0]["misses"] > 0 and runs[1]["misses"] == 0
+    assert runs[0]["w"] == runs[1]["w"]
+
+
 def test_jit_refuses_a_cache_option():
     import pytest
     with pytest.raises(TypeError, match="cache"):

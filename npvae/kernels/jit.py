@@ -17,10 +17,17 @@ start, never an error.  Two processes compiling at once is safe: numba writes ea
 file under a temporary name and renames it into place.  A cache written by another numba
 version or for an edited source file is ignored and rewritten (numba keys each entry on
 its version and the source file's hash).
+
+Inside that folder a module's kernels live in a folder named for its file and a hash of
+its source (:class:`ContentCacheLocator`), not for the path it is installed at, as numba's
+own locator does: the same npvae in two environments (a virtual environment and an editable
+checkout, a reinstall, two venvs of one user) shares its compiled kernels, and two versions
+of a module keep theirs side by side.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -59,16 +66,38 @@ KERNEL_CACHE: Path | None = _choose_kernel_cache()
 """Where compiled kernels are kept for this process; None when they are compiled in memory."""
 
 
+def _module_folder(py_file) -> str:
+    """The folder of a module's kernels: its file's name and a hash of its source."""
+    return f"{Path(py_file).stem}-{hashlib.sha256(Path(py_file).read_bytes()).hexdigest()[:16]}"
+
+
+class ContentCacheLocator(UserProvidedCacheLocator):
+    """numba's cache locator for a folder given in its ``CACHE_DIR``, keyed by the module's
+    file name and source instead of the path it is installed at (numba names the folder after a
+    hash of that path), so that every environment with the same source finds the same
+    compiled kernels.  numba still checks each entry against the source's hash, its own
+    version and the CPU."""
+
+    def __init__(self, py_func, py_file):
+        super().__init__(py_func, py_file)
+        self._cache_path = os.path.join(numba_config.CACHE_DIR, _module_folder(py_file))
+
+
 @contextlib.contextmanager
 def _numba_cache_dir(path: Path):
     # numba picks a function's cache folder once, when caching is enabled for it: setting its
-    # CACHE_DIR just for that moment steers npvae's kernels without touching anyone else's.
-    old = numba_config.CACHE_DIR
+    # CACHE_DIR (and the locator that reads it, where this numba lets a locator be named) just
+    # for that moment steers npvae's kernels without touching anyone else's.
+    old = numba_config.CACHE_DIR, getattr(numba_config, "CACHE_LOCATOR_CLASSES", None)
     numba_config.CACHE_DIR = str(path)
+    if hasattr(numba_config, "CACHE_LOCATOR_CLASSES"):
+        numba_config.CACHE_LOCATOR_CLASSES = f"{__name__}.ContentCacheLocator"
     try:
         yield
     finally:
-        numba_config.CACHE_DIR = old
+        numba_config.CACHE_DIR = old[0]
+        if hasattr(numba_config, "CACHE_LOCATOR_CLASSES"):
+            numba_config.CACHE_LOCATOR_CLASSES = old[1]
 
 
 # The instruction sets of CPUs that NUMBA_CPU_NAME may name (LLVM's names), for a named CPU
@@ -127,12 +156,15 @@ def cache_is_warm(module_file, cache_subfolder: str = "") -> bool:
     if KERNEL_CACHE is None:
         return False
     root = KERNEL_CACHE / cache_subfolder if cache_subfolder else KERNEL_CACHE
-    folder = root / UserProvidedCacheLocator.get_suitable_cache_subpath(str(module_file))
     stem = Path(module_file).stem
+    if hasattr(numba_config, "CACHE_LOCATOR_CLASSES"):
+        folder = root / _module_folder(module_file)
+    else:
+        folder = root / UserProvidedCacheLocator.get_suitable_cache_subpath(str(module_file))
     try:
         return any(p.name.startswith(stem + ".") for p in folder.glob("*.nbi"))
     except OSError:
         return False
 
 
-__all__ = ["jit", "KERNEL_CACHE", "cache_is_warm", "npvae_cache_root", "target_features"]
+__all__ = ["jit", "KERNEL_CACHE", "cache_is_warm", "npvae_cache_root", "target_features", "ContentCacheLocator"]
