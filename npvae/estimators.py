@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from . import compiled, engine, kernels, ops, parallel, threads
-from .progress import bar as progress_bar
+from . import progress as progress_bars
 from .validation import generator, positive_int
 
 
@@ -60,6 +60,7 @@ def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, retur
         batch_size = max(1, min(x.shape[0], max_elements // (width * min(K, 64))))
     batch_size = positive_int(batch_size, "batch_size")
     comm = parallel.world(comm)
+    progress = progress_bars.setting(progress)  # checked on every rank before any waits for another
     with threads.limited():
         ll, ess = _log_likelihood(model, x, K, rng, batch_size, max_elements, width,
                                   progress if parallel.rank_of(comm) == 0 else False, comm)
@@ -74,30 +75,32 @@ def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress,
     n_blocks = -(-x.shape[0] // batch_size)
     streams = parallel.block_streams(rng, n_blocks)
     mine = parallel.my_blocks(n_blocks, comm)
-    total = min(x.shape[0], mine.stop * batch_size) - mine.start * batch_size
-    bar = progress_bar(progress, total, f"ln p(x), K={K}", "ex")
-    for j in mine:
-        start, rng = j * batch_size, streams[j]
-        xb = x[start:start + batch_size]
-        B = xb.shape[0]
-        chunk = max(1, min(K, max_elements // (B * width)))
-        m = np.full(B, -np.inf)
-        s1 = np.zeros(B)
-        s2 = np.zeros(B)
-        eps_buf = np.empty((min(chunk, K), B, model.n_latent), model.dtype)
-        for k0 in range(0, K, chunk):
-            eps = eps_buf[:min(chunk, K - k0)]
-            kernels.standard_normal_(rng, eps)  # rng.standard_normal's numbers, drawn faster
-            lw = weights(model, xb, eps)
-            bar.update(B * eps.shape[0] / K)  # a block of few examples and a large K still moves
-            new_m = np.maximum(m, lw.max(axis=0))
-            scale = np.exp(m - new_m)
-            s1 = s1 * scale + np.exp(lw - new_m).sum(axis=0)
-            s2 = s2 * scale ** 2 + np.exp(2 * (lw - new_m)).sum(axis=0)
-            m = new_m
-        ll[start:start + B] = m + np.log(s1) - math.log(K)
-        ess[start:start + B] = s1 ** 2 / s2
-    bar.close()
+    examples = min(x.shape[0], mine.stop * batch_size) - mine.start * batch_size
+    bar = progress_bars.bar(progress, examples * K, f"ln p(x), K={K}", "sample", unit_scale=True)
+    try:
+        for j in mine:
+            start, rng = j * batch_size, streams[j]
+            xb = x[start:start + batch_size]
+            B = xb.shape[0]
+            chunk = max(1, min(K, max_elements // (B * width)))
+            m = np.full(B, -np.inf)
+            s1 = np.zeros(B)
+            s2 = np.zeros(B)
+            eps_buf = np.empty((min(chunk, K), B, model.n_latent), model.dtype)
+            for k0 in range(0, K, chunk):
+                eps = eps_buf[:min(chunk, K - k0)]
+                kernels.standard_normal_(rng, eps)  # rng.standard_normal's numbers, drawn faster
+                lw = weights(model, xb, eps)
+                bar.update(B * eps.shape[0])  # samples: a block of few examples and a large K still moves
+                new_m = np.maximum(m, lw.max(axis=0))
+                scale = np.exp(m - new_m)
+                s1 = s1 * scale + np.exp(lw - new_m).sum(axis=0)
+                s2 = s2 * scale ** 2 + np.exp(2 * (lw - new_m)).sum(axis=0)
+                m = new_m
+            ll[start:start + B] = m + np.log(s1) - math.log(K)
+            ess[start:start + B] = s1 ** 2 / s2
+    finally:
+        bar.close()
     # every rank's blocks to every rank: the others' entries are zeros, so the sum is exact
     parallel.sum_in_place(comm, ll)
     parallel.sum_in_place(comm, ess)

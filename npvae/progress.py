@@ -7,6 +7,8 @@ no bar when stderr is not a TTY), and tqdm.auto draws a widget in a notebook.
 """
 from __future__ import annotations
 
+import sys
+
 AUTO_DELAY = 2.0
 """Seconds an ``"auto"`` bar waits before it is drawn."""
 
@@ -19,19 +21,30 @@ class _NoBar:
         pass
 
 
-def bar(progress, total, desc, unit):
+def setting(progress):
+    """``progress`` checked: ``"auto"``, or True or False (anything bool() takes)."""
+    if isinstance(progress, str):
+        if progress != "auto":
+            raise ValueError(f"progress must be True, False or 'auto', got {progress!r}")
+        return "auto"
+    try:
+        return bool(progress)
+    except Exception:  # noqa: BLE001 - an array, or an object whose truth is an error
+        raise ValueError(f"progress must be True, False or 'auto', got {progress!r}") from None
+
+
+def bar(progress, total, desc, unit, **options):
     """A bar counting to ``total`` ``unit``s (``update(n)``, ``close()``), or one that draws
-    nothing when ``progress`` is False."""
-    if progress not in (True, False, "auto"):
-        raise ValueError(f"progress must be True, False or 'auto', got {progress!r}")
-    if progress is False:
+    nothing when ``progress`` is False; ``options`` go to tqdm (``unit_scale``...)."""
+    progress = setting(progress)
+    if progress is False or sys.stderr is None:
         return _NoBar()
     try:
         from tqdm.auto import tqdm
         return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None,
-                    delay=AUTO_DELAY if progress == "auto" else 0.0)
+                    delay=AUTO_DELAY if progress == "auto" else 0.0, **options)
     except (OSError, ValueError, AttributeError):  # stderr closed or unusable: no bar, no error
         return _NoBar()
 
 
-__all__ = ["bar", "AUTO_DELAY"]
+__all__ = ["bar", "setting", "AUTO_DELAY"]

@@ -95,7 +95,8 @@ def test_a_named_cpu_gets_the_kernels_that_cpu_would_run():
     code = "from npvae.kernels import gemm, blas; print(gemm.VECTOR_BITS, blas.BLAS)"
     cases = {("haswell", None): "256 npvae", ("haswell", ""): "256 npvae", ("generic", None): "128 numpy-openblas",
              ("skylake-avx512", None): "512 npvae", ("x86-64", "+avx2,+fma"): "256 npvae",
-             ("haswell", "+avx2,-fma"): "128 numpy-openblas"}
+             ("haswell", "+avx2,-fma"): "128 numpy-openblas", ("skylake-avx512", "-avx512f"): "256 npvae",
+             ("generic", "+avx512f"): "512 npvae", ("Haswell", None): "256 npvae", ("core-avx2", None): "256 npvae"}
     for (name, features), want in cases.items():
         env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU") and k != "NPVAE_BLAS"}
         env["NUMBA_CPU_NAME"] = name
@@ -103,6 +104,10 @@ def test_a_named_cpu_gets_the_kernels_that_cpu_would_run():
             env["NUMBA_CPU_FEATURES"] = features
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == want, (name, features, out.stdout)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_CPU") and k != "NPVAE_BLAS"}
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, NUMBA_ENABLE_AVX="0"), capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "128 numpy-openblas"  # numba told not to use AVX: neither does npvae
 
 
 MISSES = textwrap.dedent("""

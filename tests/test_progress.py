@@ -69,3 +69,7 @@ def test_auto_draws_nothing_for_a_quick_call_and_nothing_goes_to_a_log(terminal,
 def test_progress_takes_true_false_or_auto():
     with pytest.raises(ValueError, match="progress must be"):
         progress.bar("yes", 10, "x", "it")
+    assert progress.setting(np.False_) is False and progress.setting(0) is False  # no bar, as False
+    assert progress.setting(np.True_) is True and progress.setting("auto") == "auto"
+    with pytest.raises(ValueError, match="progress must be"):
+        npvae.VAE(3, 1, seed=0).log_likelihood(np.zeros((1, 3)), n_samples=2, progress="yes")

@@ -11,12 +11,16 @@ estimate, with an ETA, so a long compile shows it is alive.  When the stretch en
 compile for :data:`GAP` seconds) it prints how long numba spent compiling in it.  Short
 compiles say nothing.
 
-``announce(False)`` silences it (MPI ranks other than 0 do); ``announce(True, bar=False)``
+``announce(False)`` silences it; it starts silenced in an MPI rank other than 0 (the rank an
+``mpiexec`` launcher gives in its environment), so one terminal shows one notice.
+``announce(True, bar=False)``
 keeps the two lines without the bar (``npvae ... --quiet``).  The bar is drawn only on a
 terminal (tqdm's own test); the two lines are printed in logs too.
 """
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 import threading
 import time
@@ -43,7 +47,7 @@ here is announced without an estimate."""
 
 _state = threading.local()  # per thread: how deep in numba's compile events it is
 _lock = threading.Lock()
-_enabled = True
+_enabled = all(os.environ.get(v, "0") in ("", "0") for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"))
 _bar = True
 _stretch = None  # the stretch of compiling under way, or None
 
@@ -67,6 +71,8 @@ def wait(timeout: float = GAP + 1.0) -> None:
 
 
 def _say(msg: str) -> None:
+    if sys.stderr is None:  # no stderr (pythonw, 2>&-): tqdm would write to stdout instead
+        return
     try:
         from tqdm import tqdm
         tqdm.write(msg, file=sys.stderr)
@@ -109,7 +115,7 @@ class _Stretch:
         else:
             est = None
             _say(f"npvae: compiling npvae's kernels for this CPU, once ({where})")
-        if not _bar:
+        if not _bar or sys.stderr is None:
             return
         try:
             from tqdm import tqdm
@@ -144,15 +150,32 @@ class _Stretch:
 
 
 class _Listener(event.Listener):
+    """Times the outermost compiles of npvae's kernels.  A notice must never break a
+    compile, its own or anyone else's: any error here is dropped."""
+
     def on_start(self, ev):
+        try:
+            self._start(ev)
+        except Exception:  # noqa: BLE001 - see the class's docstring
+            pass
+
+    def on_end(self, ev):
+        try:
+            self._end()
+        except Exception:  # noqa: BLE001
+            pass
+
+    @staticmethod
+    def _start(ev):
         global _stretch
         depth = getattr(_state, "depth", 0)
         _state.depth = depth + 1
         if depth:
             return
+        _state.own = None
         fn = getattr(ev.data.get("dispatcher"), "py_func", None)
-        if not getattr(fn, "__module__", "").startswith("npvae."):
-            _state.own = None
+        module = getattr(fn, "__module__", None) or ""  # None for code made by exec (a jitclass's)
+        if not module.startswith("npvae."):
             return
         _state.own = time.monotonic()
         with _lock:
@@ -160,8 +183,9 @@ class _Listener(event.Listener):
                 _stretch = _Stretch()
             _stretch.begin(fn.__name__)
 
-    def on_end(self, ev):
-        _state.depth -= 1
+    @staticmethod
+    def _end():
+        _state.depth = max(0, getattr(_state, "depth", 0) - 1)
         if _state.depth or getattr(_state, "own", None) is None:
             return
         seconds, _state.own = time.monotonic() - _state.own, None
@@ -171,5 +195,6 @@ class _Listener(event.Listener):
 
 
 event.register("numba:compile", _Listener())
+atexit.register(wait)  # a script that ends right after compiling still closes its bar and says so
 
 __all__ = ["announce", "is_announcing", "wait", "ESTIMATES", "DELAY", "GAP"]

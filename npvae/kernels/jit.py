@@ -29,12 +29,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 from numba import njit
 from numba.core import config as numba_config
-from numba.core.caching import UserProvidedCacheLocator
+
+try:
+    from numba.core.caching import UserProvidedCacheLocator
+except ImportError:  # numba before the locators had public names
+    from numba.core.caching import _UserProvidedCacheLocator as UserProvidedCacheLocator
 
 
 def npvae_cache_root() -> Path:
@@ -66,17 +71,30 @@ KERNEL_CACHE: Path | None = _choose_kernel_cache()
 """Where compiled kernels are kept for this process; None when they are compiled in memory."""
 
 
+_PACKAGE = Path(__file__).resolve().parent.parent
+# what compiled code can read besides its own module: numba bakes in the values of the globals
+# a kernel reads (constants.py's numbers, codes.py's codes) and inlines the kernels it calls
+_SHARED_SOURCES = sorted((_PACKAGE / "kernels").glob("*.py")) + [_PACKAGE / "constants.py"]
+
+
 def _module_folder(py_file) -> str:
-    """The folder of a module's kernels: its file's name and a hash of its source."""
-    return f"{Path(py_file).stem}-{hashlib.sha256(Path(py_file).read_bytes()).hexdigest()[:16]}"
+    """The folder of a module's kernels: its file's name and a hash of its source and of the
+    sources its compiled code may read (npvae/kernels/*.py, npvae/constants.py)."""
+    h = hashlib.sha256()
+    for path in [Path(py_file), *_SHARED_SOURCES]:
+        try:
+            h.update(path.read_bytes())
+        except OSError:
+            h.update(b"missing")
+    return f"{Path(py_file).stem}-{h.hexdigest()[:16]}"
 
 
 class ContentCacheLocator(UserProvidedCacheLocator):
     """numba's cache locator for a folder given in its ``CACHE_DIR``, keyed by the module's
     file name and source instead of the path it is installed at (numba names the folder after a
     hash of that path), so that every environment with the same source finds the same
-    compiled kernels.  numba still checks each entry against the source's hash, its own
-    version and the CPU."""
+    compiled kernels, and two versions keep theirs side by side.  numba still checks each
+    entry against the source's hash, its own version and the CPU."""
 
     def __init__(self, py_func, py_file):
         super().__init__(py_func, py_file)
@@ -100,30 +118,43 @@ def _numba_cache_dir(path: Path):
             numba_config.CACHE_LOCATOR_CLASSES = old[1]
 
 
-# The instruction sets of CPUs that NUMBA_CPU_NAME may name (LLVM's names), for a named CPU
-# whose features are not spelled out: what its vectors are, as LLVM compiles for it.
-_AVX512_CPUS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake-client", "icelake-server",
-                "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids", "graniterapids", "znver4", "znver5",
-                "x86-64-v4")
-_AVX2_CPUS = ("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake", "arrowlake", "znver1",
-              "znver2", "znver3", "x86-64-v3")
+# The vector extensions of CPUs that NUMBA_CPU_NAME may name (LLVM's names and aliases).
+_AVX512_CPUS = ("skylake-avx512", "skx", "cascadelake", "cooperlake", "cannonlake", "icelake-client",
+                "icelake-server", "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids", "graniterapids",
+                "graniterapids-d", "diamondrapids", "znver4", "znver5", "x86-64-v4")
+_AVX2_CPUS = ("haswell", "core-avx2", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake", "arrowlake",
+              "arrowlake-s", "lunarlake", "pantherlake", "gracemont", "sierraforest", "grandridge", "clearwaterforest",
+              "znver1", "znver2", "znver3", "x86-64-v3")
 
 
 def target_features() -> dict:
-    """The instruction-set features numba compiles for, as ``{"avx2": True, ...}``: the host
-    CPU's; or, under ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` (a cache shared between
-    machines, or another CPU emulated on this one), the features they name: an explicit
-    ``NUMBA_CPU_FEATURES`` list, else the named CPU's own vector extensions (``haswell``:
-    AVX2 and FMA; ``generic``: none past SSE2).  Only ``avx2``, ``fma`` and ``avx512f`` are
-    read from a name; a list is read whole."""
-    if numba_config.CPU_FEATURES:
-        return {f[1:]: f[0] == "+" for f in numba_config.CPU_FEATURES.split(",") if f[:1] in "+-" and len(f) > 1}
+    """The vector extensions npvae's own kernels are built for, as ``{"avx2": True, "fma":
+    True, "avx512f": False}``: the host CPU's; under ``NUMBA_CPU_NAME`` (another CPU emulated on
+    this one, or a cache shared between machines) the named CPU's own, changed by the
+    ``+feature,-feature`` list of ``NUMBA_CPU_FEATURES`` where one is given, as LLVM reads it
+    (AVX-512 brings AVX2 and FMA with it).  ``haswell`` gives AVX2 and FMA, ``generic`` and
+    a name not known here none.  (numba's own code, given a name and no feature list, is
+    compiled with the host's features on top of the name's.)  ``NUMBA_ENABLE_AVX=0`` gives
+    none."""
+    if not getattr(numba_config, "ENABLE_AVX", True):
+        return {"avx2": False, "fma": False, "avx512f": False}
     if numba_config.CPU_NAME:
-        name = numba_config.CPU_NAME.lower()
+        name = numba_config.CPU_NAME.strip().lower()
         wide = name in _AVX512_CPUS
-        return {"avx2": wide or name in _AVX2_CPUS, "fma": wide or name in _AVX2_CPUS, "avx512f": wide}
-    import llvmlite.binding as llvm
-    return dict(llvm.get_host_cpu_features())
+        features = {"avx2": wide or name in _AVX2_CPUS, "fma": wide or name in _AVX2_CPUS, "avx512f": wide}
+    else:
+        try:
+            import llvmlite.binding as llvm
+            features = dict(llvm.get_host_cpu_features())
+        except RuntimeError:  # llvmlite cannot tell on this platform (numba then compiles without)
+            features = {}
+    for flag in (numba_config.CPU_FEATURES or "").split(","):
+        flag = flag.strip()
+        if flag[:1] in "+-" and len(flag) > 1:
+            features[flag[1:]] = flag[0] == "+"
+            if flag == "+avx512f":
+                features["avx2"] = features["fma"] = True
+    return features
 
 
 def jit(cache_subfolder: str = "", **options):
@@ -142,7 +173,10 @@ def jit(cache_subfolder: str = "", **options):
         dispatcher = njit(**options)(fn)
         if KERNEL_CACHE is not None and hasattr(dispatcher, "enable_caching"):
             with _numba_cache_dir(KERNEL_CACHE / cache_subfolder if cache_subfolder else KERNEL_CACHE):
-                dispatcher.enable_caching()
+                try:
+                    dispatcher.enable_caching()
+                except RuntimeError:  # no locator for this source (a zip, a frozen app): in memory
+                    pass
         return dispatcher
     return decorate
 
@@ -161,8 +195,9 @@ def cache_is_warm(module_file, cache_subfolder: str = "") -> bool:
         folder = root / _module_folder(module_file)
     else:
         folder = root / UserProvidedCacheLocator.get_suitable_cache_subpath(str(module_file))
+    py = f".py{sys.version_info[0]}{sys.version_info[1]}"  # numba's index files are per Python version
     try:
-        return any(p.name.startswith(stem + ".") for p in folder.glob("*.nbi"))
+        return any(p.name.startswith(stem + ".") and py in p.name for p in folder.glob("*.nbi"))
     except OSError:
         return False
 

@@ -111,37 +111,39 @@ def check_gradients(fn, params, *, grads=None, h=1e-3, rtol=1e-6, floor=None,
     checked = list(params if names is None else names)
     bar = progress_bar(progress, sum(int(np.size(params[n])) for n in checked if n in params),
                        "gradient check", "element")
-    for name in checked:
-        p = params[name]
-        if name not in grads:
-            raise KeyError(f"no analytic gradient for parameter {name!r}")
-        g = grads[name]
-        if g.shape != p.shape:
-            raise ValueError(f"gradient of {name!r} has shape {g.shape}, parameter has {p.shape}")
-        num = np.empty_like(g)
-        flat = p.reshape(-1)  # a view: writes go to the live array
-        for i in range(flat.size):
-            orig = flat[i]
-            vals = []
-            try:
-                for step in (h, -h, 2 * h, -2 * h):
-                    flat[i] = orig + step
-                    vals.append(_value_and_grads(fn(params))[0])
-            finally:
-                flat[i] = orig
-            num.reshape(-1)[i] = (8 * (vals[0] - vals[1]) - (vals[2] - vals[3])) / (12 * h)
-            bar.update()
-        abs_err = np.abs(g - num)
-        rel = abs_err / np.maximum(np.maximum(np.abs(g), np.abs(num)), floor)
-        if rel.size:
-            worst = np.unravel_index(int(np.argmax(rel)), rel.shape)
-            row = ParamError(name, p.shape, float(rel.max()), float(rel.mean()),
-                             float(abs_err.max()), tuple(int(i) for i in worst),
-                             float(g[worst]), float(num[worst]))
-        else:
-            row = ParamError(name, p.shape, 0.0, 0.0, 0.0, (), 0.0, 0.0)
-        report.rows.append(row)
-    bar.close()
+    try:
+        for name in checked:
+            p = params[name]
+            if name not in grads:
+                raise KeyError(f"no analytic gradient for parameter {name!r}")
+            g = grads[name]
+            if g.shape != p.shape:
+                raise ValueError(f"gradient of {name!r} has shape {g.shape}, parameter has {p.shape}")
+            num = np.empty_like(g)
+            flat = p.reshape(-1)  # a view: writes go to the live array
+            for i in range(flat.size):
+                orig = flat[i]
+                vals = []
+                try:
+                    for step in (h, -h, 2 * h, -2 * h):
+                        flat[i] = orig + step
+                        vals.append(_value_and_grads(fn(params))[0])
+                finally:
+                    flat[i] = orig
+                num.reshape(-1)[i] = (8 * (vals[0] - vals[1]) - (vals[2] - vals[3])) / (12 * h)
+                bar.update()
+            abs_err = np.abs(g - num)
+            rel = abs_err / np.maximum(np.maximum(np.abs(g), np.abs(num)), floor)
+            if rel.size:
+                worst = np.unravel_index(int(np.argmax(rel)), rel.shape)
+                row = ParamError(name, p.shape, float(rel.max()), float(rel.mean()),
+                                 float(abs_err.max()), tuple(int(i) for i in worst),
+                                 float(g[worst]), float(num[worst]))
+            else:
+                row = ParamError(name, p.shape, 0.0, 0.0, 0.0, (), 0.0, 0.0)
+            report.rows.append(row)
+    finally:
+        bar.close()
     if raise_on_failure and not report.ok:
         raise GradientCheckError(report)
     return report
