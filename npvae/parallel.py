@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -235,11 +236,18 @@ def abort_on_uncaught_error() -> None:
     sys.excepthook = hook
 
 
+ABORT_GRACE = 0.5
+"""Seconds a rank waits, its reason written, before it stops the job."""
+
+
 def abort(comm, code: int = 1) -> None:
     """Stop every rank of ``comm`` (after this rank has said why)."""
     sys.stderr.flush()
     sys.stdout.flush()
     if comm is not None and comm.Get_size() > 1:
+        # the launcher forwards each rank's output on its own time, and an Abort kills the ranks
+        # with what is not forwarded yet: on a loaded machine the reason was seen lost whole
+        time.sleep(ABORT_GRACE)
         comm.Abort(code)
 
 
