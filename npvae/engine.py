@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels, ops, threads
+from . import kernels, posterior, threads
 from .kernels import ACT_CODES
 from .layers import Dense
 
@@ -143,7 +143,6 @@ class Workspace:
     dz: np.ndarray
     nll: np.ndarray
     w: np.ndarray              # 1/B per example
-    wkl: np.ndarray
     mask: np.ndarray           # free-bits mask per latent dimension
     out: list                  # the likelihood's output heads (B, D)
     tmp_h: np.ndarray
@@ -158,7 +157,7 @@ def workspace(plan: Plan, B: int) -> Workspace:
         enc=[e(B, s.n_out) for s in plan.encoder], dec=[e(B, s.n_out) for s in plan.decoder],
         enc_d=[e(B, s.n_out) for s in plan.encoder], dec_d=[e(B, s.n_out) for s in plan.decoder],
         mu=e(B, J), lv=e(B, J), z=e(B, J), std=e(B, J), kl=e(B), dmu=e(B, J), dlv=e(B, J), dz=e(B, J),
-        nll=e(B), w=np.full(B, 1.0 / B, dtype=dt), wkl=e(B), mask=np.ones(J, dtype=dt),
+        nll=e(B), w=np.full(B, 1.0 / B, dtype=dt), mask=np.ones(J, dtype=dt),
         out=[e(B, D) for _ in plan.outputs], tmp_h=e(B, plan.h_dec), tmp_e=e(B, plan.h_enc))
 
 
@@ -337,7 +336,7 @@ def elbo_step(plan: Plan, P, G, x, eps, ws: Workspace, *, beta, free_bits=0.0, r
     kl_mean = dt(kl.sum() / dt(B))
     mask = ws.mask
     if free_bits > 0:
-        kl_dim_mean = ops.kl_normal_per_dim(mu, lv).mean(axis=0, dtype=plan.dtype)
+        kl_dim_mean = posterior.kl_normal_per_dim(mu, lv).mean(axis=0, dtype=plan.dtype)
         kl_term = np.maximum(kl_dim_mean, dt(free_bits)).sum(dtype=plan.dtype)
         mask = (kl_dim_mean > dt(free_bits)).astype(plan.dtype)
     else:
@@ -347,9 +346,7 @@ def elbo_step(plan: Plan, P, G, x, eps, ws: Workspace, *, beta, free_bits=0.0, r
 
     dz = decoder_backward(plan, P, G, ws, z, h_dec, record)
     _record(record, grad__z=dz)
-    wkl = ws.wkl
-    wkl.fill(dt(beta / B))
-    kernels.reparam_kl_backward_(dz, eps, std, mu, lv, wkl, mask, ws.dmu, ws.dlv)
+    kernels.reparam_kl_backward_(dz, eps, std, mu, lv, dt(beta / B), mask, ws.dmu, ws.dlv)
     _posterior_backward(plan, P, G, ws, x, h_enc, record)
     parts = {"reconstruction": dt(rec_mean), "kl": dt(kl_mean), "elbo": dt(-(rec_mean + kl_mean)),
              "beta": beta}
@@ -386,7 +383,7 @@ def iwae_step(plan: Plan, P, G, x, eps, ws: Workspace, ws_rows: Workspace, *, es
     _record(record, x=x, eps=eps)
     h_enc = encode(plan, P, x, ws, record)
     mu, lv = ws.mu, ws.lv
-    z, std = ops.reparametrize(mu, lv, eps)            # (K, B, J)
+    z, std = posterior.reparametrize(mu, lv, eps)            # (K, B, J)
     _record(record, mu=mu, logvar=lv, sigma=std, z=z)
     z_rows = np.ascontiguousarray(z.reshape(K * B, J))
     x_rows = np.ascontiguousarray(np.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1))
@@ -397,8 +394,8 @@ def iwae_step(plan: Plan, P, G, x, eps, ws: Workspace, ws_rows: Workspace, *, es
     zeros = np.zeros(K * B, dtype=plan.dtype)
     plan.likelihood.loss_and_grad_(x_rows, ws_rows.out, lik, zeros, ws_rows.nll, lik_grads)
     nll = ws_rows.nll.reshape(K, B).astype(np.float64)
-    lw = (-nll + ops.standard_normal_log_prob(z.astype(np.float64))
-          - ops.standard_normal_log_prob(eps.astype(np.float64)) + 0.5 * lv.astype(np.float64).sum(axis=1))
+    lw = (-nll + posterior.standard_normal_log_prob(z.astype(np.float64))
+          - posterior.standard_normal_log_prob(eps.astype(np.float64)) + 0.5 * lv.astype(np.float64).sum(axis=1))
     m = lw.max(axis=0)
     e = np.exp(lw - m)
     bound = m + np.log(e.sum(axis=0)) - math.log(K)    # (B,)
@@ -419,13 +416,13 @@ def iwae_step(plan: Plan, P, G, x, eps, ws: Workspace, ws_rows: Workspace, *, es
         if estimator == "dreg":  # weights w̃² instead of w̃: each sample's row times its w̃
             dz = dz * wn.astype(plan.dtype)[:, :, None]
     _record(record, grad__z=dz)
-    dmu, dlv = ops.reparametrize_backward(dz, eps, std)
+    dmu, dlv = posterior.reparametrize_backward(dz, eps, std)
     ws.dmu[...] = dmu
     # the score term of ln q at fixed ε: −Σ_k w̃_k ½ / B (Σ_k w̃_k = 1); DReG and STL drop it
     ws.dlv[...] = dlv - dt(0.5 / B) if estimator == "iwae" else dlv
     _posterior_backward(plan, P, G, ws, x, h_enc, record)
 
-    kl = ops.kl_normal(mu, lv)
+    kl = posterior.kl_normal(mu, lv)
     rec = float((wn * nll).sum(axis=0).mean())
     ess = float((1.0 / (wn ** 2).sum(axis=0)).mean())
     parts = {"iwae": dt(bound.mean()), "reconstruction": dt(rec), "kl": dt(kl.mean()),
@@ -450,12 +447,12 @@ def log_weights(plan: Plan, P, x, eps, ws: Workspace, ws_rows: Workspace):
     K, B, J = eps.shape
     encode(plan, P, x, ws)
     mu, lv = ws.mu, ws.lv
-    z, _ = ops.reparametrize(mu, lv, eps)
+    z, _ = posterior.reparametrize(mu, lv, eps)
     x_rows = np.broadcast_to(x, (K, B, x.shape[1])).reshape(K * B, -1)
     log_px = log_px_rows(plan, P, x_rows, z.reshape(K * B, J), ws_rows).reshape(K, B)
     # ln p(z) − ln q(z|x) = ln N(z; 0, I) − ln N(ε; 0, I) + Σ_j v_j / 2
-    log_ratio = (ops.standard_normal_log_prob(z.astype(np.float64))
-                 - ops.standard_normal_log_prob(eps.astype(np.float64))
+    log_ratio = (posterior.standard_normal_log_prob(z.astype(np.float64))
+                 - posterior.standard_normal_log_prob(eps.astype(np.float64))
                  + 0.5 * lv.astype(np.float64).sum(axis=1))
     return log_px.astype(np.float64) + log_ratio
 

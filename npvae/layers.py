@@ -14,7 +14,7 @@ Built in: :class:`Dense` (optionally with a fused activation), :class:`Activatio
 A dense layer computes y = f(x @ W + b) with W of shape (n_in, n_out).  Its backward, from
 the output y alone:
 
-    da = dy ⊙ f'(a)        (ops.activation_backward)
+    da = dy ⊙ f'(a)        (activations.activation_backward)
     dW = xᵀ da,  db = Σ_batch da,  dx = da Wᵀ
 
 Parameters live in a flat mapping from dotted names to arrays; a layer is identified by its
@@ -27,7 +27,9 @@ from typing import Sequence
 
 import numpy as np
 
-from . import activations, ops
+from . import activations
+from .kernels import vmath
+from .kernels.jit import ELEMENTWISE, jit
 
 
 def glorot_uniform(rng: np.random.Generator, n_in: int, n_out: int, dtype) -> np.ndarray:
@@ -67,12 +69,12 @@ def dense(x: np.ndarray, W: np.ndarray, b: np.ndarray, activation: str = "identi
     Returns (y, backprop) with ``backprop(dy) -> (dx, dW, db)``; dx is None when
     ``need_dx`` is False (the first layer of a network needs no input gradient).
     """
-    y = ops.bias_activation(x @ W, b, activation)
+    y = activations.bias_activation(x @ W, b, activation)
 
     def backprop(dy):
-        da = ops.activation_backward(dy, y, activation)
+        da = activations.activation_backward(dy, y, activation)
         dx = da @ W.T if need_dx else None
-        return dx, x.T @ da, ops.bias_grad(da)
+        return dx, x.T @ da, activations.bias_grad(da)
 
     return y, backprop
 
@@ -212,7 +214,7 @@ class GatedDense:
             da = dh * g
             dgate = dh * a * g * (1 - g)
             dx = da @ W.T + dgate @ V.T
-            return dx, {"W": x.T @ da, "b": ops.bias_grad(da), "V": x.T @ dgate, "c": ops.bias_grad(dgate)}
+            return dx, {"W": x.T @ da, "b": activations.bias_grad(da), "V": x.T @ dgate, "c": activations.bias_grad(dgate)}
         return h, backward
 
     def config(self):
@@ -220,6 +222,45 @@ class GatedDense:
 
     def __repr__(self):
         return f"GatedDense({self.n_out})"
+
+
+# The gated dense layer's kernels, which the compiled step runs (its reference is
+# GatedDense.forward and its backward above; tests/test_layers.py holds one to the other).
+# The two products x W and x V are the step's; these fuse everything after them.
+@jit(**ELEMENTWISE)
+def gated_dense_forward_(a, b, g, c):
+    """g ← σ(g + c), a ← (a + b) ⊙ g: a gated dense layer's output h from its two products
+    a = x W and g = x V, in place.  a, g (B, H), b, c (H,)."""
+    B, H = a.shape
+    for i in range(B):
+        for j in range(H):
+            v = g[i, j] + c[j]
+            e = vmath.exp(-abs(v))
+            r = 1.0 / (1.0 + e)
+            s = r if v >= 0 else e * r
+            g[i, j] = s
+            a[i, j] = (a[i, j] + b[j]) * s
+
+
+@jit(**ELEMENTWISE)
+def gated_dense_backward_(d, h, g, dg, db, dc):
+    """A gated dense layer's backward from d = dL/dh, h = a ⊙ g, g = σ(ĝ):
+    dĝ = dh ⊙ a ⊙ g (1 − g) = dh ⊙ h ⊙ (1 − g) into dg (so a need not be kept), d ← dh ⊙ g
+    (= dL/da); db ← Σ_rows dL/da, dc ← Σ_rows dĝ (rows in order).  d, h, g, dg (B, H), db, dc (H,)."""
+    B, H = d.shape
+    for j in range(H):
+        db[j] = 0
+        dc[j] = 0
+    for i in range(B):
+        for j in range(H):
+            dh = d[i, j]
+            gv = g[i, j]
+            v = dh * h[i, j] * (1.0 - gv)
+            dg[i, j] = v
+            dc[j] += v
+            u = dh * gv
+            d[i, j] = u
+            db[j] += u
 
 
 BUILT_IN = {"Dense": Dense, "Activation": Activation, "GatedDense": GatedDense}

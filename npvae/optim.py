@@ -3,7 +3,10 @@
 The state is a flat dict of NumPy arrays (``"step"``, ``"m.<param>"``, ...), so it saves to
 ``.npz`` as it is and is restored bit for bit.  ``update`` changes the parameter arrays and
 the state's moment arrays in place (the fused kernels need that) and returns the state.
-The arithmetic is in :mod:`npvae.ops` (reference) and :mod:`npvae.kernels` (fused).
+Each update rule is written here twice, side by side: the NumPy reference
+(:func:`sgd_update`, :func:`adam_update`) and the kernel that runs (:func:`sgd_update_`,
+:func:`adam_update_`, one fused pass over flat buffers); tests/test_optim.py holds each kernel
+to its reference.
 """
 from __future__ import annotations
 
@@ -14,7 +17,100 @@ import weakref
 import numpy as np
 
 from . import kernels, schedules, threads
+from .kernels.jit import ELEMENTWISE, jit
 from .validation import finite_float
+
+
+# ----------------------------------------------------------------------------------------
+# References: one update, in place on the parameter array
+# ----------------------------------------------------------------------------------------
+def sgd_update(p: np.ndarray, g: np.ndarray, buf, lr: float, momentum: float,
+               nesterov: bool, weight_decay: float) -> None:
+    """SGD with (Nesterov) momentum, in place (PyTorch's convention):
+    g ← g + λ p;  b ← μ b + g;  step = g + μ b (Nesterov) or b;  p ← p − η step.
+    ``buf`` is None when momentum = 0."""
+    dt = p.dtype.type
+    if weight_decay:
+        g = g + dt(weight_decay) * p
+    if buf is not None:
+        buf *= dt(momentum)
+        buf += g
+        g = g + dt(momentum) * buf if nesterov else buf
+    p -= dt(lr) * g
+
+
+def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, step: int,
+                lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                decoupled: bool) -> None:
+    """Adam (Kingma & Ba 2015) with bias correction, in place; AdamW when ``decoupled``:
+    m ← β₁ m + (1−β₁) g;  v ← β₂ v + (1−β₂) g²;  m̂ = m/(1−β₁ᵗ);  v̂ = v/(1−β₂ᵗ);
+    p ← p − η m̂/(√v̂ + ε)  [− η λ p (AdamW), or g ← g + λ p beforehand (L2)]."""
+    dt = p.dtype.type
+    if weight_decay and not decoupled:
+        g = g + dt(weight_decay) * p
+    m *= dt(beta1)
+    m += dt(1 - beta1) * g
+    v *= dt(beta2)
+    v += dt(1 - beta2) * (g * g)
+    c1 = 1 - beta1 ** step
+    c2 = 1 - beta2 ** step
+    if weight_decay and decoupled:
+        p *= dt(1 - lr * weight_decay)
+    p -= dt(lr / c1) * m / (np.sqrt(v / dt(c2)) + dt(eps))
+
+
+def sum_of_squares(g: np.ndarray) -> float:
+    """Σ g² in float64, for the global gradient norm."""
+    flat = g.reshape(-1)
+    return float(np.dot(flat, flat)) if g.dtype == np.float64 else float(np.dot(flat.astype(np.float64), flat))
+
+
+# ----------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------
+ADAM_CONSTANTS = ("lr/c1", "beta1", "beta2", "1-beta1", "1-beta2", "1/c2", "eps", "decay", "l2")
+"""What :func:`adam_constants` returns, in order (c₁ = 1 − β₁ᵗ, c₂ = 1 − β₂ᵗ)."""
+
+
+def adam_constants(step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                   decoupled: bool) -> tuple:
+    """The nine numbers of :func:`adam_update_` for update number ``step`` (from 1), in
+    float64: η/c₁, β₁, β₂, 1 − β₁, 1 − β₂, 1/c₂, ε, the decoupled decay factor 1 − η λ (or 1)
+    and the L2 coefficient λ (or 0).  The caller stores them in the parameters' dtype."""
+    c1 = 1 - beta1 ** step
+    c2 = 1 - beta2 ** step
+    decay = (1 - lr * weight_decay) if (weight_decay and decoupled) else 1.0
+    l2 = weight_decay if (weight_decay and not decoupled) else 0.0
+    return (lr / c1, beta1, beta2, 1 - beta1, 1 - beta2, 1 / c2, eps, decay, l2)
+
+
+@jit(**ELEMENTWISE)
+def adam_update_(p, g, m, v, c):
+    """Adam over flat buffers p, g, m, v (n,) in place, c (9,) :func:`adam_constants` in their
+    dtype: kernel of :func:`adam_update`.
+    g ← g + l2 p (only when l2 ≠ 0: 0 · p would turn an inf weight into NaN moments);
+    m ← β₁ m + (1−β₁) g;  v ← β₂ v + (1−β₂) g²;  p ← decay p − (η/c₁) m / (√(v/c₂) + ε)."""
+    lr_c1, beta1, beta2, ob1, ob2, inv_c2, eps, decay, l2 = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+    for i in range(p.shape[0]):
+        gi = g[i] + l2 * p[i] if l2 != 0 else g[i]
+        mi = beta1 * m[i] + ob1 * gi
+        vi = beta2 * v[i] + ob2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * decay - lr_c1 * mi / (math.sqrt(vi * inv_c2) + eps)
+
+
+@jit(**ELEMENTWISE)
+def sgd_update_(p, g, buf, lr, momentum, nesterov, weight_decay):
+    """SGD with (Nesterov) momentum over flat buffers in place (buf empty when momentum = 0):
+    kernel of :func:`sgd_update`.  g ← g + λ p;  b ← μ b + g;  p ← p − η (g + μ b or b)."""
+    for i in range(p.shape[0]):
+        gi = g[i] + weight_decay * p[i]
+        if momentum != 0:
+            b = momentum * buf[i] + gi
+            buf[i] = b
+            gi = gi + momentum * b if nesterov else b
+        p[i] -= lr * gi
 
 
 def flat_base(arrays) -> np.ndarray | None:

@@ -119,3 +119,45 @@ def check_pip_install(command):
                 checked.append(f"{req.name} {version}")
     return (f"not run (the project is installed already); checked instead: npvae installed, and "
             f"{', '.join(checked) or 'no extras'}")
+
+
+# A kernel against its NumPy reference: norm-wise relative agreement per output array.
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
+DTYPES = [np.float64, np.float32]
+
+
+def rel_err(a, b):
+    """max|a − b| / max|b|; when every element of b is zero or below 1e6 × the smallest
+    normal number of its dtype (subnormals, which one side may flush to zero), the
+    absolute difference instead."""
+    floor = float(np.finfo(np.asarray(b).dtype if np.asarray(b).dtype.kind == "f" else np.float64).tiny) * 1e6
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    return float(np.max(np.abs(a - b), initial=0.0)) / (scale if scale > floor else 1.0)
+
+
+def agree(dtype, *pairs):
+    for got, want in pairs:
+        assert np.asarray(got).dtype == np.asarray(want).dtype == dtype or np.ndim(got) == 0
+        assert rel_err(got, want) <= TOL[dtype], (rel_err(got, want), TOL[dtype])
+
+
+def agree_sum(dtype, got, want, terms):
+    """Per-example sums (nll, KL) are compared relative to the sum of their terms' magnitudes,
+    Σ_j |term_ij|: the natural scale of a sum whose terms may cancel (a float32 reference
+    cannot be more accurate than that)."""
+    scale = float(np.max(np.sum([np.abs(np.asarray(t, np.float64)) for t in terms], axis=0).sum(axis=-1)))
+    err = float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))))
+    assert err <= TOL[dtype] * max(scale, 1e-300), (err, scale, TOL[dtype])
+
+
+def agree_elementwise(dtype, got, want, terms):
+    """|got − want| ≤ TOL · Σ_t |term_t| element by element: for values that are sums of
+    terms which may cancel (then no relative error to the tiny result is meaningful)."""
+    assert np.asarray(got).dtype == np.asarray(want).dtype == dtype
+    scale = np.sum([np.abs(np.asarray(t, np.float64)) for t in terms], axis=0)
+    err = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
+    tiny = float(np.finfo(dtype).tiny) * 1e6
+    assert np.all(err <= TOL[dtype] * np.maximum(scale, tiny)), float(np.max(err / np.maximum(scale, tiny)))
+
+

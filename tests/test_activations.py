@@ -4,7 +4,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from npvae import activations
+from npvae.kernels.codes import ACT_CODES
 from npvae.testing import strategies as nst
+
+from helpers import DTYPES, agree, agree_elementwise
 
 NAMES = sorted(activations.ACTIVATIONS)
 
@@ -67,3 +70,47 @@ def test_softplus_derivative_from_output_is_accurate_in_the_tails():
 def test_unknown_name_lists_the_choices():
     with pytest.raises(ValueError, match="activation must be one of .*relu"):
         activations.get("swish")
+
+
+# ----------------------------------------------------------------------------------------
+# The kernels the compiled step runs, against the references above
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", NAMES)
+@given(data=st.data(), shape=nst.shapes(batch=(1, 30), width=(1, 40)))
+def test_bias_activation_kernel_matches_its_reference(dtype, name, data, shape):
+    a = data.draw(nst.arrays(shape, low=-12, high=12)).astype(dtype)
+    b = data.draw(nst.arrays(shape[1:], low=-3, high=3)).astype(dtype)
+    y = a.copy()
+    activations.bias_activation_(y, b, ACT_CODES[name])
+    # the reference in float64, rounded: the float32 reference has rounding errors of its own
+    ref = activations.bias_activation(a.astype(np.float64), b.astype(np.float64), name)
+    agree_elementwise(dtype, y, ref.astype(dtype), [a, b + 0 * a, ref])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", NAMES)
+@given(data=st.data(), shape=nst.shapes(batch=(1, 30), width=(1, 40)))
+def test_activation_backward_bias_grad_kernel_matches_its_reference(dtype, name, data, shape):
+    a = data.draw(nst.arrays(shape, low=-12, high=12)).astype(dtype)
+    dy = data.draw(nst.arrays(shape, low=-3, high=3)).astype(dtype)
+    y = activations.get(name).forward(a)
+    d, db = dy.copy(), np.empty(shape[1], dtype)
+    activations.activation_backward_bias_grad_(d, y, ACT_CODES[name], db)
+    da = activations.activation_backward(dy, y, name)
+    agree(dtype, (d, da))
+    agree_elementwise(dtype, db, activations.bias_grad(da), [np.abs(da).sum(axis=0)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", NAMES)
+def test_bias_activation_kernel_at_the_edges(dtype, name):
+    """±1e4, 0 and NaN: the kernel gives what the reference gives (NaN stays NaN)."""
+    a = np.array([[-1e4, -30.0, -0.0, 0.0, 30.0, 1e4, np.nan]], dtype)
+    b = np.zeros(a.shape[1], dtype)
+    y = a.copy()
+    with np.errstate(all="ignore"):
+        activations.bias_activation_(y, b, ACT_CODES[name])
+        ref = activations.bias_activation(a, b, name)
+    np.testing.assert_allclose(y, ref, rtol=2e-6 if dtype == np.float32 else 1e-13, atol=1e-30)
+    assert np.isnan(y[0, -1])

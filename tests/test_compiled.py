@@ -544,8 +544,7 @@ def test_loss_and_grad_never_hands_out_arrays_a_caller_still_holds():
 def test_the_update_runs_on_the_pool_of_the_step_that_made_the_gradients(monkeypatch):
     """After the compiled step, a user's update runs on its numba threads (as fit's, inside
     the step); after the engine's, on the training settings (one numba thread beside
-    OpenBLAS's).  The numbers are the same either way, bit for bit (Adam's pass is split
-    in two here: the model has more parameters than one thread takes alone)."""
+    OpenBLAS's).  The numbers are the same either way, bit for bit."""
     import numba
 
     from npvae import threads
@@ -557,7 +556,6 @@ def test_the_update_runs_on_the_pool_of_the_step_that_made_the_gradients(monkeyp
     x = np.random.default_rng(0).random((9, 200))
     eps = np.random.default_rng(1).standard_normal((9, 4))
     m1, m2 = (npvae.VAE(200, 4, hidden=(100,), seed=0) for _ in range(2))
-    assert m1.n_params >= npvae.kernels.numba_impl.PARALLEL_MIN_ELEMENTS
     opt1, opt2 = npvae.Adam(lr=0.01), npvae.Adam(lr=0.01)
     s1, s2 = opt1.init(m1.params), opt2.init(m2.params)
     # one row block (9 rows): its products are npvae's kernel on numba's threads, or, on a CPU

@@ -18,44 +18,9 @@ from npvae.testing import strategies as nst
 
 NB = kernels.implementation("numba")
 NP = kernels.implementation("numpy")
-TOL = {np.float64: 1e-12, np.float32: 1e-5}
-DTYPES = [np.float64, np.float32]
+from helpers import DTYPES, TOL, agree, agree_elementwise, agree_sum, rel_err
+
 SHAPES = dict(batch=(1, 40), width=(1, 40))
-
-
-def rel_err(a, b):
-    """max|a − b| / max|b|; when every element of b is zero or below 1e6 × the smallest
-    normal number of its dtype (subnormals, which one side may flush to zero), the
-    absolute difference instead."""
-    floor = float(np.finfo(np.asarray(b).dtype if np.asarray(b).dtype.kind == "f" else np.float64).tiny) * 1e6
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = float(np.max(np.abs(b))) if b.size else 0.0
-    return float(np.max(np.abs(a - b), initial=0.0)) / (scale if scale > floor else 1.0)
-
-
-def agree(dtype, *pairs):
-    for got, want in pairs:
-        assert np.asarray(got).dtype == np.asarray(want).dtype == dtype or np.ndim(got) == 0
-        assert rel_err(got, want) <= TOL[dtype], (rel_err(got, want), TOL[dtype])
-
-
-def agree_sum(dtype, got, want, terms):
-    """Per-example sums (nll, KL) are compared relative to the sum of their terms' magnitudes,
-    Σ_j |term_ij|: the natural scale of a sum whose terms may cancel (a float32 reference
-    cannot be more accurate than that)."""
-    scale = float(np.max(np.sum([np.abs(np.asarray(t, np.float64)) for t in terms], axis=0).sum(axis=-1)))
-    err = float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))))
-    assert err <= TOL[dtype] * max(scale, 1e-300), (err, scale, TOL[dtype])
-
-
-def agree_elementwise(dtype, got, want, terms):
-    """|got − want| ≤ TOL · Σ_t |term_t| element by element: for values that are sums of
-    terms which may cancel (then no relative error to the tiny result is meaningful)."""
-    assert np.asarray(got).dtype == np.asarray(want).dtype == dtype
-    scale = np.sum([np.abs(np.asarray(t, np.float64)) for t in terms], axis=0)
-    err = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
-    tiny = float(np.finfo(dtype).tiny) * 1e6
-    assert np.all(err <= TOL[dtype] * np.maximum(scale, tiny)), float(np.max(err / np.maximum(scale, tiny)))
 
 
 def draw(data, shape, dtype, low=-4.0, high=4.0):
@@ -119,7 +84,7 @@ def test_reparametrisation_and_kl(dtype, data):
     m64, v64 = mu.astype(np.float64), lv.astype(np.float64)
     agree_sum(dtype, f1[5], f2[5], [0.5 * m64**2, 0.5 * np.expm1(v64), 0.5 * v64])
     dz = draw(data, (B, J), dtype)
-    w = draw(data, (B,), dtype, 0, 1)
+    w = dtype(draw(data, (1,), dtype, 0, 1)[0])  # the KL weight β/B
     mask = draw(data, (J,), dtype, 0, 1)
     (g1, _), (g2, _) = both("reparam_kl_backward_", dz, eps, f2[4], mu, lv, w, mask, e(B, J), e(B, J))
     agree(dtype, (g1[7], g2[7]), (g1[8], g2[8]))
@@ -343,7 +308,7 @@ def kernel_calls(dtype, rng):
                else u(B, H), act, e(H)], [0, 1], [0, 3]) for act in range(len(kernels.ACT_NAMES))]
     calls += [
         ("reparam_kl_", [r(B, J), r(B, J), r(B, J), e(B, J), e(B, J), e(B)], [0, 1, 2], [3, 4, 5]),
-        ("reparam_kl_backward_", [r(B, J), r(B, J), np.exp(r(B, J)), r(B, J), r(B, J), u(B), u(J), e(B, J), e(B, J)],
+        ("reparam_kl_backward_", [r(B, J), r(B, J), np.exp(r(B, J)), r(B, J), r(B, J), 0.25, u(J), e(B, J), e(B, J)],
          [0, 1, 2, 3, 4], [7, 8]),
         ("bernoulli_", [r(B, H), u(B, H), u(B), e(B)], [0, 1], [0, 3]),
         ("continuous_bernoulli_", [r(B, H), u(B, H), u(B), e(B)], [0, 1], [0, 3]),

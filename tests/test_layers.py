@@ -7,6 +7,8 @@ from npvae import activations, layers
 from npvae.testing import check_gradients
 from npvae.testing import strategies as nst
 
+from helpers import agree_elementwise
+
 KINKED = ("relu", "leaky_relu", "elu")
 
 
@@ -130,3 +132,28 @@ def test_layer_arguments_are_checked():
         layers.Activation("swish")
     with pytest.raises(ValueError, match="init must be"):
         layers.Dense(3, init="lecun")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(data=st.data(), shape=nst.shapes(batch=(1, 20), width=(1, 24)))
+def test_gated_dense_kernels_match_the_layer(dtype, data, shape):
+    """The compiled step's gated-dense kernels (after its two products x W and x V) give the
+    layer's forward h and its backward's da, dĝ, db, dc."""
+    B, H = shape
+    xw, xv, dh = (data.draw(nst.arrays((B, H), low=-6, high=6)).astype(dtype) for _ in range(3))
+    b, c = (data.draw(nst.arrays((H,), low=-2, high=2)).astype(dtype) for _ in range(2))
+    a_ref = xw.astype(np.float64) + b
+    g_ref = 1 / (1 + np.exp(-(xv.astype(np.float64) + c)))
+    h_ref = a_ref * g_ref
+    h, g = xw.copy(), xv.copy()
+    layers.gated_dense_forward_(h, b, g, c)
+    agree_elementwise(dtype, g, g_ref.astype(dtype), [g_ref])
+    agree_elementwise(dtype, h, h_ref.astype(dtype), [np.abs(xw) * g_ref, np.abs(b) * g_ref])
+    d, dg, db, dc = dh.copy(), np.empty_like(dh), np.empty(H, dtype), np.empty(H, dtype)
+    layers.gated_dense_backward_(d, h, g, dg, db, dc)
+    da_ref = dh * g_ref
+    dgate_ref = dh * h_ref * (1 - g_ref)
+    agree_elementwise(dtype, d, da_ref.astype(dtype), [da_ref])
+    agree_elementwise(dtype, dg, dgate_ref.astype(dtype), [np.abs(dh * a_ref) * g_ref])
+    agree_elementwise(dtype, db, da_ref.sum(axis=0).astype(dtype), [np.abs(da_ref).sum(axis=0)])
+    agree_elementwise(dtype, dc, dgate_ref.sum(axis=0).astype(dtype), [np.abs(dh * a_ref * g_ref).sum(axis=0)])

@@ -11,6 +11,8 @@ from npvae import likelihoods
 from npvae.testing import check_gradients
 from npvae.testing import strategies as nst
 
+from helpers import DTYPES, agree_elementwise, agree_sum
+
 VARIANTS = [
     ("bernoulli", {}),
     ("continuous_bernoulli", {}),
@@ -151,3 +153,110 @@ def test_float32_stays_float32():
         assert all(d.dtype == np.float32 for d in d_params.values())
         assert lik.mean(outs, params).dtype == np.float32
         assert lik.sample(outs, params, np.random.default_rng(0)).dtype == np.float32
+
+
+# ----------------------------------------------------------------------------------------
+# The kernels the compiled step runs, against the references (bernoulli_nll, gaussian_nll,
+# continuous_bernoulli_nll), directly
+# ----------------------------------------------------------------------------------------
+def _kernel_case(data, dtype, low=-8.0, high=8.0):
+    b, d = data.draw(nst.shapes(batch=(1, 20), width=(1, 30)))
+    out = data.draw(nst.arrays((b, d), low=low, high=high)).astype(dtype)
+    x = data.draw(nst.unit_arrays((b, d))).astype(dtype)
+    w = data.draw(nst.arrays((b,), low=0.0, high=2.0)).astype(dtype)
+    return out, x, w
+
+
+def _row_sums(terms):
+    return terms.astype(np.float64).sum(axis=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_bernoulli_kernel_matches_its_reference(dtype, data):
+    logits, x, w = _kernel_case(data, dtype, -40, 40)
+    g, terms = logits.copy(), np.empty_like(logits)
+    likelihoods.bernoulli_nll_(g, x, w, terms)
+    nll, dl = likelihoods.bernoulli_nll(logits, x)
+    agree_sum(dtype, _row_sums(terms), nll.astype(np.float64), [np.abs(logits), np.log(2) + 0 * logits])
+    agree_elementwise(dtype, g, dl * w[:, None], [np.abs(dl * w[:, None]), 1e-7 * w[:, None] + 0 * dl])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_continuous_bernoulli_kernel_matches_its_reference(dtype, data):
+    logits, x, w = _kernel_case(data, dtype, -30, 30)
+    g, terms = logits.copy(), np.empty_like(logits)
+    likelihoods.continuous_bernoulli_nll_(g, x, w, terms)
+    nll, dl = likelihoods.continuous_bernoulli_nll(logits.astype(np.float64), x.astype(np.float64))
+    nll, dl = nll.astype(dtype), dl.astype(dtype)  # the float32 reference cancels in ln C(l) − softplus(l)
+    agree_sum(dtype, _row_sums(terms), nll.astype(np.float64), [np.abs(logits), 1 + 0 * logits])
+    agree_elementwise(dtype, g, dl * w[:, None], [np.abs(dl * w[:, None]), 1e-7 * w[:, None] + 0 * dl])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["fixed", "learned", "per_example"])
+@given(data=st.data())
+def test_gaussian_kernel_matches_its_reference(dtype, mode, data):
+    mean, _, w = _kernel_case(data, dtype, -3, 3)
+    B, D = mean.shape
+    x = data.draw(nst.arrays((B, D), low=-3, high=3)).astype(dtype)
+    if mode == "per_example":
+        logvar = data.draw(nst.arrays((B, D), low=-5, high=5)).astype(dtype)
+        lv2d = logvar.copy()
+    else:
+        logvar = data.draw(nst.arrays((D,), low=-5, high=5)).astype(dtype)
+        lv2d = logvar.reshape(1, D).copy()
+    g, terms, dlv = mean.copy(), np.empty_like(mean), np.zeros(D, dtype)
+    code = {"fixed": 0, "learned": 1, "per_example": 2}[mode]
+    likelihoods.gaussian_nll_(g, x, lv2d, mode == "per_example", w, terms, dlv, code)
+    nll, dm, ds = likelihoods.gaussian_nll(mean, x, logvar)
+    r2w = (mean - x).astype(np.float64) ** 2 * np.exp(-logvar.astype(np.float64))
+    agree_sum(dtype, _row_sums(terms), nll.astype(np.float64), [r2w, logvar + 0 * mean, 1 + 0 * mean])
+    agree_elementwise(dtype, g, dm * w[:, None], [np.abs(dm * w[:, None])])
+    wds = ds * w[:, None]
+    if mode == "learned":
+        agree_elementwise(dtype, dlv, wds.sum(axis=0), [np.abs(wds).sum(axis=0) + 1e-30])
+    elif mode == "per_example":
+        agree_elementwise(dtype, lv2d, wds, [np.abs(wds) + 1e-30])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_log_likelihood_row_kernels_match_the_reference(dtype, data):
+    """ln p(x)'s value-only kernels give −nll of the reference, row by row (Bernoulli with
+    more than FACTORS_PER_LOG outputs too, so that several products are taken)."""
+    b, d = data.draw(st.tuples(st.integers(1, 3), st.sampled_from([1, 7, 600, 1100])))
+    out = data.draw(nst.arrays((b, d), low=-30, high=30)).astype(dtype)
+    x = (data.draw(nst.unit_arrays((b, d))) > 0.5).astype(dtype)
+    lin, e, tr = np.empty(d, dtype), np.empty(d, dtype), np.empty(d)
+    nll, _ = likelihoods.bernoulli_nll(out.astype(np.float64), x.astype(np.float64))
+    for i in range(b):
+        likelihoods.bernoulli_log_lik_row_(out, i, x, i, lin, e)
+        got = likelihoods.row_log_lik(True, tr, lin, e)
+        assert abs(got + nll[i]) <= (2e-6 if dtype == np.float32 else 1e-12) * (np.abs(out[i]).sum() + d)
+    logvar = data.draw(nst.arrays((d,), low=-3, high=3)).astype(dtype)
+    nll, _, _ = likelihoods.gaussian_nll(out.astype(np.float64), x.astype(np.float64), logvar.astype(np.float64))
+    for i in range(b):
+        likelihoods.gaussian_log_lik_row_(False, out, out, i, x, i, logvar, tr)
+        got = likelihoods.row_log_lik(False, tr, lin, e)
+        r2w = (out[i].astype(np.float64) - x[i]) ** 2 * np.exp(-logvar.astype(np.float64))
+        assert abs(got + nll[i]) <= (2e-6 if dtype == np.float32 else 1e-12) * (r2w.sum() + np.abs(logvar).sum() + d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_likelihood_kernels_at_the_edges(dtype):
+    """Logits of ±1e4 and 0: finite terms equal to the reference's; a NaN logit gives a NaN
+    term and gradient."""
+    logits = np.array([[-1e4, -20.0, 0.0, 20.0, 1e4, np.nan]], dtype)
+    x = np.array([[1.0, 0.0, 0.5, 1.0, 0.0, 1.0]], dtype)
+    w = np.ones(1, dtype)
+    for kernel, ref in ((likelihoods.bernoulli_nll_, likelihoods.bernoulli_nll),
+                        (likelihoods.continuous_bernoulli_nll_, likelihoods.continuous_bernoulli_nll)):
+        g, terms = logits.copy(), np.empty_like(logits)
+        with np.errstate(all="ignore"):
+            kernel(g, x, w, terms)
+            nll, dl = ref(logits[:, :5], x[:, :5])
+        np.testing.assert_allclose(terms[:, :5].astype(np.float64).sum(), nll[0], rtol=1e-6 if dtype == np.float32 else 1e-13)
+        np.testing.assert_allclose(g[:, :5], dl, rtol=1e-5 if dtype == np.float32 else 1e-13, atol=1e-7)
+        assert np.isnan(terms[0, 5]) and np.isnan(g[0, 5])

@@ -3,9 +3,14 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import npvae
 from npvae import optim
+from npvae.testing import strategies as nst
+
+from helpers import DTYPES, agree, agree_elementwise
 
 
 def run(opt, p0, grads):
@@ -154,3 +159,47 @@ def test_float32_parameters_stay_float32():
 def test_bad_optimizer_arguments(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+# ----------------------------------------------------------------------------------------
+# The kernels that run (adam_update_, sgd_update_) against the references, directly
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("wd,decoupled", [(0.0, False), (0.01, False), (0.01, True)])
+@given(data=st.data(), step=st.integers(1, 10_000), lr=st.floats(1e-5, 0.1))
+def test_adam_kernel_matches_its_reference(dtype, wd, decoupled, data, step, lr):
+    n = data.draw(st.integers(1, 300))
+    p, g = (data.draw(nst.arrays((n,), low=-3, high=3)).astype(dtype) for _ in range(2))
+    m = data.draw(nst.arrays((n,), low=-1, high=1)).astype(dtype)
+    v = data.draw(nst.arrays((n,), low=0, high=2)).astype(dtype)
+    ref = [a.copy() for a in (p, g, m, v)]
+    optim.adam_update(*ref, step, lr, 0.9, 0.999, 1e-8, wd, decoupled)
+    c = np.array(optim.adam_constants(step, lr, 0.9, 0.999, 1e-8, wd, decoupled), dtype=dtype)
+    optim.adam_update_(p, g, m, v, c)
+    agree(dtype, (m, ref[2]), (v, ref[3]))
+    agree_elementwise(dtype, p, ref[0], [ref[0], lr * np.ones_like(p) * 10])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 0.01)])
+@given(data=st.data(), lr=st.floats(1e-5, 0.1))
+def test_sgd_kernel_matches_its_reference(dtype, momentum, nesterov, wd, data, lr):
+    n = data.draw(st.integers(1, 300))
+    p, g, buf = (data.draw(nst.arrays((n,), low=-3, high=3)).astype(dtype) for _ in range(3))
+    ref = [p.copy(), g.copy(), buf.copy() if momentum else None]
+    optim.sgd_update(*ref, lr, momentum, nesterov, wd)
+    t = p.dtype.type
+    optim.sgd_update_(p, g, buf if momentum else p[:0], t(lr), t(momentum), nesterov, t(wd))
+    agree_elementwise(dtype, p, ref[0], [ref[0], lr * (np.abs(g) + np.abs(buf) + np.abs(p))])
+    if momentum:
+        agree_elementwise(dtype, buf, ref[2], [np.abs(ref[2]) + np.abs(g)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_kernel_keeps_an_inf_weight_out_of_the_moments_without_l2(dtype):
+    """0 · p is never added when λ = 0: an inf weight leaves m and v finite, as the
+    reference (which never adds the term) does."""
+    p = np.array([np.inf, 1.0], dtype)
+    g, m, v = np.ones(2, dtype), np.zeros(2, dtype), np.zeros(2, dtype)
+    optim.adam_update_(p, g, m, v, np.array(optim.adam_constants(1, 1e-3, 0.9, 0.999, 1e-8, 0.0, False), dtype))
+    assert np.isfinite(m).all() and np.isfinite(v).all()

@@ -72,9 +72,24 @@ KERNEL_CACHE: Path | None = _choose_kernel_cache()
 
 
 _PACKAGE = Path(__file__).resolve().parent.parent
+FORMULA_MODULES = ("activations.py", "layers.py", "posterior.py", "likelihoods.py", "importance.py", "optim.py")
+"""The modules outside ``kernels/`` that hold a formula's reference and its kernel side by side."""
 # what compiled code can read besides its own module: numba bakes in the values of the globals
-# a kernel reads (constants.py's numbers, codes.py's codes) and inlines the kernels it calls
-_SHARED_SOURCES = sorted((_PACKAGE / "kernels").glob("*.py")) + [_PACKAGE / "constants.py"]
+# a kernel reads (constants.py's numbers, codes.py's codes) and links in the kernels it calls
+# (the formula modules'), so a change to any of them must give a new cache folder
+_SHARED_SOURCES = (sorted((_PACKAGE / "kernels").glob("*.py")) + [_PACKAGE / "constants.py"]
+                   + [_PACKAGE / name for name in FORMULA_MODULES])
+
+
+def sources_id() -> str:
+    """A hash of every source compiled code can read (see ``_SHARED_SOURCES``)."""
+    h = hashlib.sha256()
+    for path in _SHARED_SOURCES:
+        try:
+            h.update(path.read_bytes())
+        except OSError:
+            h.update(b"missing")
+    return h.hexdigest()[:10]
 
 
 def _module_folder(py_file) -> str:
@@ -157,6 +172,13 @@ def target_features() -> dict:
     return features
 
 
+# The arithmetic of every kernel that the compiled step is built from (one place, as numba's
+# fastmath flags are the kernels' numerics): contraction to FMA, no signed zeros, reciprocals;
+# never nnan / ninf (NaNs and infs surface) and no reassociation in elementwise loops (their
+# sums keep the order written).
+ELEMENTWISE = dict(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
+
+
 def jit(cache_subfolder: str = "", **options):
     """``numba.njit(**options)`` whose compiled code is cached in :data:`KERNEL_CACHE`
     (in its folder ``cache_subfolder`` when given: code compiled against one of several
@@ -202,4 +224,5 @@ def cache_is_warm(module_file, cache_subfolder: str = "") -> bool:
         return False
 
 
-__all__ = ["jit", "KERNEL_CACHE", "cache_is_warm", "npvae_cache_root", "target_features", "ContentCacheLocator"]
+__all__ = ["jit", "KERNEL_CACHE", "cache_is_warm", "npvae_cache_root", "target_features", "ContentCacheLocator",
+           "ELEMENTWISE", "FORMULA_MODULES", "sources_id"]

@@ -1,14 +1,14 @@
-"""The NumPy backend of :mod:`npvae.kernels`: in-place wrappers around :mod:`npvae.ops`.
+"""The NumPy backend of :mod:`npvae.kernels`: in-place wrappers around the formula modules' NumPy references.
 
 Every function here has the same signature and in-place semantics as its numba twin in
-:mod:`npvae.kernels.numba_impl`; the arithmetic is the readable reference in ops.
+:mod:`npvae.kernels.numba_impl`; the arithmetic is the readable reference.
 Activation and likelihood variants are passed as small integer codes (see CODES).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import activations, ops
+from .. import activations, likelihoods, optim, posterior
 from .codes import ACT_NAMES, IDENTITY
 
 
@@ -27,7 +27,7 @@ def all_finite(a) -> bool:
 
 def sum_squares(a) -> float:
     """Σ a² of a 1-D array, accumulated in float64."""
-    return ops.sum_of_squares(a)
+    return optim.sum_of_squares(a)
 
 
 def bias_act_(a, b, act):
@@ -39,49 +39,49 @@ def act_backward_bias_grad_(dy, y, act, db):
     """dy ← dy ⊙ f'(y) in place (= da), and db ← Σ_batch da."""
     if act != IDENTITY:
         dy[...] = activations.get(ACT_NAMES[act]).backward(dy, y)
-    db[...] = ops.bias_grad(dy)
+    db[...] = activations.bias_grad(dy)
 
 
 def reparam_kl_(mu, lv, eps, z, std, kl):
     """z ← μ + e^{v/2} ε, std ← e^{v/2}, kl ← ½ Σ_j (μ² + e^v − 1 − v) per example."""
-    zz, s = ops.reparametrize(mu, lv, eps)
+    zz, s = posterior.reparametrize(mu, lv, eps)
     z[...] = zz
     std[...] = s
-    kl[...] = ops.kl_normal(mu, lv)
+    kl[...] = posterior.kl_normal(mu, lv)
 
 
-def reparam_kl_backward_(dz, eps, std, mu, lv, w, mask, dmu, dlv):
-    """dμ ← dz + w_i m_j μ,  dv ← ½ σ ε dz + w_i m_j ½ (e^v − 1), for the KL weights
-    w (B,) (per example) times mask (J,) (per dimension, free bits)."""
-    dm, dv = ops.reparametrize_backward(dz, eps, std)
-    km, kv = ops.kl_normal_backward(mu, lv, w[:, None] * mask[None, :])
+def reparam_kl_backward_(dz, eps, std, mu, lv, wkl, mask, dmu, dlv):
+    """dμ ← dz + wkl m_j μ,  dv ← ½ σ ε dz + wkl m_j ½ (e^v − 1), for the KL weight wkl (β/B)
+    times mask (J,) (per dimension, free bits)."""
+    dm, dv = posterior.reparametrize_backward(dz, eps, std)
+    km, kv = posterior.kl_normal_backward(mu, lv, np.broadcast_to(mu.dtype.type(wkl) * mask, mu.shape))
     dmu[...] = dm + km
     dlv[...] = dv + kv
 
 
 def bernoulli_(logits, x, w, nll):
     """nll ← Σ_d softplus(l) − x l;  logits ← w_i (σ(l) − x) (the weighted gradient)."""
-    n, g = ops.bernoulli_nll(logits, x)
+    n, g = likelihoods.bernoulli_nll(logits, x)
     nll[...] = n
     logits[...] = g * w[:, None]
 
 
 def continuous_bernoulli_(logits, x, w, nll):
-    n, g = ops.continuous_bernoulli_nll(logits, x)
+    n, g = likelihoods.continuous_bernoulli_nll(logits, x)
     nll[...] = n
     logits[...] = g * w[:, None]
 
 
 def gaussian_fixed_(mean, x, logvar, w, nll):
     """Fixed σ (scalar log-variance): nll, and mean ← w_i (m − x) e^{−s}."""
-    n, dm, _ = ops.gaussian_nll(mean, x, logvar)
+    n, dm, _ = likelihoods.gaussian_nll(mean, x, logvar)
     nll[...] = n
     mean[...] = dm * w[:, None]
 
 
 def gaussian_learned_(mean, x, logvar, w, nll, dlogvar):
     """Per-dimension log-variance s (D,): also dlogvar ← Σ_i w_i (½ − ½ (x − m)² e^{−s})."""
-    n, dm, ds = ops.gaussian_nll(mean, x, logvar)
+    n, dm, ds = likelihoods.gaussian_nll(mean, x, logvar)
     nll[...] = n
     mean[...] = dm * w[:, None]
     dlogvar[...] = (ds * w[:, None]).sum(axis=0)
@@ -89,7 +89,7 @@ def gaussian_learned_(mean, x, logvar, w, nll, dlogvar):
 
 def gaussian_per_example_(mean, x, logvar, w, nll):
     """Per-example log-variance (B, D): mean and logvar are overwritten by their gradients."""
-    n, dm, ds = ops.gaussian_nll(mean, x, logvar)
+    n, dm, ds = likelihoods.gaussian_nll(mean, x, logvar)
     nll[...] = n
     mean[...] = dm * w[:, None]
     logvar[...] = ds * w[:, None]
@@ -101,8 +101,8 @@ def binarize_(x, u):
 
 
 def adam_(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled):
-    ops.adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled)
+    optim.adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled)
 
 
 def sgd_(p, g, buf, lr, momentum, nesterov, weight_decay):
-    ops.sgd_update(p, g, None if momentum == 0 else buf, lr, momentum, nesterov, weight_decay)
+    optim.sgd_update(p, g, None if momentum == 0 else buf, lr, momentum, nesterov, weight_decay)

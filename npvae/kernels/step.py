@@ -38,19 +38,23 @@ ln σ² per dimension (the vector ``lik_logvar``, its gradient into ``lik_dlogva
 """
 from __future__ import annotations
 
-import hashlib
 import math
-from pathlib import Path
 
 import numba
 import numpy as np
 
-from ..constants import LEAKY_SLOPE, LOG_2PI
-from .codes import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
-from . import blas, numba_impl, vmath
+from ..activations import activation_backward_bias_grad_, bias_activation_
+from ..layers import gated_dense_backward_, gated_dense_forward_
+from ..likelihoods import (bernoulli_log_lik_row_, bernoulli_nll_, gaussian_log_lik_row_, gaussian_nll_,
+                           row_log_lik)
+from ..optim import adam_update_
+from ..posterior import reparametrize_kl_, reparametrize_kl_backward_
+from .codes import IDENTITY
+from . import blas, vmath
 from .blas import gemm, gemm_acc
 from .blas import SOURCE_ID as BLAS_SOURCE_ID
-from .jit import jit
+from .jit import jit, sources_id
+from .sums import add_partials, row_sums, sum_squares
 
 BERNOULLI, GAUSSIAN_FIXED, GAUSSIAN_PER_EXAMPLE, GAUSSIAN_LEARNED = 0, 1, 2, 3
 # the encoder's gradient estimator of the importance-weighted step (npvae.engine.iwae_step)
@@ -65,246 +69,12 @@ SERIAL_BELOW = 1 << 16
 
 # compiled code calls one of three products (npvae.kernels.blas), and is cached per product
 # (npvae's own kernel: per vector width and version of its source and blas.py's, inlined here)
-# (and of the sources its kernels inline from other files: numba checks a cached function's
-# own file only, so a change to vmath.py alone would otherwise load stale code)
-_INLINED = ("vmath.py", "numba_impl.py", "codes.py", "../constants.py")
-_INLINED_ID = hashlib.sha256(b"".join((Path(__file__).parent / f).read_bytes() for f in _INLINED)).hexdigest()[:8]
-CACHE = "blas-" + blas.BLAS + (f"-{BLAS_SOURCE_ID}" if blas.BLAS == "npvae" else "") + f"-{_INLINED_ID}"
+# (and of the sources of the kernels it links in from other files: numba checks a cached
+# function's own file only, so a change to vmath.py alone would otherwise load stale code)
+CACHE = "blas-" + blas.BLAS + (f"-{BLAS_SOURCE_ID}" if blas.BLAS == "npvae" else "") + f"-{sources_id()}"
 
 # no "reassoc" (see the module's docstring); "contract" lets LLVM use FMA
 _elementwise = jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
-_reduction = jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp", "reassoc"}, error_model="numpy", nogil=True)
-
-
-@_elementwise
-def bias_act(a, b, act):
-    """a ← f(a + b) in place; a (B, H), b (H,)."""
-    B, H = a.shape
-    if act == IDENTITY:
-        for i in range(B):
-            for j in range(H):
-                a[i, j] = a[i, j] + b[j]
-    elif act == RELU:
-        for i in range(B):
-            for j in range(H):
-                v = a[i, j] + b[j]
-                a[i, j] = 0 if v <= 0 else v  # NaN stays NaN
-    elif act == LEAKY_RELU:
-        for i in range(B):
-            for j in range(H):
-                v = a[i, j] + b[j]
-                a[i, j] = v if v > 0 else v * LEAKY_SLOPE
-    elif act == TANH:
-        # the bias first, then tanh over the rows as one flat run (a's rows are contiguous):
-        # rows of 64 kept LLVM's vectorised loop to a third of its speed; float32 layers in
-        # float32 arithmetic (vmath.tanh32: 16 lanes to a 512-bit vector, not 8)
-        for i in range(B):
-            for j in range(H):
-                a[i, j] = a[i, j] + b[j]
-        flat = a.reshape(-1)
-        if a.itemsize == 4:
-            for i in range(flat.shape[0]):
-                flat[i] = vmath.tanh32(flat[i])
-        else:
-            for i in range(flat.shape[0]):
-                flat[i] = vmath.tanh(flat[i])
-    elif act == SIGMOID:  # 1/(1 + e^{−a}) or e^{a}/(1 + e^{a}): e = e^{−|a|} never overflows
-        for i in range(B):
-            for j in range(H):
-                v = a[i, j] + b[j]
-                e = vmath.exp(-abs(v))
-                r = 1.0 / (1.0 + e)
-                a[i, j] = r if v >= 0 else e * r
-    elif act == SOFTPLUS:  # max(a, 0) + ln(1 + e^{−|a|})
-        for i in range(B):
-            for j in range(H):
-                v = a[i, j] + b[j]
-                a[i, j] = (v if v > 0 else 0.0) + vmath.log1p(vmath.exp(-abs(v)))
-    else:  # ELU
-        for i in range(B):
-            for j in range(H):
-                v = a[i, j] + b[j]
-                a[i, j] = v if v > 0 else vmath.expm1(v)
-
-
-@_elementwise
-def act_backward_bias_grad(d, y, act, db):
-    """d ← d ⊙ f'(a), f' written from y = f(a); db ← Σ_rows d.  d, y (B, H), db (H,).
-    One loop per activation, chosen outside it: a branch on ``act`` inside the loop kept LLVM
-    from vectorising it (4× slower in the 16-64-64-4 step)."""
-    B, H = d.shape
-    for j in range(H):
-        db[j] = 0
-    if act == IDENTITY:
-        for i in range(B):
-            for j in range(H):
-                db[j] += d[i, j]
-    elif act == RELU:
-        for i in range(B):
-            for j in range(H):
-                v = d[i, j] * (1.0 if y[i, j] > 0 else 0.0)
-                d[i, j] = v
-                db[j] += v
-    elif act == LEAKY_RELU:
-        for i in range(B):
-            for j in range(H):
-                v = d[i, j] * (1.0 if y[i, j] > 0 else LEAKY_SLOPE)
-                d[i, j] = v
-                db[j] += v
-    elif act == TANH:
-        for i in range(B):
-            for j in range(H):
-                yv = y[i, j]
-                v = d[i, j] * ((1.0 - yv) * (1.0 + yv))
-                d[i, j] = v
-                db[j] += v
-    elif act == SIGMOID:
-        for i in range(B):
-            for j in range(H):
-                yv = y[i, j]
-                v = d[i, j] * (yv * (1.0 - yv))
-                d[i, j] = v
-                db[j] += v
-    elif act == SOFTPLUS:
-        for i in range(B):
-            for j in range(H):
-                v = d[i, j] * -vmath.expm1(-y[i, j])
-                d[i, j] = v
-                db[j] += v
-    else:  # ELU
-        for i in range(B):
-            for j in range(H):
-                yv = y[i, j]
-                v = d[i, j] * (1.0 if yv > 0 else yv + 1.0)
-                d[i, j] = v
-                db[j] += v
-
-
-@_reduction
-def row_sums(terms, out):
-    """out[i] ← Σ_j terms[i, j] in float64."""
-    for i in range(terms.shape[0]):
-        acc = 0.0
-        for j in range(terms.shape[1]):
-            acc += terms[i, j]
-        out[i] = acc
-
-
-@_reduction
-def add_partials(g, partials):
-    """g ← g + Σ_t partials[t] (in that order); returns Σ g² in float64."""
-    for t in range(partials.shape[0]):
-        p = partials[t]
-        for i in range(g.shape[0]):
-            g[i] += p[i]
-    return sum_squares(g)
-
-
-@_reduction
-def sum_squares(a):
-    """Σ a² in float64."""
-    acc = 0.0
-    for i in range(a.shape[0]):
-        v = np.float64(a[i])
-        acc += v * v
-    return acc
-
-
-@_elementwise
-def bernoulli(logits, x, w, terms):
-    """terms ← −ln p(x|logits) element by element; logits ← w (σ(logits) − x).
-    −ln p = max(l, 0) + ln(1 + e^{−|l|}) − x l."""
-    B, D = logits.shape
-    if logits.itemsize == 4:
-        # float32 logits (terms is float32 too): in float32 arithmetic (vmath.exp32 and
-        # log1p32, 16 lanes to a 512-bit vector, not 8; within a few units in float32's last
-        # place, the size of the logits' own rounding); a loop that mixed float32 and
-        # float64 ran at float64's 8 lanes, 2x slower
-        zero = np.float32(0.0)
-        wf = np.float32(w)
-        for i in range(B):
-            for j in range(D):
-                l = logits[i, j]
-                xv = x[i, j]
-                e = vmath.exp32(-abs(l))
-                r = np.float32(1.0) / (np.float32(1.0) + e)
-                terms[i, j] = ((l if l > 0 else zero) - xv * l) + vmath.log1p32(e)
-                g = wf * ((r if l >= 0 else e * r) - xv)
-                logits[i, j] = g if l == l else l  # NaN stays NaN (exp32 does not carry it)
-        return
-    for i in range(B):
-        wi = w
-        for j in range(D):
-            l = logits[i, j]
-            xv = x[i, j]
-            e = vmath.exp(-abs(l))
-            terms[i, j] = (l if l > 0 else 0.0) + vmath.log1p(e) - xv * l
-            r = 1.0 / (1.0 + e)
-            logits[i, j] = wi * ((r if l >= 0 else e * r) - xv)
-
-
-@_elementwise
-def gaussian(mean, x, logvar, per_row, w, terms, dlogvar, mode):
-    """terms ← ½ (r² e^{−s} + s + ln 2π), r = mean − x, s = ln σ²; mean ← w r e^{−s}.
-    logvar (1, D) or (B, D) (per_row); mode 0: no ln σ² gradient, 1: Σ_rows into dlogvar (D,)
-    as dL/ds = w ½ (1 − r² e^{−s}), 2: row-wise, written over logvar (B, D) after use."""
-    B, D = mean.shape
-    if mode == 1:
-        for j in range(D):
-            dlogvar[j] = 0
-    for i in range(B):
-        li = i if per_row else 0
-        for j in range(D):
-            s = logvar[li, j]
-            inv = vmath.exp(-s)
-            r = mean[i, j] - x[i, j]
-            r2w = r * r * inv
-            terms[i, j] = 0.5 * (r2w + s + LOG_2PI)
-            mean[i, j] = w * r * inv
-            g = w * (0.5 - 0.5 * r2w)
-            if mode == 1:
-                dlogvar[j] += g
-            elif mode == 2:
-                logvar[i, j] = g
-
-
-@_elementwise
-def reparam_kl(mu, lv, eps, z, std, kl):
-    """σ = e^{v/2}, z = μ + σ ε, KL_i = ½ Σ_j (μ² + e^v − 1 − v).  mu, lv, eps, z, std (B, J)
-    with contiguous rows (one flat run: with J of a few, a loop per row does not vectorise),
-    kl (B,); the terms are summed per row in float64, in order."""
-    B, J = mu.shape
-    m, v, e, zf, sf = mu.reshape(-1), lv.reshape(-1), eps.reshape(-1), z.reshape(-1), std.reshape(-1)
-    terms = np.empty(B * J)
-    for i in range(B * J):
-        vi = v[i]
-        s = vmath.exp(0.5 * vi)
-        sf[i] = s
-        zf[i] = m[i] + s * e[i]
-        terms[i] = m[i] * m[i] + (vmath.expm1(vi) - vi)
-    for i in range(B):
-        acc = 0.0
-        for j in range(J):
-            acc += terms[i * J + j]
-        kl[i] = 0.5 * acc
-
-
-@_elementwise
-def reparam_kl_backward(d, eps, std, mu, lv, wkl, dlv):
-    """From d = dL/dz: dL/dv = ½ d ε σ + wkl · ½ (e^v − 1) into dlv, then d ← d + wkl μ
-    (= dL/dμ, in place).  All (B, J) with contiguous rows, one flat run."""
-    g, e, sf, m, v, dv = d.reshape(-1), eps.reshape(-1), std.reshape(-1), mu.reshape(-1), lv.reshape(-1), dlv.reshape(-1)
-    for i in range(g.shape[0]):
-        di = g[i]
-        dv[i] = 0.5 * di * e[i] * sf[i] + wkl * (0.5 * vmath.expm1(v[i]))
-        g[i] = di + wkl * m[i]
-
-
-@_elementwise
-def adam(p, g, m, v, c):
-    """Adam over flat buffers; c = (lr/c₁, β₁, β₂, 1−β₁, 1−β₂, 1/c₂, ε, decay, l2) in the
-    buffers' dtype (see npvae.ops.adam_update)."""
-    numba_impl.adam_rows(p, g, m, v, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], 0, p.shape[0])
 
 
 @_elementwise
@@ -333,42 +103,6 @@ def gather_binarize(X, rows, u, dynamic, xb):
 
 
 @_elementwise
-def gate_forward(a, b, g, c):
-    """g ← σ(g + c), a ← (a + b) ⊙ g: a gated dense layer's output from its two products.
-    a, g (B, H), b, c (H,)."""
-    B, H = a.shape
-    for i in range(B):
-        for j in range(H):
-            v = g[i, j] + c[j]
-            e = vmath.exp(-abs(v))
-            r = 1.0 / (1.0 + e)
-            s = r if v >= 0 else e * r
-            g[i, j] = s
-            a[i, j] = (a[i, j] + b[j]) * s
-
-
-@_elementwise
-def gate_backward(d, h, g, dg, db, dc):
-    """A gated dense layer's backward from d = dL/dh, h = a ⊙ g, g = σ(ĝ):
-    dĝ = dh ⊙ a ⊙ g (1 − g) = dh ⊙ h ⊙ (1 − g) into dg (so a need not be kept), d ← dh ⊙ g
-    (= dL/da); db ← Σ_rows dL/da, dc ← Σ_rows dĝ.  d, h, g, dg (B, H), db, dc (H,)."""
-    B, H = d.shape
-    for j in range(H):
-        db[j] = 0
-        dc[j] = 0
-    for i in range(B):
-        for j in range(H):
-            dh = d[i, j]
-            gv = g[i, j]
-            v = dh * h[i, j] * (1.0 - gv)
-            dg[i, j] = v
-            dc[j] += v
-            u = dh * gv
-            d[i, j] = u
-            db[j] += u
-
-
-@_elementwise
 def chain_forward(h, Ws, bs, acts, H, k0, k1, r0, r1):
     """Stages k0..k1−1 on rows r0:r1: H[k] ← f(h W + b) (a GATE and its GATED partner: the
     gated layer's g and h); returns the last output (or h)."""
@@ -379,9 +113,9 @@ def chain_forward(h, Ws, bs, acts, H, k0, k1, r0, r1):
         if act == GATE:  # the gate's product; its partner, the next stage, reads the same h
             continue
         if act == GATED:
-            gate_forward(y, bs[k], H[k - 1][r0:r1], bs[k - 1])
+            gated_dense_forward_(y, bs[k], H[k - 1][r0:r1], bs[k - 1])
         else:
-            bias_act(y, bs[k], act)
+            bias_activation_(y, bs[k], act)
         h = y
     return h
 
@@ -392,7 +126,7 @@ def heads_forward(h, Ws, bs, H, k0, n, r0, r1):
     for k in range(k0, k0 + n):
         y = H[k][r0:r1]
         gemm(h, Ws[k], y)
-        bias_act(y, bs[k], np.int64(IDENTITY))
+        bias_activation_(y, bs[k], np.int64(IDENTITY))
 
 
 @_elementwise
@@ -407,9 +141,9 @@ def chain_backward(Ws, GWs, Gbs, acts, H, dH, k0, k1, hin0, dx0, need_dx0, r0, r
         kin = k - 2 if gated else k - 1  # the stage whose output is this one's input
         dg = dH[k - 1][r0:r1] if gated else d
         if gated:
-            gate_backward(d, H[k][r0:r1], H[k - 1][r0:r1], dg, Gbs[k], Gbs[k - 1])
+            gated_dense_backward_(d, H[k][r0:r1], H[k - 1][r0:r1], dg, Gbs[k], Gbs[k - 1])
         else:
-            act_backward_bias_grad(d, H[k][r0:r1], acts[k], Gbs[k])
+            activation_backward_bias_grad_(d, H[k][r0:r1], acts[k], Gbs[k])
         hin = H[kin][r0:r1] if kin >= k0 else hin0
         gemm(hin.T, d, GWs[k])
         if gated:
@@ -428,7 +162,7 @@ def heads_backward(h, Ws, GWs, Gbs, H, k0, n, dh, tmp, r0, r1):
     weight and bias gradients, and dL/dh = Σ_heads d Wᵀ into dh (tmp a scratch of its shape)."""
     for k in range(k0, k0 + n):
         d = H[k][r0:r1]
-        act_backward_bias_grad(d, d, np.int64(IDENTITY), Gbs[k])
+        activation_backward_bias_grad_(d, d, np.int64(IDENTITY), Gbs[k])
         gemm(h.T, d, GWs[k])
         if k == k0:
             gemm(d, Ws[k].T, dh)
@@ -440,14 +174,15 @@ def heads_backward(h, Ws, GWs, Gbs, H, k0, n, dh, tmp, r0, r1):
 @_elementwise
 def likelihood_rows(lik, out, x, w, terms, nll, H, io, r0, r1, lik_logvar, lik_dlogvar):
     """−ln p(x|z) per row into nll (float64) and its gradient, weight w, over the outputs."""
+    wr = np.full(out.shape[0], w)
     if lik == BERNOULLI:
-        bernoulli(out, x, w, terms)
+        bernoulli_nll_(out, x, wr, terms)
     elif lik == GAUSSIAN_FIXED:
-        gaussian(out, x, lik_logvar.reshape((1, -1)), False, w, terms, lik_dlogvar, 0)
+        gaussian_nll_(out, x, lik_logvar.reshape((1, -1)), False, wr, terms, lik_dlogvar, 0)
     elif lik == GAUSSIAN_PER_EXAMPLE:
-        gaussian(out, x, H[io + 1][r0:r1], True, w, terms, lik_dlogvar, 2)
+        gaussian_nll_(out, x, H[io + 1][r0:r1], True, wr, terms, lik_dlogvar, 2)
     else:
-        gaussian(out, x, lik_logvar.reshape((1, -1)), False, w, terms, lik_dlogvar, 1)
+        gaussian_nll_(out, x, lik_logvar.reshape((1, -1)), False, wr, terms, lik_dlogvar, 1)
     row_sums(terms, nll)
 
 
@@ -470,7 +205,7 @@ def forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_de
     h_enc = chain_forward(x, Ws, bs, acts, H, np.int64(0), n_enc, r0, r1)
     heads_forward(h_enc, Ws, bs, H, n_enc, np.int64(2), r0, r1)
     mu, lv = H[n_enc][r0:r1], H[iv][r0:r1]
-    reparam_kl(mu, lv, eps, zr, sr, klr)
+    reparametrize_kl_(mu, lv, eps, zr, sr, klr)
     h_dec = chain_forward(zr, Ws, bs, acts, H, d0, io, r0, r1)
     heads_forward(h_dec, Ws, bs, H, io, n_out, r0, r1)
     likelihood_rows(lik, H[io][r0:r1], x, w, terms[r0:r1], nr, H, io, r0, r1, lik_logvar, lik_dlogvar)
@@ -484,7 +219,7 @@ def forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_de
     dh = dH[io - 1][r0:r1] if n_dec > 0 else dmu
     heads_backward(h_dec, Ws, GWs, Gbs, H, io, n_out, dh, tmp_dec[r0:r1], r0, r1)
     chain_backward(Ws, GWs, Gbs, acts, H, dH, d0, io, zr, dmu, np.bool_(True), r0, r1)
-    reparam_kl_backward(dmu, eps, sr, mu, lv, beta * w, dlv)
+    reparametrize_kl_backward_(dmu, eps, sr, mu, lv, beta * w, np.ones(mu.shape[1]), dlv)
     posterior_backward(x, h_enc, Ws, GWs, Gbs, acts, H, dH, n_enc, tmp_enc, r0, r1)
     return rec + beta * klsum, rec, klsum
 
@@ -494,8 +229,8 @@ def posterior_backward(x, h_enc, Ws, GWs, Gbs, acts, H, dH, n_enc, tmp_enc, r0, 
     """From dμ, dv (dH[n_enc], dH[n_enc + 1] rows) through the heads and the encoder."""
     iv = n_enc + 1
     dmu, dlv = dH[n_enc][r0:r1], dH[iv][r0:r1]
-    act_backward_bias_grad(dmu, dmu, np.int64(IDENTITY), Gbs[n_enc])
-    act_backward_bias_grad(dlv, dlv, np.int64(IDENTITY), Gbs[iv])
+    activation_backward_bias_grad_(dmu, dmu, np.int64(IDENTITY), Gbs[n_enc])
+    activation_backward_bias_grad_(dlv, dlv, np.int64(IDENTITY), Gbs[iv])
     gemm(h_enc.T, dmu, GWs[n_enc])
     gemm(h_enc.T, dlv, GWs[iv])
     if n_enc > 0:
@@ -681,7 +416,7 @@ def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_d
         f = clip_factor(norms[s], clip)
         if f < 1.0:
             scale(G, f)
-        adam(P, G, M, V, adam_c[s])
+        adam_update_(P, G, M, V, adam_c[s])
     return S
 
 
@@ -737,76 +472,15 @@ def adam_steps_blocks(K, est, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts,
         if n < SERIAL_BELOW:
             if f < 1.0:
                 scale(G, f)
-            adam(P, G, M, V, adam_c[s])
+            adam_update_(P, G, M, V, adam_c[s])
         else:
             for c in numba.prange(C):
                 a = np.int64(c) * n // C
                 b = (np.int64(c) + 1) * n // C
                 if f < 1.0:
                     scale(G[a:b], f)
-                adam(P[a:b], G[a:b], M[a:b], V[a:b], adam_c[s])
+                adam_update_(P[a:b], G[a:b], M[a:b], V[a:b], adam_c[s])
     return S
-
-
-@_elementwise
-def gaussian_row(lik, out, out2, ro, x, i, lik_logvar, tr):
-    """tr ← ln N(x_i; out[ro], e^s) by elements, in float64, s from out2[ro] (a per-example
-    ln σ² head's output) or lik_logvar (the arrays whole and their rows by index: a row view
-    per decoder row cost reference counts shared by the threads)."""
-    for j in range(x.shape[1]):
-        s = out2[ro, j] if lik == GAUSSIAN_PER_EXAMPLE else lik_logvar[j]
-        r = out[ro, j] - x[i, j]
-        tr[j] = -0.5 * (r * r * vmath.exp(-s) + s + LOG_2PI)
-
-
-@_elementwise
-def bernoulli_row(out, ro, x, i, lin, e):
-    """lin ← x l − max(l, 0) (exact for x of 0 and 1) and e ← e^{−|l|} for the Bernoulli
-    logits l = out[ro] of example i, in the logits' dtype: float32 logits in float32
-    arithmetic (vmath.exp32: twice the lanes, within a unit of float32's last place, below
-    the logits' own rounding), in a loop of one width, which LLVM runs at its lanes."""
-    zero = np.float32(0.0)  # (a zero of out's dtype, out[ro, 0] * 0, made the loop 1.4x slower)
-    if out.itemsize == 4:
-        for j in range(x.shape[1]):
-            l = out[ro, j]
-            lin[j] = x[i, j] * l - (l if l > 0 else zero)
-            e[j] = vmath.exp32(-abs(l))
-    else:
-        for j in range(x.shape[1]):
-            l = out[ro, j]
-            lin[j] = x[i, j] * l - (l if l > 0 else zero)
-            e[j] = vmath.exp(-abs(l))
-
-
-# factors multiplied before a logarithm is taken: each lies in [1, 2], so a product of 512
-# stays below 2^512, far inside float64's range
-FACTORS_PER_LOG = 512
-
-
-@_reduction
-def row_log_lik(lik, tr, lin, e):
-    """ln p(x|z) of one decoder row in float64 from :func:`bernoulli_row`'s or
-    :func:`gaussian_row`'s scratch: Bernoulli, Σ_j lin_j − Σ_j ln(1 + e_j), the logarithms
-    taken of products of FACTORS_PER_LOG factors (one logarithm per 512 outputs instead of
-    a log1p per output); Gaussian, Σ tr.  (Each loop runs from 0 over a fixed base: ``range(j0, min(…))`` kept
-    LLVM from vectorising the product, 4x slower.)"""
-    acc = 0.0
-    if lik == BERNOULLI:
-        D = lin.shape[0]
-        for j in range(D):
-            acc += np.float64(lin[j])
-        j0 = 0
-        while j0 < D:
-            n = min(FACTORS_PER_LOG, D - j0)
-            p = 1.0
-            for j in range(n):
-                p *= 1.0 + np.float64(e[j0 + j])
-            acc -= math.log(p)
-            j0 += FACTORS_PER_LOG
-    else:
-        for j in range(tr.shape[0]):
-            acc += tr[j]
-    return acc
 
 
 # rows of the output head computed and consumed at a time, while they are in cache
@@ -862,10 +536,10 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, le, lik, lik
                 for r in range(a, b):
                     i = r // K
                     if lik == BERNOULLI:
-                        bernoulli_row(out, p0 + r - a, x, i, lin, ex)
+                        bernoulli_log_lik_row_(out, p0 + r - a, x, i, lin, ex)
                     else:
-                        gaussian_row(lik, out, out2, p0 + r - a, x, i, lik_logvar, tr)
-                    log_px = row_log_lik(lik, tr, lin, ex)
+                        gaussian_log_lik_row_(lik == GAUSSIAN_PER_EXAMPLE, out, out2, p0 + r - a, x, i, lik_logvar, tr)
+                    log_px = row_log_lik(lik == BERNOULLI, tr, lin, ex)
                     k = r - i * K
                     sz = 0.0
                     hv = 0.0

@@ -42,6 +42,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import config as numba_config
 from numba.extending import intrinsic
 
 from .jit import jit
@@ -80,7 +81,12 @@ _EXP32_P = tuple(np.float32(1.0 / math.factorial(n)) for n in range(7, -1, -1)) 
 
 def _bitcast(to, frm, lltype):
     """An intrinsic that reinterprets a ``frm`` integer's bits as a ``to`` float (LLVM
-    ``bitcast``, which LLVM vectorises)."""
+    ``bitcast``, which LLVM vectorises); under ``NUMBA_DISABLE_JIT=1`` the same as NumPy's
+    ``view``, so that every kernel still runs as plain Python."""
+    if numba_config.DISABLE_JIT:
+        np_from, np_to = np.dtype(str(frm)), np.dtype(str(to))
+        return lambda bits: np.array(bits).astype(np_from).view(np_to)[()]
+
     @intrinsic
     def bits_to_float(typingctx, bits):
         def codegen(context, builder, signature, args):
