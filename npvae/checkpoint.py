@@ -14,88 +14,28 @@ Every load uses ``allow_pickle=False``; anything unexpected raises :class:`Check
 (a ValueError) naming the file and the problem.  Writes go to a temporary file in the same
 folder, are flushed to disk, then renamed over the target: a crash mid-write leaves the
 previous file as it was.
+
+Where the code lives: writing a model (``save_model``, ``model_arrays``, ``layer_spec``) is in
+:mod:`npvae.saving` and the atomic writers in :mod:`npvae.files`, both below
+:class:`npvae.VAE`, which saves itself with them; this module reads checkpoints back, which
+builds a VAE, so it imports the model (and re-exports those names: ``npvae.checkpoint.*``
+is the whole format).  The modules import each other one way only.
 """
 from __future__ import annotations
 
 import json
-import os
-import zipfile
-from pathlib import Path
 
 import numpy as np
 
 from . import files
-
-FORMAT_VERSION = 1
-MAGIC = "npvae-checkpoint"
+from .files import atomic_save_npy, atomic_savez, atomic_write, atomic_write_text  # noqa: F401
+from .layers import BUILT_IN
+from .model import VAE, parameter_count, spec_parameter_count
+from .saving import FORMAT_VERSION, MAGIC, layer_spec, model_arrays, save_model  # noqa: F401
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, truncated, of the wrong version or shape."""
-
-
-def _text(s: str) -> np.ndarray:
-    return np.array(s)  # a unicode array: loads without pickle
-
-
-def atomic_write(path, write) -> Path:
-    """Create ``path`` by ``write(f)`` on a temporary file in the same folder, flushed to disk
-    and renamed over the target: a crash, a signal or a full disk mid-write leaves the
-    previous file as it was (and no temporary file behind, where the process survives)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError) and exc.filename is None:  # say which file could not be written
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
-
-
-def atomic_savez(path, arrays: dict) -> Path:
-    """Write ``arrays`` to ``path`` (.npz, uncompressed), atomically (:func:`atomic_write`)."""
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def atomic_save_npy(path, array) -> Path:
-    """Write one array to ``path`` (.npy), atomically."""
-    return atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
-
-
-def atomic_write_text(path, text: str) -> Path:
-    """Write UTF-8 text to ``path``, atomically."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def model_arrays(model, kind: str = "model") -> dict:
-    arrays = {"__npvae__": _text(MAGIC), "__version__": np.array(FORMAT_VERSION),
-              "__kind__": _text(kind), "config": _text(json.dumps(model.config()))}
-    for name, p in model.params.items():
-        arrays[f"param/{name}"] = p
-    return arrays
-
-
-def save_model(model, path) -> Path:
-    """Save the model's configuration and parameters to ``path`` (.npz)."""
-    return atomic_savez(path, model_arrays(model))
 
 
 HEADER_BYTES = 1 << 16    # __npvae__, __version__, __kind__, config: short texts
@@ -169,8 +109,6 @@ def json_field(arrays: dict, key: str, path) -> dict:
 def model_from_arrays(arrays: dict, path, layers=()):
     """Rebuild a VAE and check that every stored parameter has the expected name, shape and
     dtype.  ``layers``: the classes of a user's own layers that the config names."""
-    from .model import VAE, layers_from_specs, parameter_count, spec_parameter_count
-
     cfg = json_field(arrays, "config", path)
     if not isinstance(cfg, dict) or not isinstance(cfg.get("hidden"), list):
         raise CheckpointError(f"checkpoint {path} has an invalid model config: {cfg!r:.200}")
@@ -217,6 +155,23 @@ def model_from_arrays(arrays: dict, path, layers=()):
     return model
 
 
+def layers_from_specs(specs, custom: dict):
+    """Layer objects from their specs; built-in names, then the classes in ``custom``."""
+    known = {**BUILT_IN, **custom}
+    if not isinstance(specs, list):
+        raise ValueError(f"the layers must be a JSON list, got {specs!r:.80}")
+    out = []
+    for spec in specs:
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+            raise ValueError(f"a layer spec must be a JSON object with a 'type', got {spec!r:.80}")
+        cls = known.get(spec["type"])
+        if cls is None:
+            raise ValueError(f"the checkpoint uses a layer class {spec['type']!r} that npvae does not "
+                             f"know: pass it to load, npvae.load(path, layers=[{spec['type']}])")
+        out.append(cls(**{k: v for k, v in spec.items() if k != "type"}))
+    return out
+
+
 def load(path, *, layers=()):
     """Load a model (from a model or a training checkpoint) without unpickling anything.
 
@@ -225,3 +180,4 @@ def load(path, *, layers=()):
     name is called with the saved config.  Nothing is imported or executed from the file."""
     arrays = read(path, prefixes=("param/",))
     return model_from_arrays(arrays, path, layers)
+

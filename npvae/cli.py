@@ -22,10 +22,19 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
+import numpy as np
+
+import npvae  # the public names, looked up when called (as a user's script would)
+from . import ising, parallel, plots
 from . import settings as S
+from .files import atomic_save_npy, atomic_write_text
+from .kernels import compiling
 from .settings import SettingsError
+from .testing import check_gradients
+from .train import InterruptFlag
 
 ISING_TEMPERATURES = tuple(1.0 + 0.25 * i for i in range(11))  # 1.0, 1.25, ..., 3.5
 FASHION_SHAPE = (28, 28)
@@ -49,11 +58,6 @@ def _say(msg: str) -> None:
 # ----------------------------------------------------------------------------------------
 def load_data(cfg, progress=False):
     """(x, labels or None, label name, default likelihood, default binarize, image shape)."""
-    import npvae
-    from npvae import ising
-
-    import numpy as np
-
     name = cfg["data"]
     if name == "ising":
         spins = cfg["ising_L"] ** 2 * len(ISING_TEMPERATURES) * cfg["ising_n_per_T"]
@@ -86,7 +90,6 @@ def load_data(cfg, progress=False):
 
 
 def split(cfg, x, labels):
-    import npvae
     n_val = int(round(len(x) * cfg["val_fraction"]))
     if n_val < 1 or len(x) - n_val < 1:
         raise UsageError(f"val_fraction {cfg['val_fraction']:g} of {len(x)} examples leaves "
@@ -114,7 +117,6 @@ def _fill_data_defaults(cfg, explicit, lik_default, bin_default):
 def hidden_layers(hidden, layer, activation) -> dict:
     """npvae.VAE's arguments for the hidden widths (the encoder's, mirrored by the decoder):
     dense layers with the activation, or every one a GatedDense."""
-    import npvae
     if layer == "gated":
         return dict(encoder=[npvae.layers.GatedDense(h) for h in hidden],
                     decoder=[npvae.layers.GatedDense(h) for h in hidden[::-1]])
@@ -125,7 +127,6 @@ def learning_rate(cfg, n_train):
     """The run's learning rate: ``--lr``, or with ``--lr-schedule cosine`` a linear warm-up
     over min(1000, a tenth of the run) steps, then a cosine from lr down to lr/10 at the last
     of the run's --epochs × ⌈n_train / batch⌉ steps."""
-    import npvae
     if cfg["lr_schedule"] == "constant":
         return cfg["lr"]
     total = cfg["epochs"] * -(-n_train // cfg["batch_size"])
@@ -268,8 +269,6 @@ def _read_run_settings(run: Path) -> dict:
 
 
 def cmd_train(args) -> int:
-    import npvae
-
     # entered once training has returned: from then to the last line printed, a stop signal
     # lets the run's record be completed (see _train)
     finishing = npvae.train.InterruptFlag()
@@ -280,10 +279,6 @@ def cmd_train(args) -> int:
 
 
 def _train(args, finishing) -> int:
-    import time
-
-    import npvae
-
     comm = npvae.parallel.world()
     writer = _RANK == 0
     # under MPI, rank 0 reads the run folder and decides; every rank gets its answer
@@ -402,7 +397,6 @@ def _train(args, finishing) -> int:
         written = []
         if cfg["plots"] and len(history) and not finishing.set:
             try:
-                from npvae import plots
                 written = plots.write_all(
                     model, history, x_val[:2000], None if labels_val is None else labels_val[:2000], out,
                     label_name, image_shape=image_shape,
@@ -475,7 +469,6 @@ def _epochs(n: int, kind: str = "") -> str:
 
 def load_run(run):
     """(run path, settings, model) of a run directory, every file checked."""
-    import npvae
     run = Path(run).expanduser().resolve()
     if not (run / "model.npz").is_file() or not (run / "config.toml").is_file():
         raise UsageError(f"{run} is not an npvae run directory (no model.npz and config.toml); "
@@ -489,7 +482,6 @@ def load_run(run):
 
 
 def _standardizer(run):
-    import npvae
     path = run / "standardizer.npz"
     if not path.exists():
         return None
@@ -504,9 +496,6 @@ def _finite_or_none(v):
 
 
 def cmd_evaluate(args) -> int:
-    import numpy as np
-
-    import npvae
     run, cfg, model = load_run(args.run)
     comm = npvae.parallel.world()  # under MPI, the examples are split across the ranks
     x, labels, *_ = load_data(cfg)
@@ -531,7 +520,6 @@ def cmd_evaluate(args) -> int:
            "non_finite_log_px": int(np.count_nonzero(~np.isfinite(ll)))}
     if standardizer is not None:
         res["units"] = "standardised features (for the data's own units subtract Σ_j ln σ_j of standardizer.npz)"
-    from .checkpoint import atomic_write_text
     atomic_write_text(run / "evaluation.json", json.dumps(res, indent=1, allow_nan=False) + "\n")
     fmt = lambda v: "not finite" if v is None else f"{v:.3f} nats"
     print(f"held-out examples: {len(x_val)}\nELBO (β = 1):      {fmt(res['test_elbo'])}\n"
@@ -549,8 +537,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    import numpy as np
-
     run, cfg, model = load_run(args.run)
     standardizer = _standardizer(run)
     to_data_units = None if standardizer is None else standardizer.inverse
@@ -562,15 +548,10 @@ def cmd_sample(args) -> int:
         draws = model.sample(args.n, rng, mean=args.mean)
         if to_data_units is not None:
             draws = to_data_units(draws)
-        from .checkpoint import atomic_save_npy
         atomic_save_npy(out, draws)
         what = "decoder means" if args.mean else "draws x ~ p(x|z)"
         print(f"{args.n} {what} written to {out}")
         return 0
-    try:
-        from npvae import plots
-    except ImportError as exc:
-        raise UsageError(f"{exc} (or write the samples as .npy with --out samples.npy)") from None
     x_ref = None
     if cfg["data"] not in S.BUILT_IN and Path(cfg["data"]).exists() or cfg["data"] in S.BUILT_IN:
         try:
@@ -592,11 +573,6 @@ def cmd_sample(args) -> int:
 
 
 def cmd_gradcheck(args) -> int:
-    import numpy as np
-
-    import npvae
-    from npvae.testing import check_gradients
-
     try:
         sigma = S.check_value("sigma", args.sigma)
     except SettingsError as exc:
@@ -677,12 +653,11 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser():
-    from npvae import __version__
     p = argparse.ArgumentParser(prog="npvae", formatter_class=_Formatter,
                                 description="A variational autoencoder in NumPy with hand-derived, "
                                             "verified gradients.",
                                 epilog="Run 'npvae COMMAND --help' for a command's flags and defaults.")
-    p.add_argument("--version", action="version", version=f"npvae {__version__}")
+    p.add_argument("--version", action="version", version=f"npvae {npvae.__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,sample,gradcheck}")
 
     t = sub.add_parser("train", formatter_class=_Formatter, help="train a VAE (default: the built-in Ising data)",
@@ -798,24 +773,20 @@ def main(argv=None) -> int:
     global _RANK
     comm = None
     if args.command in ("train", "evaluate"):
-        from npvae import parallel
         comm = parallel.world()
         _RANK = parallel.rank_of(comm)
     elif _launched_on_another_rank():
         return 0  # sample and gradcheck run once, on rank 0
-    from npvae.kernels import compiling  # a cold cache's compiles are announced by rank 0
     compiling.announce(_RANK == 0, bar=not getattr(args, "quiet", False))
     code = _main(args)
     compiling.wait()
     if comm is not None and code not in (0, 130):
         # an error on one rank must not leave the others waiting: stop the whole job
-        from npvae import parallel
         parallel.abort(comm, code)
     return code
 
 
 def _launched_on_another_rank() -> bool:
-    from npvae import parallel
     if not parallel.launched_by_mpi():
         return False
     return any(os.environ.get(v, "0") not in ("", "0") for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"))
@@ -828,7 +799,6 @@ def _main(args) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     old_term = None
     if args.command == "train":
-        from npvae.train import InterruptFlag
         _STOP = InterruptFlag(notice="npvae train: stopping at the next safe point (Ctrl-C again stops at once)")
         _STOP.__enter__()
     elif in_main:

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from . import compiled, engine, kernels, ops, parallel, threads
+from . import compiled, engine, kernels, mpi, ops, threads
 from . import progress as progress_bars
 from .validation import generator, positive_int
 
@@ -59,11 +59,11 @@ def log_likelihood(model, x, *, n_samples=5000, rng=None, batch_size=None, retur
     if batch_size is None:
         batch_size = max(1, min(x.shape[0], max_elements // (width * min(K, 64))))
     batch_size = positive_int(batch_size, "batch_size")
-    comm = parallel.world(comm)
+    comm = mpi.world(comm)
     progress = progress_bars.setting(progress)  # checked on every rank before any waits for another
     with threads.limited():
         ll, ess = _log_likelihood(model, x, K, rng, batch_size, max_elements, width,
-                                  progress if parallel.rank_of(comm) == 0 else False, comm)
+                                  progress if mpi.rank_of(comm) == 0 else False, comm)
     return (ll, ess) if return_ess else ll
 
 
@@ -73,8 +73,8 @@ def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress,
     ll = np.zeros(x.shape[0])
     ess = np.zeros(x.shape[0])
     n_blocks = -(-x.shape[0] // batch_size)
-    streams = parallel.block_streams(rng, n_blocks)
-    mine = parallel.my_blocks(n_blocks, comm)
+    streams = mpi.block_streams(rng, n_blocks)
+    mine = mpi.my_blocks(n_blocks, comm)
     examples = min(x.shape[0], mine.stop * batch_size) - mine.start * batch_size
     bar = progress_bars.bar(progress, examples * K, f"ln p(x), K={K}", "sample", unit_scale=True)
     try:
@@ -102,8 +102,8 @@ def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress,
     finally:
         bar.close()
     # every rank's blocks to every rank: the others' entries are zeros, so the sum is exact
-    parallel.sum_in_place(comm, ll)
-    parallel.sum_in_place(comm, ess)
+    mpi.sum_in_place(comm, ll)
+    mpi.sum_in_place(comm, ess)
     return ll, ess
 
 

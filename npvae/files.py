@@ -2,7 +2,12 @@
 first bytes (not their names), sizes checked against what headers declare before anything is
 allocated, ``.npz`` members read one at a time, and never a pickle.
 
-Every function raises :class:`FileFormatError` (a ValueError) with the path and the problem.
+Every reading function raises :class:`FileFormatError` (a ValueError) with the path and the
+problem.
+
+Writing: :func:`atomic_write` and its kinds (``.npz``, ``.npy``, text) write a temporary file
+in the same folder, flush it to disk and rename it over the target, so a crash mid-write
+leaves the previous file as it was.  (They are also :mod:`npvae.checkpoint`'s names.)
 """
 from __future__ import annotations
 
@@ -23,6 +28,56 @@ MAGIC = {b"PK\x03\x04": "zip", b"PK\x05\x06": "zip", b"\x93NUMPY": "npy", b"\x1f
 
 class FileFormatError(ValueError):
     """A file is missing, not a regular file, of another format, or inconsistent."""
+
+
+# ----------------------------------------------------------------------------------------
+# Writing, atomically
+# ----------------------------------------------------------------------------------------
+def atomic_write(path, write) -> Path:
+    """Create ``path`` by ``write(f)`` on a temporary file in the same folder, flushed to disk
+    and renamed over the target: a crash, a signal or a full disk mid-write leaves the
+    previous file as it was (and no temporary file behind, where the process survives)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError) and exc.filename is None:  # say which file could not be written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return path
+
+
+def atomic_savez(path, arrays: dict) -> Path:
+    """Write ``arrays`` to ``path`` (.npz, uncompressed), atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def atomic_save_npy(path, array) -> Path:
+    """Write one array to ``path`` (.npy), atomically."""
+    return atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write UTF-8 text to ``path``, atomically."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def regular_file(path, what: str = "file") -> Path:

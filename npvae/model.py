@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import activations, distributions, engine, estimators, kernels, layers, likelihoods, parallel, threads
+from . import activations, compiled, distributions, engine, estimators, kernels, likelihoods, mpi, saving, threads
 from .layers import INITIALISERS, Dense
+from .optim import flat_like
+from .trace import Trace
 from .validation import as_float_array, finite_float, generator, gradient_buffers, positive_int
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -164,22 +166,24 @@ class VAE:
     # Configuration
     # ------------------------------------------------------------------------------------
     def config(self) -> dict:
-        """The constructor arguments that rebuild this model (without its weights)."""
+        """The constructor arguments that rebuild this model (without its weights).  A model
+        built from a user's layers needs each layer's ``config()`` here (a TypeError says what
+        to add); saving, which writes this, asks for it before anything is written."""
         cfg = {"n_inputs": self.n_inputs, "n_latent": self.n_latent, "hidden": list(self.hidden),
                "activation": self.activation, "likelihood": self.likelihood_name,
                "dtype": self.dtype.name, "seed": self.seed, "init": self.init}
         cfg.update(self.likelihood.options())
         if self.custom:
-            cfg["encoder"] = [layer_spec(l) for l in self.encoder_layers]
-            cfg["decoder"] = [layer_spec(l) for l in self.decoder_layers]
+            cfg["encoder"] = [saving.layer_spec(l, f"encoder[{i}]") for i, l in enumerate(self.encoder_layers)]
+            cfg["decoder"] = [saving.layer_spec(l, f"decoder[{i}]") for i, l in enumerate(self.decoder_layers)]
         return cfg
 
     def save(self, path):
         """Save configuration and parameters to ``path`` (.npz, atomic, no pickle).
         ``npvae.load(path)`` rebuilds the model (a user's own layers: ``npvae.load(path,
-        layers=[MyLayer])``)."""
-        from .checkpoint import save_model
-        return save_model(self, path)
+        layers=[MyLayer])``).  A user's layer needs ``config()`` for this: without one, a
+        TypeError says what to add, and nothing is written."""
+        return saving.save_model(self, path)
 
     @property
     def n_params(self) -> int:
@@ -217,7 +221,6 @@ class VAE:
     def new_grads(self):
         """Fresh gradient arrays keyed like ``params``, views of one flat buffer (so the
         optimizer's fused path applies)."""
-        from .optim import flat_like
         return flat_like(self.params)
 
     def likelihood_params(self):
@@ -279,7 +282,6 @@ class VAE:
             G = self.new_grads()
         record = None
         if trace:
-            from .trace import Trace
             record = Trace()
         B = x.shape[0]
         with threads.limited():  # fit's thread settings, in a user's own loop too
@@ -312,7 +314,6 @@ class VAE:
         loss_and_grad (:class:`npvae.compiled.Gradients`, one per objective and K, kept while
         the parameters are the same arrays), or None where the engine computes them (a model
         the compiled path does not take for this objective, or the NumPy backend)."""
-        from . import compiled, kernels
         if kernels.get_backend() != "numba":
             return None
         params = tuple(self.params.values())
@@ -406,7 +407,7 @@ class VAE:
         n_samples = positive_int(n_samples, "n_samples")
         batch_size = positive_int(batch_size, "batch_size")
         rng = np.random.default_rng(0) if rng is None else generator(rng)
-        comm = parallel.world(comm)
+        comm = mpi.world(comm)
         with threads.limited():
             return self._elbo(x, rng, n_samples, batch_size, comm)
 
@@ -414,8 +415,8 @@ class VAE:
         P, lp = self.params, self.likelihood_params()
         out = np.zeros(x.shape[0], dtype=self.dtype)
         n_blocks = -(-x.shape[0] // batch_size)
-        streams = parallel.block_streams(rng, n_blocks)
-        for j in parallel.my_blocks(n_blocks, comm):
+        streams = mpi.block_streams(rng, n_blocks)
+        for j in mpi.my_blocks(n_blocks, comm):
             start, rng = j * batch_size, streams[j]
             xb = x[start:start + batch_size]
             ws = self.workspaces(xb.shape[0])
@@ -429,35 +430,29 @@ class VAE:
                 rec += self.likelihood.nll(xb, ws.out, lp)[0]
             kl, _ = distributions.kl_standard_normal(mu, lv)
             out[start:start + batch_size] = -(rec / self.dtype.type(n_samples)) - kl
-        return parallel.sum_in_place(comm, out)  # the others' blocks are zeros here: exact
+        return mpi.sum_in_place(comm, out)  # the others' blocks are zeros here: exact
 
 
 # ----------------------------------------------------------------------------------------
-# Layer lists: checked, and named in a checkpoint without pickling
+# Layer lists
 # ----------------------------------------------------------------------------------------
 def check_layers(layer_list, name):
-    """A list of objects that follow the layer contract (``init``, ``forward``, ``config``)."""
+    """A list of objects that follow the layer contract: ``init`` and ``forward``, what a layer
+    needs to build, train and evaluate.  ``config``, which only saving needs, is asked for
+    when saving (:func:`npvae.saving.layer_spec`); a layer that has one gets its class name
+    checked now (the name a checkpoint would load it by), since a class cannot be renamed
+    after training."""
     if not isinstance(layer_list, (list, tuple)):
         raise TypeError(f"{name} must be a list of layers, got {type(layer_list).__name__}")
     for i, layer in enumerate(layer_list):
-        for method in ("init", "forward", "config"):
+        for method in ("init", "forward"):
             if not callable(getattr(layer, method, None)):
                 raise TypeError(f"{name}[{i}] ({layer!r}) has no {method}() method: a layer needs "
-                                "init(rng, n_in), forward(params, x) and config()")
-        layer_spec(layer)  # saveable: a JSON config and a name no built-in layer has
+                                "init(rng, n_in) -> (n_out, params) and forward(params, x) -> (y, backward) "
+                                "(and config(), only to be saved)")
+        if hasattr(layer, "config"):
+            saving.check_class_name(layer, f"{name}[{i}]")
     return list(layer_list)
-
-
-def layer_spec(layer) -> dict:
-    """A layer as JSON for a checkpoint: its class name and ``config()``."""
-    name = type(layer).__name__
-    if name in layers.BUILT_IN and layers.BUILT_IN[name] is not type(layer):
-        raise TypeError(f"a user's layer class is named {name!r}, like npvae's built-in layer: it would "
-                        "load as the built-in one; give the class another name")
-    cfg = layer.config()
-    if not isinstance(cfg, dict):
-        raise TypeError(f"{layer!r}.config() must return a dict, got {type(cfg).__name__}")
-    return {"type": name, **cfg}
 
 
 def spec_parameter_count(n_inputs, n_latent, enc_specs, dec_specs, likelihood="bernoulli", sigma=None):
@@ -485,20 +480,3 @@ def spec_parameter_count(n_inputs, n_latent, enc_specs, dec_specs, likelihood="b
         return None
     total += 2 * (h_enc + 1) * n_latent + len(lik.heads) * (h_dec + 1) * n_inputs
     return int(total + sum(v.size for v in lik.init_params(1, np.float32).values()) * n_inputs)
-
-
-def layers_from_specs(specs, custom: dict):
-    """Layer objects from their specs; built-in names, then the classes in ``custom``."""
-    known = {**layers.BUILT_IN, **custom}
-    if not isinstance(specs, list):
-        raise ValueError(f"the layers must be a JSON list, got {specs!r:.80}")
-    out = []
-    for spec in specs:
-        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
-            raise ValueError(f"a layer spec must be a JSON object with a 'type', got {spec!r:.80}")
-        cls = known.get(spec["type"])
-        if cls is None:
-            raise ValueError(f"the checkpoint uses a layer class {spec['type']!r} that npvae does not "
-                             f"know: pass it to load, npvae.load(path, layers=[{spec['type']}])")
-        out.append(cls(**{k: v for k, v in spec.items() if k != "type"}))
-    return out

@@ -19,6 +19,7 @@ import warnings
 import zlib
 from pathlib import Path
 
+import filelock
 import numpy as np
 
 from . import checkpoint as ckpt
@@ -27,7 +28,7 @@ from . import diagnostics as diag_mod
 from . import compiled as compiled_mod
 from . import engine, kernels, parallel, threads
 from .model import IMPORTANCE_WEIGHTED, check_objective, importance_weighted
-from .optim import Adam, Optimizer
+from .optim import Adam, Optimizer, flat_like
 from .schedules import ConstantBeta, as_beta_schedule
 from .validation import as_float_array, finite_float, positive_int
 
@@ -282,7 +283,6 @@ def lock_folder(directory: Path):
     racing the first.  The lock file lives beside the folder, not in it, and is never
     deleted: a lock file unlinked while another process waits on it would let a third one
     lock a new file of the same name.  Returns the held lock; ``release()`` it."""
-    import filelock
     path = Path(directory).parent / f".{Path(directory).name}.lock"
     lock = filelock.FileLock(str(path), timeout=0)
     try:
@@ -364,7 +364,7 @@ def _progress_bar(total, epoch, epochs, enabled, initial=0):
     if not enabled:
         return None
     try:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only when a bar is drawn: its 15 ms (asyncio) kept off `import npvae`
     except ImportError:  # pragma: no cover - tqdm is a dependency
         return None
     # disable=None: a bar on a terminal only, nothing in a log file or a pipe
@@ -386,7 +386,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
       draw for every minibatch).  Validation data is binarised once, with a fixed seed.
     * ``checkpoint_dir``: a training checkpoint at the end of every epoch (the newest
       ``keep_checkpoints`` are kept); ``resume=True`` continues from the newest one, up to
-      ``epochs`` in total.
+      ``epochs`` in total.  A model of your own layers then needs their ``config()``: its
+      absence is a TypeError before anything is trained or written.
     * ``early_stopping``: stop when the validation ELBO has not improved for that many
       epochs; with ``restore_best`` the best parameters are put back.
     * ``callbacks``: ``cb(record, model)`` after every epoch; returning True stops training.
@@ -441,6 +442,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
         raise TypeError("callbacks must be callables cb(record, model)")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
+    if checkpoint_dir is not None:
+        model.config()  # a model that cannot be saved (a layer without config()) fails here, before any work
     if compiled not in ("auto", True, False):
         raise ValueError(f"compiled must be 'auto', True or False, got {compiled!r}")
     why_not = compiled_mod.unsupported(model, objective=objective, free_bits=free_bits, optimizer=optimizer)
@@ -786,8 +789,6 @@ class TrainStep:
     """
 
     def __init__(self, model, *, dynamic_binarize=False, free_bits=0.0, objective="elbo", n_samples=1, comm=None):
-        from .optim import flat_like
-
         self.model, self.dynamic, self.free_bits = model, dynamic_binarize, free_bits
         self.comm = comm
         self.stop_requested = False   # this rank's wish to stop (a signal), sent with the step's sums

@@ -311,3 +311,110 @@ def test_initialisation_choices(init):
     assert model.config()["init"] == init
     with pytest.raises(ValueError, match="init must be 'auto' or one of"):
         npvae.VAE(3, 2, init="zeros")
+
+
+# ----------------------------------------------------------------------------------------
+# A user's layer needs only init and forward; config() only to be saved
+# ----------------------------------------------------------------------------------------
+class Bare:
+    """A user's layer with init and forward only: y = tanh(x W + b)."""
+
+    def __init__(self, n_out):
+        self.n_out = n_out
+
+    def init(self, rng, n_in):
+        return self.n_out, {"W": rng.normal(0, 1 / np.sqrt(n_in), (n_in, self.n_out)), "b": np.zeros(self.n_out)}
+
+    def forward(self, params, x):
+        W, b = params["W"], params["b"]
+        y = np.tanh(x @ W + b)
+
+        def backward(dy):
+            da = dy * (1 - y * y)
+            return da @ W.T, {"W": x.T @ da, "b": da.sum(axis=0)}
+        return y, backward
+
+
+def _bare_model(cls=Bare):
+    return npvae.VAE(6, 2, encoder=[cls(5)], decoder=[cls(4)], seed=3)
+
+
+def _binary_data(n=200):
+    return (np.random.default_rng(0).random((n, 6)) < 0.3).astype(np.float32)
+
+
+def test_a_layer_with_only_init_and_forward_builds_trains_and_evaluates():
+    model = _bare_model()
+    x = _binary_data()
+    history = npvae.fit(model, x, epochs=4, batch_size=25, progress=False)  # the engine path
+    assert history[-1]["loss"] < history[0]["loss"]
+    elbo = model.elbo(x[:50])
+    ll = model.log_likelihood(x[:10], n_samples=64, progress=False)
+    assert elbo.shape == (50,) and np.all(np.isfinite(elbo))
+    assert ll.shape == (10,) and np.all(np.isfinite(ll))
+    assert model.reconstruct(x[:3]).shape == (3, 6) and model.sample(2, np.random.default_rng(0)).shape == (2, 6)
+    model64 = npvae.VAE(6, 2, encoder=[Bare(5)], decoder=[Bare(4)], dtype=np.float64, seed=1)
+    x64 = x[:4].astype(np.float64)
+    eps = np.random.default_rng(1).standard_normal((4, 2))
+    check_gradients(lambda p: model64.loss_and_grad(x64, eps=eps), model64.params)
+
+
+def _assert_the_config_message(exc_info, where="encoder[0]"):
+    msg = str(exc_info.value)
+    for part in (f"{where} (Bare) has no config() method", "def config(self):", 'return {"n_out": self.n_out}',
+                 "npvae.load(path, layers=[Bare])", "Nothing has been written"):
+        assert part in msg, (part, msg)
+
+
+def test_saving_a_model_of_a_layer_without_config_says_what_to_add_and_writes_nothing(tmp_path):
+    model = _bare_model()
+    before = {k: v.copy() for k, v in model.params.items()}
+    x = _binary_data()
+    with pytest.raises(TypeError) as exc_info:
+        model.save(tmp_path / "sub" / "m.npz")
+    _assert_the_config_message(exc_info)
+    with pytest.raises(TypeError) as exc_info:
+        model.config()
+    _assert_the_config_message(exc_info)
+    # fit with a checkpoint folder refuses before training or creating anything
+    with pytest.raises(TypeError) as exc_info:
+        npvae.fit(model, x, epochs=2, batch_size=25, progress=False, checkpoint_dir=tmp_path / "ck")
+    _assert_the_config_message(exc_info)
+    assert list(tmp_path.iterdir()) == []  # no file, no temporary file, no folder
+    assert all(np.array_equal(model.params[k], before[k]) for k in before)
+
+
+def test_adding_config_makes_the_same_model_save_and_load(tmp_path):
+    class Bare2(Bare):  # a class of this test's own: config() is added to it below
+        pass
+
+    model = _bare_model(Bare2)
+    x = _binary_data()
+    npvae.fit(model, x, epochs=2, batch_size=25, progress=False)
+    with pytest.raises(TypeError, match="Bare2"):
+        model.save(tmp_path / "m.npz")
+    Bare2.config = lambda self: {"n_out": self.n_out}  # what the message says to add; the trained model is kept
+    path = model.save(tmp_path / "m.npz")
+    again = npvae.load(path, layers=[Bare2])
+    assert all(np.array_equal(again.params[k], model.params[k]) for k in model.params)
+    np.testing.assert_array_equal(again.elbo(x[:20]), model.elbo(x[:20]))
+    h = npvae.fit(model, x, epochs=1, batch_size=25, progress=False, checkpoint_dir=tmp_path / "ck")
+    assert len(h) == 1 and list((tmp_path / "ck").glob("ckpt-*.npz"))
+
+
+def test_a_layer_needs_init_and_forward():
+    class NoForward:
+        def init(self, rng, n_in):
+            return 3, {}
+
+    with pytest.raises(TypeError, match=r"encoder\[0\].*no forward\(\) method.*init\(rng, n_in\)"):
+        npvae.VAE(6, 2, encoder=[NoForward()], decoder=[])
+
+
+def test_a_saveable_layer_named_like_a_built_in_one_is_refused_at_once():
+    class Dense(Bare):  # would load as npvae's Dense
+        def config(self):
+            return {"n_out": self.n_out}
+
+    with pytest.raises(TypeError, match="like npvae's built-in layer"):
+        npvae.VAE(6, 2, encoder=[Dense(3)], decoder=[])

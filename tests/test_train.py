@@ -412,3 +412,45 @@ def test_resume_never_silently_restarts_over_a_runs_checkpoints(tmp_path):
         npvae.fit(npvae.VAE(25, 2, hidden=(8,)), x, epochs=3, batch_size=50, checkpoint_dir=tmp_path,
                   resume=True, progress=False)
     assert sorted(p.name for p in train.list_checkpoints(tmp_path)) == sorted(before)
+
+
+TRAIN_MANY_WITHOUT_CONFIG = """
+import sys, numpy as np, npvae
+from npvae import parallel
+
+
+class Bare:  # init and forward only: trains, but cannot be sent to another rank as a config
+    def init(self, rng, n_in):
+        return 3, {"W": rng.normal(0, 0.5, (n_in, 3))}
+
+    def forward(self, params, x):
+        y = np.tanh(x @ params["W"])
+        return y, lambda dy: ((dy * (1 - y * y)) @ params["W"].T, {"W": x.T @ (dy * (1 - y * y))})
+
+
+x = np.random.default_rng(0).random((40, 4))
+
+
+def train(seed, group_comm):
+    m = npvae.VAE(4, 2, encoder=[Bare()], decoder=[Bare()], dtype=np.float64, seed=seed)
+    npvae.fit(m, x, epochs=1, batch_size=8, progress=False, comm=group_comm)
+    return m
+
+
+try:
+    parallel.train_many([1, 2], train)
+except TypeError as exc:  # on every rank: none is left waiting for the model that cannot be sent
+    open(sys.argv[1] + str(parallel.rank_of(parallel.world())), "w").write(str(exc))
+"""
+
+
+def test_train_many_of_a_layer_without_config_raises_on_every_rank(tmp_path):
+    from test_mpi import launch, needs_mpi  # the MPI launcher of the MPI tests, and their skip
+
+    if needs_mpi.args[0]:
+        pytest.skip(needs_mpi.kwargs["reason"])
+    res = launch(2, ["-c", TRAIN_MANY_WITHOUT_CONFIG, str(tmp_path / "rank")], timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for rank in (0, 1):
+        msg = (tmp_path / f"rank{rank}").read_text()
+        assert "encoder[0] (Bare) has no config() method" in msg and "def config(self):" in msg
