@@ -7,6 +7,7 @@ The contract, which a user's own layer follows too (see docs/api.md, "Your own l
         def forward(self, params, x):     # -> (y, backward)
                                           #    backward(dy) -> (dx, {"name": gradient, ...})
         def config(self):                 # -> dict of JSON values: MyLayer(**config) rebuilds it
+                                          #    (needed only to save the model or checkpoints)
 
 Built in: :class:`Dense` (optionally with a fused activation), :class:`Activation` and
 :class:`GatedDense`.  Below them, the functional pieces they are made of.

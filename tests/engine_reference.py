@@ -7,18 +7,20 @@ tests/data/engine_reference.npz (keys ``name/seedS/dtype/path/param``);
 tests/test_engine_reference.py runs them again and holds them to the promise of
 docs/reproducibility.md:
 
-- **across CPUs and kernel backends, to rounding**: the recorded values were made on one
-  machine (AMD Zen 5, AVX-512, numba backend); another CPU (AVX2 only, or numba's generic
-  target), NumPy's SIMD loops of another instruction set, OpenBLAS's products instead of
-  npvae's own, or the NumPy kernel backend give parameters within :data:`TOLERANCE` of them.
-  Bits are not promised across CPUs: a vector width changes the order of some sums
-  (``reassoc`` reductions, NumPy's and OpenBLAS's kernels), and fifty Adam steps carry the
-  last bit forward.  No checksum is recorded, because no bit pattern is promised across
-  machines.
-- **on one machine, bit for bit**: the same run twice gives the same bytes.
+- **the compiled path, bit for bit on every CPU**: its runs give exactly the recorded bytes
+  natively (AVX-512), under ``NUMBA_CPU_NAME=haswell`` (AVX2) and under
+  ``NUMBA_CPU_NAME=generic`` (baseline x86-64, no FMA): its products keep one order of fused
+  multiply-adds at every vector width (:mod:`npvae.kernels.gemm`), its sums one fixed order
+  (:mod:`npvae.kernels.sums`), and no kernel lets LLVM fuse or reorder its arithmetic
+  (:data:`npvae.kernels.jit.ELEMENTWISE`).
+- **the engine path, to rounding**: its products are NumPy's (OpenBLAS, whose kernels and
+  sums depend on the CPU) and NumPy's SIMD loops differ between instruction sets; another CPU
+  or the NumPy kernel backend gives parameters within :data:`TOLERANCE` of the recorded ones,
+  not the same bits (fifty Adam steps carry the last bit forward).
+- **on one machine, bit for bit**: the same run twice gives the same bytes, on either path.
 
-The recorded values are the bits that the SHA-256 checksums used before this file held
-(checked when it was written: all 40 numba runs and the 24 NumPy-backend runs matched).
+Recorded on the development machine (AMD Zen 5, numba backend) with
+``python tests/engine_reference.py record``; re-record only with the reason in the commit.
 """
 import sys
 from pathlib import Path

@@ -3,15 +3,17 @@ adds it, c ← c + a b (the second product of a gated layer's input gradient).
 
 Three implementations, one named by :data:`BLAS`:
 
-- ``"npvae"``, the default where the CPU has FMA and 256-bit vectors or wider (x86-64 with
-  AVX2 or AVX-512): npvae's own kernel, :mod:`npvae.kernels.gemm`, compiled for the CPU it runs
-  on.  Every element of c is one in-order chain of fused multiply-adds over k, so the
-  numbers do not depend on the machine's vector width or threads.  On the development
+- ``"npvae"``, the default on every CPU: npvae's own kernel, :mod:`npvae.kernels.gemm`,
+  compiled for the CPU it runs on.  Every element of c is one in-order chain of fused
+  multiply-adds over k, so the numbers do not depend on the machine's vector width or
+  threads: the same bits on an AVX-512, an AVX2 and a baseline x86-64 CPU.  (On a CPU
+  without FMA instructions, numba's ``generic`` target, each fused multiply-add is the C
+  library's exact ``fma``: the same numbers, many times slower; such CPUs predate 2013.)  On the development
   machine (AMD Zen 5, where the environment pins OpenBLAS to its Haswell kernels) a
   64×784 by 784×400 float32 product on one thread takes 184 µs against OpenBLAS's 330;
   written in 256-bit vectors, as on an AVX2 machine, 311 µs (``benchmarks/bench_gemm.py``).
 - ``"numpy-openblas"``: NumPy's bundled OpenBLAS, its CBLAS ``?gemm`` called directly by
-  address (the default where vectors are narrower and NumPy's wheel bundles OpenBLAS).
+  address (``NPVAE_BLAS=openblas``).
   NumPy's OpenBLAS (0.3.31) ran a training step's products about 17% faster than SciPy's
   (0.3.30) on the development machine.
 - ``"scipy"``: numba's own ``np.dot``, which calls SciPy's BLAS (``scipy.linalg.cython_blas``):
@@ -77,7 +79,7 @@ def _choice() -> str:
         raise ValueError(f"NPVAE_BLAS must be one of {', '.join(CHOICES)} (or unset), got {asked!r}")
     if asked:
         return asked
-    return "npvae" if own.VECTOR_BITS >= 256 else "openblas"
+    return "npvae"
 
 
 def _find_numpy_gemm():

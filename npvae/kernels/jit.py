@@ -172,11 +172,14 @@ def target_features() -> dict:
     return features
 
 
-# The arithmetic of every kernel that the compiled step is built from (one place, as numba's
-# fastmath flags are the kernels' numerics): contraction to FMA, no signed zeros, reciprocals;
-# never nnan / ninf (NaNs and infs surface) and no reassociation in elementwise loops (their
-# sums keep the order written).
-ELEMENTWISE = dict(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
+# The arithmetic of every kernel that the compiled step is built from, in one place (numba's
+# fastmath flags are the kernels' numerics).  Only "nsz" (the sign of a zero may be ignored):
+# no "contract" (LLVM would fuse a multiply and an add into one FMA where the CPU has one, so
+# a CPU without FMA, numba's generic target, rounds differently; where npvae wants an FMA it
+# says so, as the gemm kernel does), no "arcp" and no "reassoc" (the sums keep the order
+# written: npvae.kernels.sums), and never nnan / ninf (NaNs and infs surface).  So every
+# kernel rounds the same way on every x86-64 CPU.
+ELEMENTWISE = dict(fastmath={"nsz"}, error_model="numpy", nogil=True)
 
 
 def jit(cache_subfolder: str = "", **options):

@@ -13,10 +13,10 @@ import math
 import numpy as np
 
 from .. import activations, likelihoods, optim, posterior
-from .jit import jit as cached_jit
+from .jit import ELEMENTWISE, jit as cached_jit
 from .sums import row_sums, sum_squares as _sum_squares
 
-jit = cached_jit(fastmath={"contract", "nsz", "arcp"}, nogil=True, error_model="numpy")
+jit = cached_jit(**ELEMENTWISE)
 
 
 def bias_act_(a, b, act):

@@ -53,7 +53,7 @@ from .codes import IDENTITY
 from . import blas, vmath
 from .blas import gemm, gemm_acc
 from .blas import SOURCE_ID as BLAS_SOURCE_ID
-from .jit import jit, sources_id
+from .jit import ELEMENTWISE, jit, sources_id
 from .sums import add_partials, row_sums, sum_squares
 
 BERNOULLI, GAUSSIAN_FIXED, GAUSSIAN_PER_EXAMPLE, GAUSSIAN_LEARNED = 0, 1, 2, 3
@@ -73,8 +73,8 @@ SERIAL_BELOW = 1 << 16
 # function's own file only, so a change to vmath.py alone would otherwise load stale code)
 CACHE = "blas-" + blas.BLAS + (f"-{BLAS_SOURCE_ID}" if blas.BLAS == "npvae" else "") + f"-{sources_id()}"
 
-# no "reassoc" (see the module's docstring); "contract" lets LLVM use FMA
-_elementwise = jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
+# the kernels' arithmetic (npvae.kernels.jit.ELEMENTWISE: the same rounding on every CPU)
+_elementwise = jit(cache_subfolder=CACHE, **ELEMENTWISE)
 
 
 @_elementwise
@@ -389,7 +389,7 @@ def step_block(K, est, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_
                                  lw, dzk, est)
 
 
-@jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True)
+@jit(cache_subfolder=CACHE, **ELEMENTWISE)
 def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
                terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, xk, lw, dzk, betas, adam_c, clip,
                update, P, G, M, V, losses, recs, kls, norms):
@@ -420,7 +420,7 @@ def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_d
     return S
 
 
-@jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True, parallel=True)
+@jit(cache_subfolder=CACHE, parallel=True, **ELEMENTWISE)
 def adam_steps_blocks(K, est, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts, n_enc, n_dec, H, dH, xb, z, std,
                       kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, dlogvar_t, xk, lw, dzk, betas, adam_c,
                       clip, update, P, G, partials, M, V, losses, recs, kls, norms):
@@ -489,7 +489,7 @@ LOG_P_ROWS = 64
 DEC_ROWS = 256
 
 
-@jit(cache_subfolder=CACHE, fastmath={"contract", "nsz", "arcp"}, error_model="numpy", nogil=True, parallel=True)
+@jit(cache_subfolder=CACHE, parallel=True, **ELEMENTWISE)
 def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, le, lik, lik_logvar, lw, T):
     """ln w[k, i] = ln p(x_i|z_ki) + ln p(z_ki) − ln q(z_ki|x_i), z_ki = μ_i + σ_i ε[k, i],
     in float64, for x (B, D) and E (K, B, J): the encoder once, the decoder on K·B rows

@@ -45,7 +45,7 @@ from numba import types
 from numba.core import config as numba_config
 from numba.extending import intrinsic
 
-from .jit import jit
+from .jit import ELEMENTWISE, jit
 
 LN2_HI = 6.93147180369123816490e-01   # ln 2 split so that k·LN2_HI is exact for |k| < 2^11
 LN2_LO = 1.90821492927058770002e-10
@@ -56,7 +56,7 @@ EXP_MIN = -708.0                      # e^-708 ≈ 3.3e-308, the smallest normal
 EXP_MAX = 709.0
 
 # the inline flags of every helper: they are called from kernels' inner loops
-_inline = jit(fastmath={"contract", "nsz", "arcp"}, error_model="numpy", inline="always")
+_inline = jit(inline="always", **ELEMENTWISE)
 
 
 # float32 constants of tanh32
