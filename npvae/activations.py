@@ -33,8 +33,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from .constants import LEAKY_SLOPE
-from .kernels import vmath
-from .kernels.codes import ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
+from .kernels import get_backend, vmath
+from .kernels.codes import ACT_NAMES, ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
 from .kernels.jit import ELEMENTWISE, jit
 
 
@@ -147,6 +147,25 @@ def activation_backward(dy: np.ndarray, y: np.ndarray, name: str) -> np.ndarray:
 def bias_grad(d: np.ndarray) -> np.ndarray:
     """dL/db = Σ_batch dL/da, for y = x @ W + b: (B, H) -> (H,)."""
     return d.sum(axis=0)
+
+
+def bias_activation_inplace(a: np.ndarray, b: np.ndarray, act: int) -> None:
+    """a ← f(a + b) in place, f the activation with code ``act``: the engine's call, the
+    kernel :func:`bias_activation_` on the numba backend, :func:`bias_activation` on NumPy's."""
+    if get_backend() == "numba":
+        bias_activation_(a, b, act)
+    else:
+        a[...] = bias_activation(a, b, ACT_NAMES[act])
+
+
+def activation_backward_inplace(d: np.ndarray, y: np.ndarray, act: int, db: np.ndarray) -> None:
+    """d ← d ⊙ f'(a) (from y = f(a)) and db ← Σ_rows d, in place: the engine's call, the kernel
+    :func:`activation_backward_bias_grad_` on the numba backend, the references on NumPy's."""
+    if get_backend() == "numba":
+        activation_backward_bias_grad_(d, y, act, db)
+    else:
+        d[...] = activation_backward(d, y, ACT_NAMES[act])
+        db[...] = bias_grad(d)
 
 
 # ----------------------------------------------------------------------------------------

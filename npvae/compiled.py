@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 import weakref
 
 import numba
@@ -26,6 +27,7 @@ import numba.typed
 import numpy as np
 
 from . import kernels, threads
+from .kernels import arrays, blas, step
 from .layers import Dense, GatedDense
 from .likelihoods import Bernoulli, Gaussian
 from .kernels.jit import jit
@@ -94,7 +96,6 @@ def stage_list(plan):
     encoder's, the μ and v heads, the decoder's, the output heads; a GatedDense is two (its
     gate's V, c with code GATE, then its W, b with code GATED: see npvae.kernels.step).
     Returns (stages, number of the encoder's, number of the decoder's)."""
-    from .kernels import step
 
     def expand(stages):
         out = []
@@ -110,7 +111,6 @@ def stage_list(plan):
 
 
 def _likelihood_code(lik, D, dtype):
-    from .kernels import step
     logvar = np.zeros(D, dtype=dtype)
     if isinstance(lik, Bernoulli):
         return step.BERNOULLI, logvar
@@ -126,7 +126,6 @@ def _block_threads(T) -> dict:
     """The thread limits for T row blocks: up to T numba threads (at most npvae's thread
     count), each block's products on one thread: BLAS held to one thread where the products
     are BLAS's (:data:`npvae.kernels.blas.BLAS`)."""
-    from .kernels import blas
     limits = {"numba": max(1, min(T, threads.get_threads()["blas"], numba.config.NUMBA_NUM_THREADS))}
     if blas.BLAS != "npvae":
         limits["blas"] = 1
@@ -142,7 +141,6 @@ class Steps:
 
     def __init__(self, model, grads: dict, *, dynamic_binarize=False, objective="elbo", n_samples=1,
                  optimizer=None):
-        from .kernels import step
         self._step = step
         reason = unsupported(model, optimizer=optimizer, objective=objective)
         if reason is not None:
@@ -275,7 +273,6 @@ class Steps:
         # None for the ELBO: numba then compiles the ELBO step alone (see step.step_block)
         iwae = (b["xk"], b["lw"], b["dzk"]) if self.K else (None, None, None)
         outs = (b["losses"], b["recs"], b["kls"], b["norms"])
-        from .kernels import blas
         # one block with BLAS's products runs them on BLAS's threads: the engine's pool
         threads.ran_on("numba" if T > 1 or blas.BLAS == "npvae" else "blas")
         if T <= 1:
@@ -330,7 +327,7 @@ class AdamSteps(Steps):
         for s in range(S):  # the engine path's draws, in its order
             if self.dynamic:
                 rng.random(out=U[s], dtype=dt)
-            kernels.standard_normal_(rng, E[s] if self.K else E[s, 0])  # NumPy's numbers
+            arrays.standard_normal_(rng, E[s] if self.K else E[s, 0])  # NumPy's numbers
         opt, st = self.optimizer, self.state
         t0 = int(st["step"])
         b1, b2 = opt.betas
@@ -480,7 +477,6 @@ def _flat_empty(params) -> dict:
 def _outside_refs(entry) -> int:
     """References to a pooled buffer from outside the pool: the pool's own are the entry,
     one per view in its gradient dict (a view refers to the buffer it looks into)."""
-    import sys
     return sys.getrefcount(entry[0]) - 2 - len(entry[1])  # 2: the entry, getrefcount's argument
 
 
@@ -489,7 +485,6 @@ def log_weights(model, x, eps):
     in the model's dtype) and eps (K, B, J), by one compiled call: what
     :func:`npvae.engine.log_weights` computes, to rounding.  For a model the compiled path
     takes (:func:`unsupported` is None)."""
-    from .kernels import step
     K, B, J = eps.shape
     dt, D = model.dtype, model.n_inputs
     stages, n_enc, n_dec = stage_list(model.plan)

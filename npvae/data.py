@@ -82,8 +82,7 @@ class Standardizer:
 
     def save(self, path):
         """Write mean and std to ``path`` (.npz, atomic); returns the path."""
-        from .checkpoint import atomic_savez
-        return atomic_savez(path, self.state())
+        return files.atomic_savez(path, self.state())
 
     @classmethod
     def load(cls, path) -> "Standardizer":

@@ -18,7 +18,8 @@ The passes, per example (weight 1/B):
 and the importance-weighted step (:func:`iwae_step`) runs the same encoder once and the same
 decoder on K samples per example.  A built-in :class:`npvae.layers.Dense` runs fused: the
 matrix product into a reused buffer, then one kernel for bias and activation (forward) or
-activation derivative and bias gradient (backward), through :mod:`npvae.kernels`.  Any other
+activation derivative and bias gradient (backward), :mod:`npvae.activations`'s (its NumPy
+reference on the NumPy backend).  Any other
 layer, a user's own included, runs through its ``forward(params, x) -> (y, backward)``:
 correct, just slower, and allocating.
 
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels, posterior, threads
+from . import activations, posterior, threads
 from .kernels import ACT_CODES
 from .layers import Dense
 
@@ -186,7 +187,7 @@ def _forward_chain(P, stages, h, bufs, tape, record):
             np.matmul(h, P[wk], out=buf)
             if record is not None:
                 record(f"{s.prefix}.pre", buf + P[bk])
-            kernels.bias_act_(buf, P[bk], act)
+            activations.bias_activation_inplace(buf, P[bk], act)
         else:
             y, back = s.layer.forward({n: P[f"{s.prefix}.{n}"] for n in s.names}, h)
             y = np.asarray(y)
@@ -204,7 +205,7 @@ def _heads(P, stages, h, bufs):
     for s, buf in zip(stages, bufs):
         wk, bk, _ = s.fused
         np.matmul(h, P[wk], out=buf)
-        kernels.bias_act_(buf, P[bk], 0)
+        activations.bias_activation_inplace(buf, P[bk], 0)
 
 
 def encode(plan: Plan, P, x, ws: Workspace, record=None):
@@ -238,7 +239,7 @@ def _backward_chain(P, G, stages, inputs, outputs, grads_in, d, need_dx_first, t
             record(f"grad.{s.prefix}.out", d)
         if s.fused is not None:
             wk, bk, act = s.fused
-            kernels.act_backward_bias_grad_(d, outputs[k], act, G[bk])
+            activations.activation_backward_inplace(d, outputs[k], act, G[bk])
             np.matmul(inputs[k].T, d, out=G[wk])
             if k > 0 or need_dx_first:
                 nxt = grads_in[k]
@@ -269,7 +270,7 @@ def decoder_backward(plan: Plan, P, G, ws: Workspace, z, h_dec, record=None):
         wk, bk, _ = s.fused
         if record is not None:
             record(f"grad.{s.prefix}", d)
-        kernels.act_backward_bias_grad_(d, d, 0, G[bk])
+        activations.activation_backward_inplace(d, d, 0, G[bk])
         np.matmul(h_dec.T, d, out=G[wk])
         if dh is None:
             dh = ws.dec_d[-1] if plan.decoder else ws.dz
@@ -285,7 +286,7 @@ def encoder_backward(plan: Plan, P, G, ws: Workspace, x, h_enc, record=None):
     """From dL/dμ, dL/dv (ws.dmu, ws.dlv) back through the encoder."""
     for s, d in zip(plan.heads, (ws.dmu, ws.dlv)):
         wk, bk, _ = s.fused
-        kernels.act_backward_bias_grad_(d, d, 0, G[bk])
+        activations.activation_backward_inplace(d, d, 0, G[bk])
         np.matmul(h_enc.T, d, out=G[wk])
     if plan.encoder:
         dh = ws.enc_d[-1]
@@ -325,7 +326,7 @@ def elbo_step(plan: Plan, P, G, x, eps, ws: Workspace, *, beta, free_bits=0.0, r
     _record(record, x=x, eps=eps)
     h_enc = encode(plan, P, x, ws, record)
     mu, lv, z, std, kl = ws.mu, ws.lv, ws.z, ws.std, ws.kl
-    kernels.reparam_kl_(mu, lv, eps, z, std, kl)
+    posterior.reparametrize_kl_inplace(mu, lv, eps, z, std, kl)
     _record(record, mu=mu, logvar=lv, sigma=std, z=z)
     h_dec = decode(plan, P, z, ws, record)
     lik_params = plan.likelihood_params(P)
@@ -346,7 +347,7 @@ def elbo_step(plan: Plan, P, G, x, eps, ws: Workspace, *, beta, free_bits=0.0, r
 
     dz = decoder_backward(plan, P, G, ws, z, h_dec, record)
     _record(record, grad__z=dz)
-    kernels.reparam_kl_backward_(dz, eps, std, mu, lv, dt(beta / B), mask, ws.dmu, ws.dlv)
+    posterior.reparametrize_kl_backward_inplace(dz, eps, std, mu, lv, dt(beta / B), mask, ws.dmu, ws.dlv)
     _posterior_backward(plan, P, G, ws, x, h_enc, record)
     parts = {"reconstruction": dt(rec_mean), "kl": dt(kl_mean), "elbo": dt(-(rec_mean + kl_mean)),
              "beta": beta}

@@ -25,7 +25,8 @@ import math
 
 import numpy as np
 
-from . import compiled, engine, kernels, mpi, ops, threads
+from . import compiled, engine, mpi, threads
+from .kernels import arrays
 from . import progress as progress_bars
 from .validation import generator, positive_int
 
@@ -89,7 +90,7 @@ def _log_likelihood(model, x, K, rng, batch_size, max_elements, width, progress,
             eps_buf = np.empty((min(chunk, K), B, model.n_latent), model.dtype)
             for k0 in range(0, K, chunk):
                 eps = eps_buf[:min(chunk, K - k0)]
-                kernels.standard_normal_(rng, eps)  # rng.standard_normal's numbers, drawn faster
+                arrays.standard_normal_(rng, eps)  # rng.standard_normal's numbers, drawn faster
                 lw = weights(model, xb, eps)
                 bar.update(B * eps.shape[0])  # samples: a block of few examples and a large K still moves
                 new_m = np.maximum(m, lw.max(axis=0))

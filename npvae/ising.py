@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_savez
 from .kernels.jit import jit, npvae_cache_root
+from .validation import positive_int
 
 T_CRITICAL = 2.0 / math.log(1.0 + math.sqrt(2.0))
 WOLFF_WINDOW = 0.6  # Wolff updates for |T − T_c| < WOLFF_WINDOW
@@ -127,7 +129,6 @@ def simulate(L=16, temperatures=(1.5, 2.0, 2.269, 2.5, 3.0, 4.0), n_per_T=200, n
     under s → −s): both phases appear equally, as in equilibrium.  ``progress=True`` shows a
     bar with an ETA on a terminal (tqdm).
     """
-    from .validation import positive_int
     L = positive_int(L, "L")
     if L < 2:
         raise ValueError(f"L must be >= 2, got {L}")
@@ -141,7 +142,7 @@ def simulate(L=16, temperatures=(1.5, 2.0, 2.269, 2.5, 3.0, 4.0), n_per_T=200, n
     T_out = np.repeat(np.array(temps), n_per_T)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only when a bar is drawn: kept off `import npvae`
         bar = tqdm(total=len(temps) * n_per_T, desc=f"Ising {L}x{L} Monte Carlo", unit="cfg",
                    leave=False, disable=None)
     for t_idx, T in enumerate(temps):
@@ -186,7 +187,6 @@ def load(L=16, temperatures=(1.5, 2.0, 2.269, 2.5, 3.0, 4.0), n_per_T=200, n_the
     data = simulate(L, temperatures, n_per_T, n_therm, n_decorr, seed, wolff, symmetrize,
                     progress=progress)
     if cache:
-        from .checkpoint import atomic_savez
         atomic_savez(path, data)
     return data
 

@@ -25,11 +25,11 @@ import math
 
 import numpy as np
 
-from . import activations, kernels
+from . import activations
 from .constants import CB_TAYLOR_BELOW, LOG_2, LOG_2PI, SINH_SERIES as _SINH_SERIES
-from .kernels import vmath
+from .kernels import get_backend, vmath
 from .kernels.jit import ELEMENTWISE, jit
-from .kernels.sums import lane_log1p_sum, lane_sum
+from .kernels.sums import lane_log1p_sum, lane_sum, row_sums
 
 # ----------------------------------------------------------------------------------------
 # References: per-example −ln p(x|z) in nats (B,) and its gradient w.r.t. the decoder outputs
@@ -299,13 +299,43 @@ class Likelihood:
         return {}
 
     def loss_and_grad_(self, x, outputs, params, w, nll, dparams) -> None:
-        """The fused kernel: nll (B,) ← −ln p(x|z) per example, each output array ← its
-        gradient weighted by w (B,), and each dparams array ← Σ_i of its weighted gradient."""
-        raise NotImplementedError
+        """The engine's call, in place: nll (B,) ← −ln p(x|z) per example, each output array ←
+        its gradient weighted by w (B,), and each dparams array ← Σ_i of its weighted
+        gradient.  The built-in likelihoods run their kernel on the numba backend and their
+        reference on NumPy's; this default runs :meth:`nll` and its backprop."""
+        value, backprop = self.nll(x, outputs, params)
+        nll[...] = value
+        d_outputs, d_params = backprop(w)
+        for out, d in zip(outputs, d_outputs):
+            out[...] = d
+        for k, d in d_params.items():
+            dparams[k][...] = d
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
+
+
+_SCRATCH: dict = {}
+
+
+def _scratch(slot: str, shape, dtype) -> np.ndarray:
+    """A reusable buffer per (slot, shape, dtype): the engine's steps allocate nothing in
+    steady state."""
+    key = (slot, shape, np.dtype(dtype).str)
+    buf = _SCRATCH.get(key)
+    if buf is None:
+        if len(_SCRATCH) > 64:
+            _SCRATCH.clear()
+        buf = _SCRATCH[key] = np.empty(shape, dtype=dtype)
+    return buf
+
+
+def _nll_from_terms(terms, nll):
+    """nll ← each row's Σ terms (in float64, :func:`npvae.kernels.sums.row_sums`)."""
+    sums = _scratch("sums", terms.shape[:1], np.float64)
+    row_sums(terms, sums)
+    nll[...] = sums
 
 
 def _check_unit_interval(x: np.ndarray, name: str, what: str) -> None:
@@ -334,7 +364,12 @@ class Bernoulli(Likelihood):
         return nll, backprop
 
     def loss_and_grad_(self, x, outputs, params, w, nll, dparams):
-        kernels.bernoulli_(outputs[0], x, w, nll)
+        if get_backend() == "numba":
+            terms = _scratch("terms", outputs[0].shape, outputs[0].dtype)
+            bernoulli_nll_(outputs[0], x, w, terms)
+            _nll_from_terms(terms, nll)
+        else:
+            super().loss_and_grad_(x, outputs, params, w, nll, dparams)
 
     def mean(self, outputs, params):
         return activations.sigmoid(outputs[0])
@@ -362,7 +397,12 @@ class ContinuousBernoulli(Likelihood):
         return nll, backprop
 
     def loss_and_grad_(self, x, outputs, params, w, nll, dparams):
-        kernels.continuous_bernoulli_(outputs[0], x, w, nll)
+        if get_backend() == "numba":
+            terms = _scratch("terms", outputs[0].shape, outputs[0].dtype)
+            continuous_bernoulli_nll_(outputs[0], x, w, terms)
+            _nll_from_terms(terms, nll)
+        else:
+            super().loss_and_grad_(x, outputs, params, w, nll, dparams)
 
     def mean(self, outputs, params):
         return cb_mean(outputs[0])
@@ -444,12 +484,19 @@ class Gaussian(Likelihood):
         return nll, backprop
 
     def loss_and_grad_(self, x, outputs, params, w, nll, dparams):
-        if self.sigma == "learned":
-            kernels.gaussian_learned_(outputs[0], x, params["logvar"], w, nll, dparams["logvar"])
-        elif self.sigma == "per_example":
-            kernels.gaussian_per_example_(outputs[0], x, outputs[1], w, nll)
+        if get_backend() != "numba":
+            return super().loss_and_grad_(x, outputs, params, w, nll, dparams)
+        mean = outputs[0]
+        terms = _scratch("terms", mean.shape, mean.dtype)
+        if self.sigma == "learned":  # Σ_rows of the ln σ² gradient into dparams
+            gaussian_nll_(mean, x, params["logvar"].reshape(1, -1), False, w, terms, dparams["logvar"], 1)
+        elif self.sigma == "per_example":  # the ln σ² head's gradient written over it, row by row
+            gaussian_nll_(mean, x, outputs[1], True, w, terms, outputs[1][0], 2)
         else:
-            kernels.gaussian_fixed_(outputs[0], x, 2.0 * math.log(self.sigma), w, nll)
+            s = _scratch("logvar", (1, mean.shape[1]), mean.dtype)
+            s[...] = 2.0 * math.log(self.sigma)
+            gaussian_nll_(mean, x, s, False, w, terms, s[0], 0)
+        _nll_from_terms(terms, nll)
 
     def mean(self, outputs, params):
         return outputs[0].copy()

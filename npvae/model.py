@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import activations, compiled, distributions, engine, estimators, kernels, likelihoods, mpi, saving, threads
+from .kernels import arrays
 from .layers import INITIALISERS, Dense
 from .optim import flat_like
 from .trace import Trace
@@ -215,7 +216,7 @@ class VAE:
             return as_float_array(eps, "eps", dtype=self.dtype, shape=shape)
         rng = self._rng if rng is None else generator(rng)
         out = np.empty(shape, self.dtype)
-        kernels.standard_normal_(rng, out)  # rng.standard_normal's numbers, drawn faster
+        arrays.standard_normal_(rng, out)  # rng.standard_normal's numbers, drawn faster
         return out
 
     def new_grads(self):

@@ -16,8 +16,10 @@ import weakref
 
 import numpy as np
 
-from . import kernels, schedules, threads
+from . import schedules, threads
+from .kernels import get_backend
 from .kernels.jit import ELEMENTWISE, jit
+from .kernels.sums import sum_squares
 from .validation import finite_float
 
 
@@ -175,9 +177,9 @@ def clip_grad_norm(grads: dict, max_norm: float | None, *, flat=None, norm=None)
     if norm is not None:
         pass
     elif flat is not None:
-        norm = math.sqrt(kernels.sum_squares(flat))
+        norm = math.sqrt(sum_squares(flat))
     else:
-        norm = math.sqrt(sum(kernels.sum_squares(g.reshape(-1)) for g in grads.values()))
+        norm = math.sqrt(sum(sum_squares(g.reshape(-1)) for g in grads.values()))
     if max_norm is not None and norm > max_norm:
         scale = max_norm / norm
         for g in ([flat] if flat is not None else grads.values()):
@@ -240,7 +242,7 @@ class Optimizer:
         return state
 
     def config(self) -> dict:
-        cfg = {k: v for k, v in self.__dict__.items() if k not in ("lr", "_flat_cache", "_slot_keys")}
+        cfg = {k: v for k, v in self.__dict__.items() if k != "lr" and not k.startswith("_")}
         cfg["lr"] = self.lr.config()
         return {"kind": type(self).__name__, **cfg}
 
@@ -269,7 +271,12 @@ class SGD(Optimizer):
         return self._flat_state(params, super().init(params))
 
     def _update_arrays(self, p, g, buf=None, *, step, lr):
-        kernels.sgd_(p, g, buf, lr, self.momentum, self.nesterov, self.weight_decay)
+        if get_backend() != "numba":
+            return sgd_update(p, g, buf if self.momentum else None, lr, self.momentum, self.nesterov,
+                              self.weight_decay)
+        t = p.dtype.type
+        b = buf.reshape(-1) if buf is not None else p.reshape(-1)[:0]
+        sgd_update_(p.reshape(-1), g.reshape(-1), b, t(lr), t(self.momentum), self.nesterov, t(self.weight_decay))
 
 
 class Adam(Optimizer):
@@ -285,6 +292,7 @@ class Adam(Optimizer):
         self.betas = (b1, b2)
         self.eps = finite_float(eps, "eps", min_value=0.0)
         self.decoupled = bool(decoupled)
+        self._constants = {}  # the kernel's constants per dtype, reused from update to update
 
     _SLOTS = ("m", "v")
 
@@ -292,8 +300,14 @@ class Adam(Optimizer):
         return self._flat_state(params, super().init(params))
 
     def _update_arrays(self, p, g, m, v, *, step, lr):
-        kernels.adam_(p, g, m, v, step, lr, self.betas[0], self.betas[1], self.eps,
-                      self.weight_decay, self.decoupled)
+        if get_backend() != "numba":
+            return adam_update(p, g, m, v, step, lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
+                               self.decoupled)
+        c = self._constants.get(p.dtype)
+        if c is None:
+            c = self._constants[p.dtype] = np.empty(len(ADAM_CONSTANTS), dtype=p.dtype)
+        c[:] = adam_constants(step, lr, self.betas[0], self.betas[1], self.eps, self.weight_decay, self.decoupled)
+        adam_update_(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), c)
 
 
 class AdamW(Adam):

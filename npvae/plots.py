@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -40,17 +41,16 @@ TEMPERATURE_LABEL = "temperature $T$ ($J/k_B$)"
 
 def _plt():
     try:
-        import matplotlib
+        import matplotlib  # the optional plot extra
     except ImportError:
         raise ImportError("plots need matplotlib: pip install 'npvae[plot]'") from None
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the optional plot extra, after its backend is chosen
     return plt
 
 
 def _suptitle(fig, text, **kw):
     """A figure title wrapped to the figure's width (about 12 characters an inch at 10 pt)."""
-    import textwrap
     width = max(20, int(fig.get_figwidth() * 12))
     kw.setdefault("fontsize", 10)
     return fig.suptitle("\n".join(textwrap.wrap(text, width)), **kw)
@@ -60,8 +60,7 @@ def _save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 
@@ -549,7 +548,7 @@ def pairs(model, x, path, *, to_data_units=None, seed=0, max_features=MAX_PAIRS,
                 ax.set_ylabel(f"feature {fi}" if i > 0 else f"density of feature {fi}", fontsize=9)
             elif i != j:
                 ax.set_yticklabels([])
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # the optional plot extra
     handles = [Line2D([], [], ls="", marker="o", color=MODEL_COLOUR,
                       label=f"model x ~ p(x|z) ({len(draws)})")]
     if data is not None:
@@ -684,7 +683,7 @@ def training_curves(history, path):
     validation ELBO (right); each epoch marked on runs of up to MARKERS_UP_TO epochs, the
     legends where they hide no curve."""
     plt = _plt()
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # the optional plot extra
     ep = history["epoch"]
     marks = len(ep) <= MARKERS_UP_TO  # a marker on each of hundreds of points smears the curve
     style = lambda marker, line="-": (marker + line) if marks else line

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .constants import LOG_2PI
-from .kernels import vmath
+from .kernels import get_backend, vmath
 from .kernels.jit import ELEMENTWISE, jit
 
 
@@ -83,6 +83,31 @@ def standard_normal_log_prob(z: np.ndarray) -> np.ndarray:
     """ln N(z; 0, I) = −½ Σ_j (z_j² + ln 2π), summed on the last axis."""
     half = z.dtype.type(0.5)
     return -half * ((z * z).sum(axis=-1) + z.dtype.type(LOG_2PI) * z.shape[-1])
+
+
+def reparametrize_kl_inplace(mu, lv, eps, z, std, kl) -> None:
+    """z ← μ + σ ε, std ← σ = e^{v/2}, kl ← KL per example, for mu, lv, eps, z, std (B, J) and
+    kl (B,): the engine's call, the kernel :func:`reparametrize_kl_` on the numba backend, the
+    references on NumPy's."""
+    if get_backend() == "numba":
+        reparametrize_kl_(mu, lv, eps, z, std, kl)
+    else:
+        z[...], std[...] = reparametrize(mu, lv, eps)
+        kl[...] = kl_normal(mu, lv)
+
+
+def reparametrize_kl_backward_inplace(dz, eps, std, mu, lv, wkl, mask, dmu, dlv) -> None:
+    """dμ ← dz + wkl m_j μ and dv ← ½ σ ε dz + wkl m_j ½ (e^v − 1), for the KL weight wkl (β/B)
+    and the per-dimension mask (J,) of free bits: the engine's call, the kernel
+    :func:`reparametrize_kl_backward_` on the numba backend, the references on NumPy's."""
+    if get_backend() == "numba":
+        dmu[...] = dz
+        reparametrize_kl_backward_(dmu, eps, std, mu, lv, wkl, mask, dlv)
+    else:
+        dm, dv = reparametrize_backward(dz, eps, std)
+        km, kv = kl_normal_backward(mu, lv, np.broadcast_to(mu.dtype.type(wkl) * mask, mu.shape))
+        dmu[...] = dm + km
+        dlv[...] = dv + kv
 
 
 # ----------------------------------------------------------------------------------------

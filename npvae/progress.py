@@ -40,7 +40,7 @@ def bar(progress, total, desc, unit, **options):
     if progress is False or sys.stderr is None:
         return _NoBar()
     try:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only when a bar is drawn: kept off `import npvae`
         return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None,
                     delay=AUTO_DELAY if progress == "auto" else 0.0, **options)
     except (OSError, ValueError, AttributeError):  # stderr closed or unusable: no bar, no error

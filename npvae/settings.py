@@ -16,6 +16,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the tomli backport, a dependency there
+    import tomli as tomllib
+
+import tomli_w
+
+from .files import FileFormatError, regular_file
+from .model import parameter_count, spec_parameter_count
+
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "identity")
 LAYERS = ("dense", "gated")
 LR_SCHEDULES = ("constant", "cosine")
@@ -236,11 +246,6 @@ def _check_range(s: Setting, value):
 def read_toml(path) -> dict:
     """The settings in a TOML file (top level, or the ``[train]`` table), unchecked."""
     try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-    from .files import FileFormatError, regular_file
-    try:
         path = regular_file(path, "config file")
     except FileFormatError as exc:
         raise SettingsError(str(exc)) from None
@@ -265,7 +270,6 @@ def read_toml(path) -> dict:
 
 def toml_text(cfg: dict) -> str:
     """The resolved settings as TOML (tomli-w; unset values left out)."""
-    import tomli_w
     body = {k: v for k, v in cfg.items() if v is not None and k in SETTINGS}
     return "# npvae train: the effective settings of this run\n" + tomli_w.dumps({"train": body})
 
@@ -336,7 +340,6 @@ def check_model_size(n_inputs: int, cfg: dict, limit: float = 2e8) -> None:
     """Refuse, before building it, a model with more parameters than ``limit``
     (counted by :func:`npvae.model.parameter_count`, or for gated layers
     :func:`npvae.model.spec_parameter_count`, without allocating anything)."""
-    from .model import parameter_count, spec_parameter_count
     hidden = parse_widths(cfg["hidden"])
     sigma = cfg["sigma"] if cfg["likelihood"] == "gaussian" else None
     if cfg["layer"] == "gated":

@@ -26,8 +26,11 @@ loaded libraries, about 0.7 ms, and every limit keeps ~150 bytes of ctypes look-
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from contextlib import contextmanager
+
+import numba as nb
 
 from .validation import positive_int
 
@@ -60,7 +63,6 @@ def set_threads(blas: int | None = None, numba: int | None = None) -> dict:
 
 
 def get_threads() -> dict:
-    import numba as nb
     return {"blas": _config["blas"], "numba": min(_config["numba"], nb.config.NUMBA_NUM_THREADS)}
 
 
@@ -118,7 +120,7 @@ def _blas_controller():
             import scipy.linalg.cython_blas  # noqa: F401
         except ImportError:  # pragma: no cover - scipy is a dependency
             pass
-        from threadpoolctl import ThreadpoolController
+        from threadpoolctl import ThreadpoolController  # after SciPy's BLAS is loaded (above)
         _controller = ThreadpoolController()
     return _controller
 
@@ -133,7 +135,6 @@ def _blas_thread_getters():
     library through threadpoolctl."""
     global _getters
     if _getters is None:
-        import ctypes
         getters = []
         for lib in _blas_controller().lib_controllers:
             if lib.user_api != "blas":
@@ -164,7 +165,6 @@ def limited(blas: int | None = None, numba: int | None = None):
     if _depth and blas is None and numba is None:
         yield
         return
-    import numba as nb
 
     n_blas = blas or _config["blas"]
     n_numba = min(numba or _config["numba"], nb.config.NUMBA_NUM_THREADS)

@@ -26,7 +26,9 @@ from . import checkpoint as ckpt
 from . import data as data_mod
 from . import diagnostics as diag_mod
 from . import compiled as compiled_mod
-from . import engine, kernels, parallel, threads
+from . import engine, parallel, threads
+from .kernels import arrays
+from .kernels.sums import sum_squares
 from .model import IMPORTANCE_WEIGHTED, check_objective, importance_weighted
 from .optim import Adam, Optimizer, flat_like
 from .schedules import ConstantBeta, as_beta_schedule
@@ -248,11 +250,11 @@ def check_training_state(path, loaded, n: int, steps_per_epoch: int, opt_state: 
     if set(saved_opt) != set(opt_state) or any(saved_opt[k].shape != opt_state[k].shape for k in opt_state):
         raise bad("its optimizer state does not fit the optimizer")
     for k, v in saved_opt.items():
-        if v.dtype.kind == "f" and not kernels.all_finite(np.ascontiguousarray(v)):
+        if v.dtype.kind == "f" and not arrays.all_finite(np.ascontiguousarray(v)):
             raise bad(f"optimizer state {k!r} holds NaN or inf")
     for k, v in (best or {}).items():
         if k not in model.params or v.shape != model.params[k].shape or v.dtype != model.dtype \
-                or not kernels.all_finite(np.ascontiguousarray(v)):
+                or not arrays.all_finite(np.ascontiguousarray(v)):
             raise bad(f"best parameters {k!r} do not fit the model or hold NaN or inf")
     try:
         np.random.default_rng().bit_generator.state = meta["rng_state"]
@@ -596,7 +598,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
             if directory is not None and writer:
                 # the state itself is checked, not only the loss: a checkpoint never holds NaN
                 for name, arr in [*model.params.items(), *opt_state.items()]:
-                    if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not kernels.all_finite(arr):
+                    if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not arrays.all_finite(arr):
                         raise DivergenceError(run["epoch"], run["global_step"], run["step_in_epoch"],
                                               f"{name!r} holds NaN or inf", "")
                 run["history"] = history.records
@@ -755,7 +757,7 @@ def _compiled_chunk(chunks, step, x, rng, perm, i, steps_per_epoch, full_steps, 
             bad = f"the loss is {loss}"
         else:
             bad = next((f"the gradient of parameter {name!r} holds NaN or inf" for name, g in step.grads.items()
-                        if not kernels.all_finite(g)), "the gradient norm overflows")
+                        if not arrays.all_finite(g)), "the gradient norm overflows")
         raise DivergenceError(epoch, g0 + n_done + 1, i + n_done + 1, bad, _divergence_hint(x, optimizer))
     return [(rows, float(losses[s]), float(recs[s]), float(kls[s]), betas[s], float(norms[s]), lrs[s])
             for s in range(S)]
@@ -823,8 +825,8 @@ class TrainStep:
         _gather(x, idx, xb)
         if self.dynamic:
             rng.random(out=u, dtype=model.dtype)
-            kernels.binarize_(xb, u)
-        kernels.standard_normal_(rng, eps)
+            arrays.binarize_(xb, u)
+        arrays.standard_normal_(rng, eps)
         loss, parts = self._loss_and_grad(xb, eps, beta)
         return loss, parts, self._check(loss)
 
@@ -852,8 +854,8 @@ class TrainStep:
         if self.dynamic:
             rng.random(out=u, dtype=model.dtype)
             if r1 > r0:
-                kernels.binarize_(xb, u[r0:r1])
-        kernels.standard_normal_(rng, eps)
+                arrays.binarize_(xb, u[r0:r1])
+        arrays.standard_normal_(rng, eps)
         if importance_weighted(self.objective):
             mine = bufs[3] if len(bufs) > 3 else eps
             if mine is not eps:
@@ -880,12 +882,12 @@ class TrainStep:
         grads = self.grads
         bad = None
         # Σ g² (float64) is finite exactly when every gradient is: one pass checks them all
-        self.grad_norm = math.sqrt(kernels.sum_squares(self._flat))
+        self.grad_norm = math.sqrt(sum_squares(self._flat))
         if not math.isfinite(float(loss)):
             bad = f"the loss is {float(loss)}"
         elif not math.isfinite(self.grad_norm):
             for name, g in grads.items():
-                if not kernels.all_finite(g):
+                if not arrays.all_finite(g):
                     bad = f"the gradient of parameter {name!r} holds NaN or inf"
                     break
             else:

@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from . import kernels
+from .kernels import arrays
 
 
 def as_float_array(value, name: str, *, dtype, ndim: int | None = None,
@@ -38,7 +38,7 @@ def as_float_array(value, name: str, *, dtype, ndim: int | None = None,
     if arr.size == 0 and not allow_empty:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    if not kernels.all_finite(arr):
+    if not arrays.all_finite(arr):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
     return arr

@@ -35,7 +35,7 @@ def test_model_suite_on_the_numpy_backend():
 @inside_subrun
 def test_kernels_and_model_as_plain_python():
     """NUMBA_DISABLE_JIT=1: every kernel runs as the Python it is written in."""
-    run_pytest({"NUMBA_DISABLE_JIT": "1", "NPVAE_FD_EXAMPLES": "2"}, "test_kernels.py",
+    run_pytest({"NUMBA_DISABLE_JIT": "1", "NPVAE_FD_EXAMPLES": "2"}, "test_backend_kernels.py",
                "test_model.py", "test_optim.py")
 
 
@@ -50,7 +50,7 @@ def test_backend_from_the_environment():
 CACHE_PROBE = textwrap.dedent("""
     import json, numpy as np, npvae
     from npvae import activations, likelihoods, optim, posterior
-    from npvae.kernels import numba_impl, sums
+    from npvae.kernels import arrays, sums
     m = npvae.VAE(30, 3, hidden=(20,))
     opt = npvae.Adam(); state = opt.init(m.params)
     step = npvae.train.TrainStep(m, dynamic_binarize=True)
@@ -58,7 +58,7 @@ CACHE_PROBE = textwrap.dedent("""
     step(x, np.arange(64), np.random.default_rng(0), 1.0)
     opt.update(m.params, step.grads, state)
     stats = {}
-    for module in (numba_impl, sums, activations, likelihoods, optim, posterior):
+    for module in (arrays, sums, activations, likelihoods, optim, posterior):
       for name in dir(module):
         f = getattr(module, name)
         if hasattr(f, "stats") and hasattr(f, "signatures") and f.signatures:

@@ -41,7 +41,7 @@ def test_a_long_compile_is_announced_with_its_estimate_and_timed(quick, monkeypa
 
 
 def test_an_unknown_kernel_is_announced_without_an_estimate(quick, monkeypatch, capsys):
-    compile_for("npvae.kernels.numba_impl", 1.5, monkeypatch, name="something_new")
+    compile_for("npvae.kernels.arrays", 1.5, monkeypatch, name="something_new")
     err = capsys.readouterr().err
     assert "npvae: compiling npvae's kernels for this CPU, once (" in err and "about" not in err
     assert "npvae: compiled in" in err

@@ -1,10 +1,21 @@
-"""The training step's hot operations behind one tiny dispatch: NumPy reference or numba.
+"""npvae's compiled kernels and their infrastructure.
 
-Callers write ``kernels.bias_act_(a, b, code)``; :func:`set_backend` rebinds these names to
-the chosen implementation, so no caller ever imports numba.  The backend is chosen by
-``npvae.set_backend("numba" | "numpy")`` or the environment variable ``NPVAE_BACKEND``
-(read at import); numba is the default.  Every kernel works in place on C-contiguous arrays
-and has the same signature in both backends (see numpy_impl for their documentation).
+- :mod:`npvae.kernels.jit`: numba's ``njit`` with npvae's on-disk cache, and the one set of
+  arithmetic flags every kernel is compiled with (:data:`npvae.kernels.jit.ELEMENTWISE`);
+- :mod:`npvae.kernels.vmath`: exp, expm1, log1p and tanh as plain arithmetic that LLVM
+  vectorises; :mod:`npvae.kernels.sums`: sums in one fixed order on every CPU;
+- :mod:`npvae.kernels.gemm` and :mod:`npvae.kernels.blas`: the matrix products of compiled code;
+- :mod:`npvae.kernels.step`: the whole training step as one compiled function, assembled
+  from the formulas' kernels (each written next to its NumPy reference in the module named
+  for its mathematics: :mod:`npvae.activations`, :mod:`npvae.layers`, :mod:`npvae.posterior`,
+  :mod:`npvae.likelihoods`, :mod:`npvae.optim`);
+- :mod:`npvae.kernels.arrays`: finiteness checks, the normal draws, binarisation;
+- :mod:`npvae.kernels.compiling`: says when npvae's kernels compile, and how long it takes.
+
+The kernel backend (:func:`set_backend`): ``"numba"`` (default) runs the formulas' kernels;
+``"numpy"`` runs their NumPy references on the engine path, for comparison and teaching
+(``NPVAE_BACKEND`` chooses at import).  Each formula module reads :func:`get_backend` to choose
+between its two functions; this package imports none of them, so they may import it.
 
 Compiled kernels are cached on disk in npvae's cache folder, never inside the installed
 package (:mod:`npvae.kernels.jit` says where, and what happens when it is read-only).
@@ -13,33 +24,19 @@ from __future__ import annotations
 
 import os
 
-from . import compiling, numpy_impl  # compiling: says when npvae's kernels compile
+from . import compiling  # says when npvae's kernels compile
 from .codes import ACT_CODES, ACT_NAMES
 
-KERNELS = (
-    "all_finite", "sum_squares", "bias_act_", "act_backward_bias_grad_", "reparam_kl_", "reparam_kl_backward_",
-    "bernoulli_", "continuous_bernoulli_", "gaussian_fixed_", "gaussian_learned_",
-    "gaussian_per_example_", "binarize_", "adam_", "sgd_", "standard_normal_",
-)
 BACKENDS = ("numba", "numpy")
-_backend = None
-
-
-def _module(name):
-    if name == "numpy":
-        return numpy_impl
-    from . import numba_impl
-    return numba_impl
+_backend = "numba"
 
 
 def set_backend(name: str) -> None:
-    """Use the ``"numba"`` kernels (default) or the ``"numpy"`` reference for training."""
+    """Run the formulas' numba kernels (``"numba"``, the default) or their NumPy references
+    (``"numpy"``) on the engine path; the compiled step always runs the kernels."""
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    impl = _module(name)
-    for k in KERNELS:
-        globals()[k] = getattr(impl, k)
     _backend = name
 
 
@@ -47,13 +44,6 @@ def get_backend() -> str:
     return _backend
 
 
-def implementation(name: str):
-    """The module holding a backend's kernels (for tests that compare the two)."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    return _module(name)
-
-
 set_backend(os.environ.get("NPVAE_BACKEND", "numba") or "numba")
 
-__all__ = ["set_backend", "get_backend", "implementation", "ACT_CODES", "ACT_NAMES", *KERNELS]
+__all__ = ["set_backend", "get_backend", "BACKENDS", "ACT_CODES", "ACT_NAMES"]

@@ -27,6 +27,8 @@ import time
 
 from numba.core import event
 
+from . import jit
+
 DELAY = 2.0
 """Seconds of compiling before it is announced."""
 GAP = 0.5
@@ -74,7 +76,7 @@ def _say(msg: str) -> None:
     if sys.stderr is None:  # no stderr (pythonw, 2>&-): tqdm would write to stdout instead
         return
     try:
-        from tqdm import tqdm
+        from tqdm import tqdm  # only when a message is written: kept off `import npvae`
         tqdm.write(msg, file=sys.stderr)
     except (OSError, ValueError, AttributeError):  # stderr closed or gone: nothing to tell
         pass
@@ -106,8 +108,7 @@ class _Stretch:
         self.last_end = time.monotonic()
 
     def _notice(self):
-        from .jit import KERNEL_CACHE
-        where = (f"kept in {KERNEL_CACHE} for later runs" if KERNEL_CACHE is not None else
+        where = (f"kept in {jit.KERNEL_CACHE} for later runs" if jit.KERNEL_CACHE is not None else
                  "no writable cache folder: compiled again by every run; set NUMBA_CACHE_DIR to keep them")
         if self.kernel is not None:
             what, est = ESTIMATES[self.kernel]
@@ -118,7 +119,7 @@ class _Stretch:
         if not _bar or sys.stderr is None:
             return
         try:
-            from tqdm import tqdm
+            from tqdm import tqdm  # only when a bar is drawn: kept off `import npvae`
             self.bar = tqdm(total=est, desc="compiling", unit="s", leave=False, disable=None,
                             bar_format="{desc}: {n:.0f}/{total:.0f} s {bar} ETA {remaining}" if est else
                             "{desc}: {n:.0f} s")

@@ -33,6 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import llvmlite.binding as llvm
 from numba import njit
 from numba.core import config as numba_config
 
@@ -159,7 +160,6 @@ def target_features() -> dict:
         features = {"avx2": wide or name in _AVX2_CPUS, "fma": wide or name in _AVX2_CPUS, "avx512f": wide}
     else:
         try:
-            import llvmlite.binding as llvm
             features = dict(llvm.get_host_cpu_features())
         except RuntimeError:  # llvmlite cannot tell on this platform (numba then compiles without)
             features = {}
