@@ -1,11 +1,12 @@
-"""The compiled training path: chunks of training steps with Adam, run by one numba call each.
+"""The compiled training path: chunks of training steps, run by one numba call each.
 
 ``fit`` uses it when the model qualifies (:func:`unsupported` returns None): every layer a
-built-in :class:`npvae.layers.Dense` or :class:`npvae.layers.GatedDense`, a Bernoulli or Gaussian likelihood, the ELBO without
-free bits or the importance-weighted bound (not with a learned σ), an :class:`npvae.Adam` or
-:class:`npvae.AdamW` optimizer, and the numba backend.  Anything else (a user's own layer,
-free bits, SGD, the continuous Bernoulli, the NumPy backend) takes the engine path, step by
-step: correct, just slower.
+built-in :class:`npvae.layers.Dense` or :class:`npvae.layers.GatedDense`, a Bernoulli,
+Gaussian or continuous Bernoulli likelihood, the ELBO without free bits or the
+importance-weighted bound (not with a learned σ), an :class:`npvae.Adam`,
+:class:`npvae.AdamW` or :class:`npvae.SGD` optimizer, and the numba backend.  Anything else
+(a user's own layer, free bits, the NumPy backend) takes the engine path, step by step:
+correct, just slower.
 
 The random numbers are drawn in Python, from the same generator and in the same order as
 the engine path draws them (per step: the binarisation uniforms, then ε), so a chunk of S
@@ -29,14 +30,14 @@ import numpy as np
 from . import kernels, threads
 from .kernels import arrays, blas, step
 from .layers import Dense, GatedDense
-from .likelihoods import Bernoulli, Gaussian
+from .likelihoods import Bernoulli, ContinuousBernoulli, Gaussian
 from .kernels.jit import jit
-from .optim import Adam, flat_base
+from .optim import SGD, Adam, AdamW, adam_constants, flat_base
 from .validation import positive_int
 
 # steps per call: Python is entered once per chunk; a Ctrl-C waits for the chunk to end
 CHUNK = 16
-# row blocks of a batch, run in parallel (see AdamSteps.blocks_for)
+# row blocks of a batch, run in parallel (see Steps.blocks_for)
 BLOCKS = 2
 # a batch is split only when each block has at least SPLIT_ROWS rows and the step at least
 # SPLIT_WORK multiply-adds a pass (rows × parameters): below, the second thread's wake-up
@@ -75,14 +76,14 @@ def unsupported(model, *, objective="elbo", free_bits=0.0, optimizer=None) -> st
         return f"the {objective} objective runs on the engine path"
     if free_bits > 0:
         return "free bits run on the engine path"
-    if optimizer is not None and not isinstance(optimizer, Adam):
+    if optimizer is not None and type(optimizer) not in (Adam, AdamW, SGD):
         return f"{type(optimizer).__name__} runs on the engine path"
     plan = model.plan
     for s in [*plan.encoder, *plan.decoder]:
         if type(s.layer) not in (Dense, GatedDense):
             return f"{s.prefix} is a {type(s.layer).__name__}, not a built-in Dense or GatedDense"
     lik = model.likelihood
-    if not isinstance(lik, (Bernoulli, Gaussian)) or type(lik) not in (Bernoulli, Gaussian):
+    if type(lik) not in (Bernoulli, Gaussian, ContinuousBernoulli):
         return f"the {type(lik).__name__} likelihood runs on the engine path"
     if objective != "elbo" and isinstance(lik, Gaussian) and lik.sigma == "learned":
         return "IWAE with a learned σ runs on the engine path"
@@ -114,6 +115,8 @@ def _likelihood_code(lik, D, dtype):
     logvar = np.zeros(D, dtype=dtype)
     if isinstance(lik, Bernoulli):
         return step.BERNOULLI, logvar
+    if isinstance(lik, ContinuousBernoulli):
+        return step.CONTINUOUS_BERNOULLI, logvar
     if lik.sigma == "learned":
         return step.GAUSSIAN_LEARNED, None
     if lik.sigma == "per_example":
@@ -133,7 +136,7 @@ def _block_threads(T) -> dict:
 
 
 class Steps:
-    """What :class:`AdamSteps` and :class:`Gradients` share: ``model``'s parameters and the
+    """What :class:`OptimizerSteps` and :class:`Gradients` share: ``model``'s parameters and the
     gradient buffer ``grads`` (views of one flat buffer, as :class:`npvae.train.TrainStep`
     makes them) as the compiled step's lists, the row blocks, the scratch, and the call of
     the compiled steps.  The ELBO, or with ``objective="iwae"`` (``"iwae-dreg"``,
@@ -151,7 +154,7 @@ class Steps:
         # the encoder's gradient estimator of the importance-weighted objectives
         self.estimator = {"iwae-dreg": step.DREG, "iwae-stl": step.STL}.get(objective, step.PLAIN)
         self.P = flat_base(model.params.values())
-        self.M = self.V = np.empty(0, dtype=model.dtype)  # Adam's moments: AdamSteps sets them
+        self.M = self.V = np.empty(0, dtype=model.dtype)  # the optimizer's buffers: OptimizerSteps sets them
         stages, self.n_enc, self.n_dec = stage_list(model.plan)
         self.stages = stages
         P = model.params
@@ -263,8 +266,9 @@ class Steps:
         return bufs
 
     def _call(self, x, idx, b, clip, update):
-        """The compiled steps on the rows idx (S, B) of x, with b's draws, KL weights and Adam
-        constants; ``update`` False: the gradients only (S = 1).  Returns the steps done."""
+        """The compiled steps on the rows idx (S, B) of x, with b's draws, KL weights and
+        optimizer constants; ``update`` step.ADAM or step.SGD, or step.NO_UPDATE: the gradients
+        only (S = 1).  Returns the steps done."""
         B = idx.shape[1]
         T = self.blocks_for(B)
         common = (self.K, self.estimator, x, idx, b["U"], b["E"], self.dynamic, self.Ws, self.bs)
@@ -286,22 +290,29 @@ class Steps:
                 b["betas"], b["adam_c"], clip, update, self.P, self.G, partials, self.M, self.V, *outs)
 
 
-class AdamSteps(Steps):
-    """Runs chunks of training steps with Adam on ``model`` in place: the ELBO, or with
-    ``objective="iwae"`` the importance-weighted bound with ``n_samples`` = K.
+class OptimizerSteps(Steps):
+    """Runs chunks of training steps with Adam, AdamW or SGD on ``model`` in place: the ELBO,
+    or with ``objective="iwae"`` the importance-weighted bound with ``n_samples`` = K.
 
     ``grads``: the gradient dict (views of one flat buffer, as :class:`npvae.train.TrainStep`
-    makes them); ``opt_state``: the optimizer's state, whose moments are moved into flat
-    buffers here if they are not already (the dict then holds views of them)."""
+    makes them); ``opt_state``: the optimizer's state, whose moments (Adam's m and v, SGD's
+    momentum) are moved into flat buffers here if they are not already (the dict then holds
+    views of them)."""
 
-    def __init__(self, model, optimizer: Adam, opt_state: dict, grads: dict, *, dynamic_binarize=False,
+    def __init__(self, model, optimizer, opt_state: dict, grads: dict, *, dynamic_binarize=False,
                  objective="elbo", n_samples=1):
         super().__init__(model, grads, dynamic_binarize=dynamic_binarize, objective=objective,
                          n_samples=n_samples, optimizer=optimizer)
         self.optimizer, self.state = optimizer, opt_state
         names = list(model.params)
-        self.M = self._flat_slot(opt_state, "m", names)
-        self.V = self._flat_slot(opt_state, "v", names)
+        if isinstance(optimizer, SGD):
+            self.update = step.SGD
+            if optimizer.momentum:
+                self.M = self._flat_slot(opt_state, "momentum", names)
+        else:
+            self.update = step.ADAM
+            self.M = self._flat_slot(opt_state, "m", names)
+            self.V = self._flat_slot(opt_state, "v", names)
 
     @staticmethod
     def _flat_slot(state, slot, names):
@@ -314,6 +325,14 @@ class AdamSteps(Steps):
                 state[f"{slot}.{n}"] = base[offset:offset + a.size].reshape(a.shape)
                 offset += a.size
         return base
+
+    def _constants(self, t: int) -> tuple:
+        """The optimizer's numbers for update number t (from 1), as the step reads them."""
+        opt = self.optimizer
+        lr = opt.lr(t - 1)
+        if self.update == step.SGD:
+            return (lr, opt.momentum, float(opt.nesterov), opt.weight_decay, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return adam_constants(t, lr, opt.betas[0], opt.betas[1], opt.eps, opt.weight_decay, opt.decoupled)
 
     def run(self, x, idx, rng, betas):
         """Run the steps whose rows are ``idx`` (S, B) on the data x (N, D), drawing from
@@ -328,22 +347,21 @@ class AdamSteps(Steps):
             if self.dynamic:
                 rng.random(out=U[s], dtype=dt)
             arrays.standard_normal_(rng, E[s] if self.K else E[s, 0])  # NumPy's numbers
-        opt, st = self.optimizer, self.state
+        st = self.state
         t0 = int(st["step"])
-        b1, b2 = opt.betas
         for s in range(S):
-            t = t0 + s + 1
-            lr = opt.lr(t - 1)
-            decay = (1 - lr * opt.weight_decay) if (opt.weight_decay and opt.decoupled) else 1.0
-            l2 = opt.weight_decay if (opt.weight_decay and not opt.decoupled) else 0.0
-            b["adam_c"][s] = (lr / (1 - b1 ** t), b1, b2, 1 - b1, 1 - b2, 1 / (1 - b2 ** t), opt.eps, decay, l2)
+            b["adam_c"][s] = self._constants(t0 + s + 1)
         b["betas"][:] = betas
-        clip = 0.0 if opt.clip_norm is None else float(opt.clip_norm)
-        n_done = self._call(x, idx, b, clip, True)
+        clip = 0.0 if self.optimizer.clip_norm is None else float(self.optimizer.clip_norm)
+        n_done = self._call(x, idx, b, clip, self.update)
         if n_done:
             st["step"] = np.asarray(t0 + n_done, dtype=np.int64)
             st["grad_norm"] = np.asarray(b["norms"][n_done - 1], dtype=np.float64)
         return n_done, b["losses"], b["recs"], b["kls"], b["norms"]
+
+
+AdamSteps = OptimizerSteps
+"""The name it had when it ran Adam alone."""
 
 
 class Gradients(Steps):
@@ -451,7 +469,7 @@ class Gradients(Steps):
         b["betas"][0] = beta
         if self._all_rows.shape[1] != B:
             self._all_rows = np.arange(B, dtype=np.int64).reshape(1, B)
-        self._call(np.ascontiguousarray(x), self._all_rows, b, 0.0, False)
+        self._call(np.ascontiguousarray(x), self._all_rows, b, 0.0, step.NO_UPDATE)
         self._weights = b["lw"] if self.K else None
         return b["losses"][0], b["recs"][0], b["kls"][0]
 

@@ -609,7 +609,7 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                          objective=objective, n_samples=n_samples, comm=comm)
         chunks = None
         if run["step_path"] == "compiled":
-            chunks = compiled_mod.AdamSteps(model, optimizer, opt_state, step.grads,
+            chunks = compiled_mod.OptimizerSteps(model, optimizer, opt_state, step.grads,
                                             dynamic_binarize=binarize == "dynamic", objective=objective,
                                             n_samples=n_samples)
             full_steps = n // batch_size  # steps with a whole batch; a last, smaller one runs alone

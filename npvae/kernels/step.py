@@ -34,7 +34,8 @@ is never a GATE, so the encoder's (decoder's) output is always its last stage's 
 
 Likelihood codes: 0 Bernoulli (logits), 1 Gaussian with fixed ln σ² (``lik_logvar``),
 2 Gaussian with a per-example ln σ² head (a second output head), 3 Gaussian with a learned
-ln σ² per dimension (the vector ``lik_logvar``, its gradient into ``lik_dlogvar``).
+ln σ² per dimension (the vector ``lik_logvar``, its gradient into ``lik_dlogvar``), 4 the
+continuous Bernoulli (logits).
 """
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ import numpy as np
 
 from ..activations import activation_backward_bias_grad_, bias_activation_
 from ..layers import gated_dense_backward_, gated_dense_forward_
-from ..likelihoods import (bernoulli_log_lik_row_, bernoulli_nll_, gaussian_log_lik_row_, gaussian_nll_,
-                           row_log_lik)
-from ..optim import adam_update_
+from ..likelihoods import (bernoulli_log_lik_row_, bernoulli_nll_, continuous_bernoulli_nll_, gaussian_log_lik_row_,
+                           gaussian_nll_, row_log_lik)
+from ..optim import adam_update_, sgd_update_
 from ..posterior import reparametrize_kl_, reparametrize_kl_backward_
 from .codes import IDENTITY
 from . import blas, vmath
@@ -56,7 +57,9 @@ from .blas import SOURCE_ID as BLAS_SOURCE_ID
 from .jit import ELEMENTWISE, jit, sources_id
 from .sums import add_partials, row_sums, sum_squares
 
-BERNOULLI, GAUSSIAN_FIXED, GAUSSIAN_PER_EXAMPLE, GAUSSIAN_LEARNED = 0, 1, 2, 3
+BERNOULLI, GAUSSIAN_FIXED, GAUSSIAN_PER_EXAMPLE, GAUSSIAN_LEARNED, CONTINUOUS_BERNOULLI = 0, 1, 2, 3, 4
+# what a step does after its gradient: nothing (the gradient alone), Adam's or SGD's update
+NO_UPDATE, ADAM, SGD = 0, 1, 2
 # the encoder's gradient estimator of the importance-weighted step (npvae.engine.iwae_step)
 PLAIN, DREG, STL = 0, 1, 2
 # a gated dense layer (npvae.layers.GatedDense) is two stages in the lists, both reading the
@@ -177,6 +180,8 @@ def likelihood_rows(lik, out, x, w, terms, nll, H, io, r0, r1, lik_logvar, lik_d
     wr = np.full(out.shape[0], w)
     if lik == BERNOULLI:
         bernoulli_nll_(out, x, wr, terms)
+    elif lik == CONTINUOUS_BERNOULLI:
+        continuous_bernoulli_nll_(out, x, wr, terms)
     elif lik == GAUSSIAN_FIXED:
         gaussian_nll_(out, x, lik_logvar.reshape((1, -1)), False, wr, terms, lik_dlogvar, 0)
     elif lik == GAUSSIAN_PER_EXAMPLE:
@@ -358,6 +363,17 @@ def iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc,
 
 
 @_elementwise
+def update_parameters(update, P, G, M, V, c):
+    """The optimizer's update over flat buffers: ADAM, c its nine constants
+    (:func:`npvae.optim.adam_constants`), M, V its moments; SGD, c = (η, μ, Nesterov 1 or 0, λ),
+    M its momentum buffer (empty without momentum)."""
+    if update == ADAM:
+        adam_update_(P, G, M, V, c)
+    else:
+        sgd_update_(P, G, M, c[0], c[1], c[2] != 0, c[3])
+
+
+@_elementwise
 def record(s, loss, rec, klsum, B, sq, losses, recs, kls, norms):
     """Record step s's means and gradient norm (from Σ g²); True when they are finite."""
     losses[s] = loss / B
@@ -393,14 +409,15 @@ def step_block(K, est, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_
 def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
                terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, xk, lw, dzk, betas, adam_c, clip,
                update, P, G, M, V, losses, recs, kls, norms):
-    """Run S = len(idx) steps with Adam on one thread (BLAS may use its own): the ELBO
+    """Run S = len(idx) steps with Adam or SGD on one thread (BLAS may use its own): the ELBO
     (K = 0; xk, lw and dzk None) or the K-sample importance-weighted bound (xk (K B, D),
     lw (B, K), dzk (K B, J) its buffers).  Returns the number of steps done.
 
     X (N, D) the data, idx (S, B) the rows of each step, U (S, B, D) the binarisation
     uniforms, E (S, max(K, 1), B, J) the ε of each step, betas (S,) the KL weights, adam_c
-    (S, 9) each step's Adam constants (see :func:`adam`), clip the gradient-norm bound (0:
-    none); ``update`` False: the gradients in G and the step's numbers only, no update (the
+    (S, 9) each step's optimizer constants, clip the gradient-norm bound (0:
+    none); ``update`` ADAM or SGD, the optimizer (:func:`update_parameters`, ``adam_c`` its
+    constants), or NO_UPDATE: the gradients in G and the step's numbers only, no update (the
     loss and gradient of :class:`npvae.compiled.Gradients`).  A step whose loss or gradient
     norm is not finite stops the run before its update, and its index is returned (losses
     and norms hold its values)."""
@@ -411,12 +428,12 @@ def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_d
                                       lik_dlogvar, betas[s], 1.0 / B, 0, B, xk, lw, dzk)
         if not record(s, loss, rec, klsum, B, sum_squares(G), losses, recs, kls, norms):
             return s
-        if not update:
+        if update == NO_UPDATE:
             continue
         f = clip_factor(norms[s], clip)
         if f < 1.0:
             scale(G, f)
-        adam_update_(P, G, M, V, adam_c[s])
+        update_parameters(update, P, G, M, V, adam_c[s])
     return S
 
 
@@ -466,20 +483,20 @@ def adam_steps_blocks(K, est, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts,
             sq += sq_c[c]
         if not record(s, loss, rec, klsum, B, sq, losses, recs, kls, norms):
             return s
-        if not update:
+        if update == NO_UPDATE:
             continue
         f = clip_factor(norms[s], clip)
         if n < SERIAL_BELOW:
             if f < 1.0:
                 scale(G, f)
-            adam_update_(P, G, M, V, adam_c[s])
+            update_parameters(update, P, G, M, V, adam_c[s])
         else:
             for c in numba.prange(C):
                 a = np.int64(c) * n // C
                 b = (np.int64(c) + 1) * n // C
                 if f < 1.0:
                     scale(G[a:b], f)
-                adam_update_(P[a:b], G[a:b], M[a:b], V[a:b], adam_c[s])
+                update_parameters(update, P[a:b], G[a:b], M[a:b], V[a:b], adam_c[s])
     return S
 
 
@@ -518,6 +535,7 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, le, lik, lik
                 std[r0 + i, j] = vmath.exp(0.5 * lv[i, j])
         tr = terms[t]
         lin, ex = le[t, 0], le[t, 1]
+        w0 = np.zeros(1)
         out = H[io]
         out2 = H[io + n_out - 1]  # a per-example ln σ² head, else the output itself (unused)
         p0 = t * LOG_P_ROWS  # block t's piece of the output head's rows
@@ -535,11 +553,16 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, le, lik, lik
                 heads_forward(h_dec[a - a0:b - a0], Ws, bs, H, io, n_out, p0, p0 + b - a)
                 for r in range(a, b):
                     i = r // K
+                    ro = p0 + r - a
                     if lik == BERNOULLI:
-                        bernoulli_log_lik_row_(out, p0 + r - a, x, i, lin, ex)
+                        bernoulli_log_lik_row_(out, ro, x, i, lin, ex)
+                        log_px = row_log_lik(True, tr, lin, ex)
+                    elif lik == CONTINUOUS_BERNOULLI:  # its kernel's terms (the gradient is not used)
+                        continuous_bernoulli_nll_(out[ro:ro + 1], x[i:i + 1], w0, tr.reshape((1, -1)))
+                        log_px = -row_log_lik(False, tr, lin, ex)
                     else:
-                        gaussian_log_lik_row_(lik == GAUSSIAN_PER_EXAMPLE, out, out2, p0 + r - a, x, i, lik_logvar, tr)
-                    log_px = row_log_lik(lik == BERNOULLI, tr, lin, ex)
+                        gaussian_log_lik_row_(lik == GAUSSIAN_PER_EXAMPLE, out, out2, ro, x, i, lik_logvar, tr)
+                        log_px = row_log_lik(False, tr, lin, ex)
                     k = r - i * K
                     sz = 0.0
                     hv = 0.0
