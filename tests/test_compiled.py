@@ -575,8 +575,8 @@ def test_the_update_runs_on_the_pool_of_the_step_that_made_the_gradients(monkeyp
     if numba.config.NUMBA_NUM_THREADS < 2 or npvae.get_threads()["blas"] < 2:
         pytest.skip("needs two threads: set NUMBA_NUM_THREADS and npvae.set_threads(blas=2)")
     seen = []
-    real = npvae.kernels.adam_
-    monkeypatch.setattr(npvae.kernels, "adam_", lambda *a: (seen.append(numba.get_num_threads()), real(*a)))
+    real = npvae.optim.adam_update_
+    monkeypatch.setattr(npvae.optim, "adam_update_", lambda *a: (seen.append(numba.get_num_threads()), real(*a)))
     x = np.random.default_rng(0).random((9, 200))
     eps = np.random.default_rng(1).standard_normal((9, 4))
     m1, m2 = (npvae.VAE(200, 4, hidden=(100,), seed=0) for _ in range(2))
