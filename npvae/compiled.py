@@ -2,11 +2,11 @@
 
 ``fit`` uses it when the model qualifies (:func:`unsupported` returns None): every layer a
 built-in :class:`npvae.layers.Dense` or :class:`npvae.layers.GatedDense`, a Bernoulli,
-Gaussian or continuous Bernoulli likelihood, the ELBO without free bits or the
+Gaussian or continuous Bernoulli likelihood, the ELBO (with or without free bits) or the
 importance-weighted bound (not with a learned σ), an :class:`npvae.Adam`,
 :class:`npvae.AdamW` or :class:`npvae.SGD` optimizer, and the numba backend.  Anything else
-(a user's own layer, free bits, the NumPy backend) takes the engine path, step by step:
-correct, just slower.
+(a user's own layer, IWAE with a learned σ, the NumPy backend; under MPI, see
+:func:`npvae.fit`) takes the engine path, step by step: correct, just slower.
 
 The random numbers are drawn in Python, from the same generator and in the same order as
 the engine path draws them (per step: the binarisation uniforms, then ε), so a chunk of S
@@ -74,8 +74,8 @@ def unsupported(model, *, objective="elbo", free_bits=0.0, optimizer=None) -> st
         return "numba's compiler is off (NUMBA_DISABLE_JIT)"
     if objective not in ("elbo", "iwae", "iwae-dreg", "iwae-stl"):
         return f"the {objective} objective runs on the engine path"
-    if free_bits > 0:
-        return "free bits run on the engine path"
+    if free_bits > 0 and objective != "elbo":
+        return "free bits apply to the ELBO alone"
     if optimizer is not None and type(optimizer) not in (Adam, AdamW, SGD):
         return f"{type(optimizer).__name__} runs on the engine path"
     plan = model.plan
@@ -143,12 +143,13 @@ class Steps:
     ``"iwae-stl"``) the importance-weighted bound with ``n_samples`` = K."""
 
     def __init__(self, model, grads: dict, *, dynamic_binarize=False, objective="elbo", n_samples=1,
-                 optimizer=None):
+                 optimizer=None, free_bits=0.0):
         self._step = step
-        reason = unsupported(model, optimizer=optimizer, objective=objective)
+        reason = unsupported(model, optimizer=optimizer, objective=objective, free_bits=free_bits)
         if reason is not None:
             raise ValueError(f"the compiled path cannot train this model: {reason}")
         self.model = model
+        self.free_bits = float(free_bits)  # free bits' floor λ on each dimension's batch-mean KL (0: none)
         self.dynamic = bool(dynamic_binarize)
         self.K = positive_int(n_samples, "n_samples") if objective != "elbo" else 0  # 0: the ELBO
         # the encoder's gradient estimator of the importance-weighted objectives
@@ -196,6 +197,8 @@ class Steps:
         (at least 4 rows each).  It depends on the model and B alone, never on the machine's
         threads, so a run's numbers do not depend on where it runs: the blocks' gradients are
         added in one fixed order."""
+        if self.free_bits > 0:  # the floor is on the whole batch's means: one block sees them all
+            return 1
         if self.blocks is not None:
             return max(1, min(int(self.blocks), B // 4))
         if B < BLOCKS * SPLIT_ROWS or B * self.P.size < SPLIT_WORK:
@@ -271,7 +274,7 @@ class Steps:
         only (S = 1).  Returns the steps done."""
         B = idx.shape[1]
         T = self.blocks_for(B)
-        common = (self.K, self.estimator, x, idx, b["U"], b["E"], self.dynamic, self.Ws, self.bs)
+        common = (self.K, self.estimator, self.free_bits, x, idx, b["U"], b["E"], self.dynamic, self.Ws, self.bs)
         buffers = (b["H"], b["dH"], b["xb"], b["z"], b["std"], b["kl"], b["terms"], b["nll"], b["tmp_dec"],
                    b["tmp_enc"], self.lik, self.lik_logvar)
         # None for the ELBO: numba then compiles the ELBO step alone (see step.step_block)
@@ -300,9 +303,9 @@ class OptimizerSteps(Steps):
     views of them)."""
 
     def __init__(self, model, optimizer, opt_state: dict, grads: dict, *, dynamic_binarize=False,
-                 objective="elbo", n_samples=1):
+                 objective="elbo", n_samples=1, free_bits=0.0):
         super().__init__(model, grads, dynamic_binarize=dynamic_binarize, objective=objective,
-                         n_samples=n_samples, optimizer=optimizer)
+                         n_samples=n_samples, optimizer=optimizer, free_bits=free_bits)
         self.optimizer, self.state = optimizer, opt_state
         names = list(model.params)
         if isinstance(optimizer, SGD):
@@ -385,12 +388,12 @@ class Gradients(Steps):
         per call here (``fit`` binds once, and does not compile this)."""
         return _typed_list(tuple(arrays))
 
-    def __init__(self, model, grads: dict | None = None, *, objective="elbo", n_samples=1):
+    def __init__(self, model, grads: dict | None = None, *, objective="elbo", n_samples=1, free_bits=0.0):
         self._pool = []  # (base, grads views, GWs, Gbs, dlogvar, threads cache, ours), newest last
         self._fresh = ((), lambda: None)  # the views fresh_grads handed out last, and their buffer
         self._weights = None  # the last importance-weighted call's w̃_k / B, (B, K)
         super().__init__(model, grads if grads is not None else _flat_empty(model.params), objective=objective,
-                         n_samples=n_samples)
+                         n_samples=n_samples, free_bits=free_bits)
         if grads is None:  # a buffer of the pool's own, to hand out
             self._pool[-1] = (*self._pool[-1][:6], True)
         self._all_rows = np.zeros((1, 0), dtype=np.int64)

@@ -272,7 +272,8 @@ class VAE:
         objective, n_samples = check_objective(objective, n_samples, beta, free_bits)
         iw = importance_weighted(objective)
         # a model the compiled path takes: fit's compiled step (its speed, the same
-        # mathematics to rounding); else, and for a trace or free bits, the engine
+        # mathematics to rounding); else, and for a trace or free bits (whose parts include
+        # the floored KL term, which the compiled step does not report), the engine
         step = None if (trace or free_bits > 0) else self._compiled_gradients(objective, n_samples)
         G = gradient_buffers(out, self.params) if out is not None else None
         if step is not None:

@@ -90,7 +90,7 @@ def reparametrize_kl_inplace(mu, lv, eps, z, std, kl) -> None:
     kl (B,): the engine's call, the kernel :func:`reparametrize_kl_` on the numba backend, the
     references on NumPy's."""
     if get_backend() == "numba":
-        reparametrize_kl_(mu, lv, eps, z, std, kl)
+        reparametrize_kl_(mu, lv, eps, z, std, kl, np.empty(mu.shape[1]))
     else:
         z[...], std[...] = reparametrize(mu, lv, eps)
         kl[...] = kl_normal(mu, lv)
@@ -114,11 +114,13 @@ def reparametrize_kl_backward_inplace(dz, eps, std, mu, lv, wkl, mask, dmu, dlv)
 # Kernels
 # ----------------------------------------------------------------------------------------
 @jit(**ELEMENTWISE)
-def reparametrize_kl_(mu, lv, eps, z, std, kl):
+def reparametrize_kl_(mu, lv, eps, z, std, kl, kl_dim):
     """σ = e^{v/2}, z = μ + σ ε, KL_i = ½ Σ_j (μ² + e^v − 1 − v): kernel of
     :func:`reparametrize` and :func:`kl_normal`.  mu, lv, eps, z, std (B, J) with contiguous
     rows (one flat run: with J of a few, a loop per row does not vectorise), kl (B,) (any float
-    dtype); each row's terms summed in float64, in order j = 0, 1, …"""
+    dtype); each row's terms summed in float64, in order j = 0, 1, …; and kl_dim (J,) float64
+    ← Σ_i KL_ij, each dimension's sum over the rows in order (:func:`kl_normal_per_dim`
+    summed: free bits' batch means)."""
     B, J = mu.shape
     m, v, e, zf, sf = mu.reshape(-1), lv.reshape(-1), eps.reshape(-1), z.reshape(-1), std.reshape(-1)
     terms = np.empty(B * J)
@@ -128,10 +130,14 @@ def reparametrize_kl_(mu, lv, eps, z, std, kl):
         sf[i] = s
         zf[i] = m[i] + s * e[i]
         terms[i] = m[i] * m[i] + (vmath.expm1(vi) - vi)
+    for j in range(J):
+        kl_dim[j] = 0.0
     for i in range(B):
         acc = 0.0
         for j in range(J):
-            acc += terms[i * J + j]
+            t = terms[i * J + j]
+            acc += t
+            kl_dim[j] += 0.5 * t
         kl[i] = 0.5 * acc
 
 

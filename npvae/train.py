@@ -610,8 +610,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
         chunks = None
         if run["step_path"] == "compiled":
             chunks = compiled_mod.OptimizerSteps(model, optimizer, opt_state, step.grads,
-                                            dynamic_binarize=binarize == "dynamic", objective=objective,
-                                            n_samples=n_samples)
+                                                 dynamic_binarize=binarize == "dynamic", objective=objective,
+                                                 n_samples=n_samples, free_bits=free_bits)
             full_steps = n // batch_size  # steps with a whole batch; a last, smaller one runs alone
             # the row blocks of the run's batch size for every step, the last, smaller one
             # too: one compiled kernel (a cold start compiles the one- or the many-block one)

@@ -22,13 +22,17 @@ def _draw(data, shape, dtype, low=-4.0, high=4.0):
 def test_reparametrize_kl_kernel_matches_its_reference(dtype, data, shape):
     mu, lv, eps = (_draw(data, shape, dtype, -6, 6) for _ in range(3))
     z, std, kl = np.empty(shape, dtype), np.empty(shape, dtype), np.empty(shape[0], dtype)
-    posterior.reparametrize_kl_(mu, lv, eps, z, std, kl)
+    kl_dim = np.empty(shape[1])
+    posterior.reparametrize_kl_(mu, lv, eps, z, std, kl, kl_dim)
     z_ref, std_ref = posterior.reparametrize(mu, lv, eps)
     agree(dtype, (std, std_ref))
     agree_elementwise(dtype, z, z_ref, [mu, std_ref * eps])
     terms = posterior.kl_normal_per_dim(mu, lv)
     agree_sum(dtype, kl, posterior.kl_normal(mu, lv), [0.5 * mu * mu, 0.5 * np.exp(lv), 0.5 + 0 * mu, 0.5 * lv])
     assert np.all(kl >= -1e-6 * np.abs(terms).sum(axis=1))
+    scale = (0.5 * mu.astype(np.float64) ** 2 + 0.5 * np.exp(lv.astype(np.float64)) + 0.5 + 0.5 * np.abs(lv)).sum(axis=0)
+    err = np.abs(kl_dim - terms.astype(np.float64).sum(axis=0))
+    assert np.all(err <= (1e-5 if dtype == np.float32 else 1e-12) * scale)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -55,9 +59,9 @@ def test_posterior_kernels_at_the_edges(dtype):
     eps = np.array([[0.5, -1.0, 2.0, 1.0], [1.5, 0.0, -1.0, 1.0]], dtype)
     z, std, kl = np.empty_like(mu), np.empty_like(mu), np.empty(2, dtype)
     c = np.ascontiguousarray  # the kernel's arrays have contiguous rows
-    posterior.reparametrize_kl_(c(mu[:, :2]), c(lv[:, :2]), c(eps[:, :2]), c(z[:, :2]), c(std[:, :2]), kl)
+    posterior.reparametrize_kl_(c(mu[:, :2]), c(lv[:, :2]), c(eps[:, :2]), c(z[:, :2]), c(std[:, :2]), kl, np.empty(2))
     assert kl[1] == 0.0
-    posterior.reparametrize_kl_(mu, lv, eps, z, std, kl)
+    posterior.reparametrize_kl_(mu, lv, eps, z, std, kl, np.empty(4))
     assert z[1, 0] == eps[1, 0] and std[1, 0] == 1.0
     assert np.isfinite(std[0, 1]) and np.isfinite(std[0, 2])
     assert np.isnan(z[0, 3]) and np.isnan(kl[0]) and np.isnan(z[1, 3]) and np.isnan(kl[1])

@@ -193,12 +193,16 @@ def likelihood_rows(lik, out, x, w, terms, nll, H, io, r0, r1, lik_logvar, lik_d
 
 @_elementwise
 def forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
-                     terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1):
+                     terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1, free_bits):
     """One ELBO step's forward and backward pass over the batch rows r0:r1 (every buffer is
     the whole batch's, sliced here; rows, U, E this step's).  The weight and bias gradients
     of these rows go to GWs, Gbs (and a learned ln σ²'s to lik_dlogvar): the gradients
     themselves, or one block's partial sums.  w = 1/B of the whole batch.  Returns the rows'
-    Σ (−ln p(x|z) + β KL), Σ −ln p(x|z) and Σ KL."""
+    Σ (−ln p(x|z) + β KL), Σ −ln p(x|z) and Σ KL.
+
+    Free bits λ > 0 (the whole batch in one block: the floor is on the batch means): the
+    objective's KL term is Σ_j max(λ, KL̄_j), KL̄_j the batch mean of dimension j, and
+    dimension j's KL gradient is masked by [KL̄_j > λ] (docs/math.md, "Free bits")."""
     iv = n_enc + 1
     d0 = n_enc + 2
     io = d0 + n_dec
@@ -210,7 +214,9 @@ def forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_de
     h_enc = chain_forward(x, Ws, bs, acts, H, np.int64(0), n_enc, r0, r1)
     heads_forward(h_enc, Ws, bs, H, n_enc, np.int64(2), r0, r1)
     mu, lv = H[n_enc][r0:r1], H[iv][r0:r1]
-    reparametrize_kl_(mu, lv, eps, zr, sr, klr)
+    J = mu.shape[1]
+    kl_dim = np.empty(J)
+    reparametrize_kl_(mu, lv, eps, zr, sr, klr, kl_dim)
     h_dec = chain_forward(zr, Ws, bs, acts, H, d0, io, r0, r1)
     heads_forward(h_dec, Ws, bs, H, io, n_out, r0, r1)
     likelihood_rows(lik, H[io][r0:r1], x, w, terms[r0:r1], nr, H, io, r0, r1, lik_logvar, lik_dlogvar)
@@ -219,14 +225,23 @@ def forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_de
     for i in range(r1 - r0):
         rec += nr[i]
         klsum += klr[i]
+    mask = np.ones(J)
+    kl_objective = klsum  # the objective's KL term, summed over the rows
+    if free_bits > 0.0:
+        floored = 0.0
+        for j in range(J):
+            mean = kl_dim[j] * w
+            mask[j] = 1.0 if mean > free_bits else 0.0
+            floored += max(free_bits, mean)
+        kl_objective = floored / w
     # backward; dL/dz shares dμ's buffer: reparam_kl_backward reads it before writing dμ
     dmu, dlv = dH[n_enc][r0:r1], dH[iv][r0:r1]
     dh = dH[io - 1][r0:r1] if n_dec > 0 else dmu
     heads_backward(h_dec, Ws, GWs, Gbs, H, io, n_out, dh, tmp_dec[r0:r1], r0, r1)
     chain_backward(Ws, GWs, Gbs, acts, H, dH, d0, io, zr, dmu, np.bool_(True), r0, r1)
-    reparametrize_kl_backward_(dmu, eps, sr, mu, lv, beta * w, np.ones(mu.shape[1]), dlv)
+    reparametrize_kl_backward_(dmu, eps, sr, mu, lv, beta * w, mask, dlv)
     posterior_backward(x, h_enc, Ws, GWs, Gbs, acts, H, dH, n_enc, tmp_enc, r0, r1)
-    return rec + beta * klsum, rec, klsum
+    return rec + beta * kl_objective, rec, klsum
 
 
 @_elementwise
@@ -390,7 +405,7 @@ def clip_factor(norm, clip):
 
 
 @_elementwise
-def step_block(K, est, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl, terms, nll,
+def step_block(K, est, free_bits, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl, terms, nll,
                tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1, xk, lw, dzk):
     """The ELBO step (``lw`` None; E (1, B, J)) or the K-sample importance-weighted step
     (E (K, B, J)) over the rows r0:r1; returns their Σ loss, Σ reconstruction, Σ KL.
@@ -399,14 +414,15 @@ def step_block(K, est, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_
     so an ELBO run does not compile the importance-weighted step (3 s of a cold start)."""
     if lw is None:
         return forward_backward(X, rows, U, E[0], dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std,
-                                kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1)
+                                kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1,
+                                free_bits)
     return iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std,
                                  kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, w, r0, r1, K, xk,
                                  lw, dzk, est)
 
 
 @jit(cache_subfolder=CACHE, **ELEMENTWISE)
-def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
+def adam_steps(K, est, free_bits, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std, kl,
                terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, xk, lw, dzk, betas, adam_c, clip,
                update, P, G, M, V, losses, recs, kls, norms):
     """Run S = len(idx) steps with Adam or SGD on one thread (BLAS may use its own): the ELBO
@@ -423,7 +439,7 @@ def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_d
     and norms hold its values)."""
     S, B = idx.shape
     for s in range(S):
-        loss, rec, klsum = step_block(K, est, X, idx[s], U[s], E[s], dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H,
+        loss, rec, klsum = step_block(K, est, free_bits, X, idx[s], U[s], E[s], dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H,
                                       dH, xb, z, std, kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar,
                                       lik_dlogvar, betas[s], 1.0 / B, 0, B, xk, lw, dzk)
         if not record(s, loss, rec, klsum, B, sum_squares(G), losses, recs, kls, norms):
@@ -438,7 +454,7 @@ def adam_steps(K, est, X, idx, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_d
 
 
 @jit(cache_subfolder=CACHE, parallel=True, **ELEMENTWISE)
-def adam_steps_blocks(K, est, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts, n_enc, n_dec, H, dH, xb, z, std,
+def adam_steps_blocks(K, est, free_bits, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts, n_enc, n_dec, H, dH, xb, z, std,
                       kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, dlogvar_t, xk, lw, dzk, betas, adam_c,
                       clip, update, P, G, partials, M, V, losses, recs, kls, norms):
     """:func:`adam_steps` with the batch split into T = len(GWs_t) row blocks, run in
@@ -461,7 +477,7 @@ def adam_steps_blocks(K, est, X, idx, U, E, dynamic, Ws, bs, GWs_t, Gbs_t, acts,
             r0 = t * B // T
             r1 = (t + 1) * B // T
             loss_t[t], recs_t[t], kls_t[t] = step_block(
-                K, est, X, rows, u, e, dynamic, Ws, bs, GWs_t[t], Gbs_t[t], acts, n_enc, n_dec, H, dH, xb, z, std, kl,
+                K, est, free_bits, X, rows, u, e, dynamic, Ws, bs, GWs_t[t], Gbs_t[t], acts, n_enc, n_dec, H, dH, xb, z, std, kl,
                 terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, dlogvar_t[t], betas[s], 1.0 / B, r0, r1, xk, lw, dzk)
         if n < SERIAL_BELOW:  # a small model: a parallel region costs more than it saves
             sq_c[:] = 0.0
