@@ -471,7 +471,8 @@ def fit(model, x_train, *, x_val=None, optimizer: Optimizer = Adam(lr=1e-3), epo
                              "memory-mapped file beforehand, or use binarize='dynamic'")
         x = x_train
         parallel.all_succeed(comm, lambda: _check_mapped_rows(x, model, binarize, comm=comm))
-        why_not = why_not or "the training data is memory-mapped (the compiled step reads it from memory)"
+        # the compiled step reads the rows of each batch straight from the mapping (the pages
+        # of those rows alone; a read-only or other-dtype array compiles a variant of its own)
     else:
         x = as_float_array(x_train, "x_train", dtype=model.dtype, shape=(None, model.n_inputs))
         if binarize is not None:
