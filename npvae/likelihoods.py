@@ -346,17 +346,19 @@ def _check_unit_interval(x: np.ndarray, name: str, what: str) -> None:
         )
 
 
-class Bernoulli(Likelihood):
-    """p(x|z) = Π_d λ_d^{x_d} (1 − λ_d)^{1−x_d}, λ = σ(logits); x ∈ [0, 1] (soft targets allowed)."""
+class _OnLogits(Likelihood):
+    """A likelihood of targets in [0, 1] read from one head of logits: its reference
+    ``_reference(logits, x) -> (nll, dlogits)`` and its kernel ``_kernel(logits, x, w, terms)``
+    (staticmethods of the subclass), and the name its targets are checked under."""
 
-    name = "bernoulli"
+    _what = ""
 
     def check_targets(self, x, name="x"):
-        _check_unit_interval(x, name, "Bernoulli")
+        _check_unit_interval(x, name, self._what)
 
     def nll(self, x, outputs, params):
         (logits,) = outputs
-        nll, g = bernoulli_nll(logits, x)
+        nll, g = self._reference(logits, x)
 
         def backprop(dnll):
             return (g * dnll[:, None],), {}
@@ -366,10 +368,19 @@ class Bernoulli(Likelihood):
     def loss_and_grad_(self, x, outputs, params, w, nll, dparams):
         if get_backend() == "numba":
             terms = _scratch("terms", outputs[0].shape, outputs[0].dtype)
-            bernoulli_nll_(outputs[0], x, w, terms)
+            self._kernel(outputs[0], x, w, terms)
             _nll_from_terms(terms, nll)
         else:
             super().loss_and_grad_(x, outputs, params, w, nll, dparams)
+
+
+class Bernoulli(_OnLogits):
+    """p(x|z) = Π_d λ_d^{x_d} (1 − λ_d)^{1−x_d}, λ = σ(logits); x ∈ [0, 1] (soft targets allowed)."""
+
+    name = "bernoulli"
+    _what = "Bernoulli"
+    _reference = staticmethod(bernoulli_nll)
+    _kernel = staticmethod(bernoulli_nll_)
 
     def mean(self, outputs, params):
         return activations.sigmoid(outputs[0])
@@ -379,30 +390,13 @@ class Bernoulli(Likelihood):
         return (rng.random(p.shape) < p).astype(p.dtype)
 
 
-class ContinuousBernoulli(Likelihood):
+class ContinuousBernoulli(_OnLogits):
     """p(x|z) = Π_d C(λ_d) λ_d^{x_d} (1 − λ_d)^{1−x_d} on x ∈ [0, 1] (Loaiza-Ganem & Cunningham 2019)."""
 
     name = "continuous_bernoulli"
-
-    def check_targets(self, x, name="x"):
-        _check_unit_interval(x, name, "continuous Bernoulli")
-
-    def nll(self, x, outputs, params):
-        (logits,) = outputs
-        nll, g = continuous_bernoulli_nll(logits, x)
-
-        def backprop(dnll):
-            return (g * dnll[:, None],), {}
-
-        return nll, backprop
-
-    def loss_and_grad_(self, x, outputs, params, w, nll, dparams):
-        if get_backend() == "numba":
-            terms = _scratch("terms", outputs[0].shape, outputs[0].dtype)
-            continuous_bernoulli_nll_(outputs[0], x, w, terms)
-            _nll_from_terms(terms, nll)
-        else:
-            super().loss_and_grad_(x, outputs, params, w, nll, dparams)
+    _what = "continuous Bernoulli"
+    _reference = staticmethod(continuous_bernoulli_nll)
+    _kernel = staticmethod(continuous_bernoulli_nll_)
 
     def mean(self, outputs, params):
         return cb_mean(outputs[0])

@@ -90,7 +90,7 @@ def reparametrize_kl_inplace(mu, lv, eps, z, std, kl) -> None:
     kl (B,): the engine's call, the kernel :func:`reparametrize_kl_` on the numba backend, the
     references on NumPy's."""
     if get_backend() == "numba":
-        reparametrize_kl_(mu, lv, eps, z, std, kl, np.empty(mu.shape[1]))
+        reparametrize_kl_(mu, lv, eps[None], z, std, kl, np.empty(mu.shape[1]))
     else:
         z[...], std[...] = reparametrize(mu, lv, eps)
         kl[...] = kl_normal(mu, lv)
@@ -115,27 +115,25 @@ def reparametrize_kl_backward_inplace(dz, eps, std, mu, lv, wkl, mask, dmu, dlv)
 # ----------------------------------------------------------------------------------------
 @jit(**ELEMENTWISE)
 def reparametrize_kl_(mu, lv, eps, z, std, kl, kl_dim):
-    """σ = e^{v/2}, z = μ + σ ε, KL_i = ½ Σ_j (μ² + e^v − 1 − v): kernel of
-    :func:`reparametrize` and :func:`kl_normal`.  mu, lv, eps, z, std (B, J) with contiguous
-    rows (one flat run: with J of a few, a loop per row does not vectorise), kl (B,) (any float
-    dtype); each row's terms summed in float64, in order j = 0, 1, …; and kl_dim (J,) float64
-    ← Σ_i KL_ij, each dimension's sum over the rows in order (:func:`kl_normal_per_dim`
+    """σ = e^{v/2}, z = μ + σ ε for each of K samples, KL_i = ½ Σ_j (μ² + e^v − 1 − v): kernel
+    of :func:`reparametrize` and :func:`kl_normal`.  mu, lv, std (B, J); eps (K, B, J); z
+    (B·K, J), example i's sample k at row i·K + k (K = 1: z is (B, J) row for row); kl (B,)
+    (any float dtype), each row's terms summed in float64, in order j = 0, 1, …; kl_dim (J,)
+    float64 ← Σ_i KL_ij, each dimension's sum over the rows in order (:func:`kl_normal_per_dim`
     summed: free bits' batch means)."""
     B, J = mu.shape
-    m, v, e, zf, sf = mu.reshape(-1), lv.reshape(-1), eps.reshape(-1), z.reshape(-1), std.reshape(-1)
-    terms = np.empty(B * J)
-    for i in range(B * J):
-        vi = v[i]
-        s = vmath.exp(0.5 * vi)
-        sf[i] = s
-        zf[i] = m[i] + s * e[i]
-        terms[i] = m[i] * m[i] + (vmath.expm1(vi) - vi)
+    K = eps.shape[0]
     for j in range(J):
         kl_dim[j] = 0.0
     for i in range(B):
         acc = 0.0
         for j in range(J):
-            t = terms[i * J + j]
+            vj = lv[i, j]
+            s = vmath.exp(0.5 * vj)
+            std[i, j] = s
+            for k in range(K):
+                z[i * K + k, j] = mu[i, j] + s * eps[k, i, j]
+            t = mu[i, j] * mu[i, j] + (vmath.expm1(vj) - vj)
             acc += t
             kl_dim[j] += 0.5 * t
         kl[i] = 0.5 * acc

@@ -18,15 +18,20 @@ def _draw(data, shape, dtype, low=-4.0, high=4.0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(data=st.data(), shape=nst.shapes(batch=(1, 30), width=(1, 12)))
-def test_reparametrize_kl_kernel_matches_its_reference(dtype, data, shape):
-    mu, lv, eps = (_draw(data, shape, dtype, -6, 6) for _ in range(3))
-    z, std, kl = np.empty(shape, dtype), np.empty(shape, dtype), np.empty(shape[0], dtype)
-    kl_dim = np.empty(shape[1])
+@given(data=st.data(), shape=nst.shapes(batch=(1, 30), width=(1, 12)), K=st.integers(1, 4))
+def test_reparametrize_kl_kernel_matches_its_reference(dtype, data, shape, K):
+    """One sample per example (the ELBO) or K of them (the importance-weighted step), the
+    kernel's z rows example-major (example i's sample k at row i·K + k)."""
+    mu, lv = (_draw(data, shape, dtype, -6, 6) for _ in range(2))
+    eps = _draw(data, (K, *shape), dtype, -6, 6)
+    B, J = shape
+    z, std, kl = np.empty((B * K, J), dtype), np.empty(shape, dtype), np.empty(B, dtype)
+    kl_dim = np.empty(J)
     posterior.reparametrize_kl_(mu, lv, eps, z, std, kl, kl_dim)
-    z_ref, std_ref = posterior.reparametrize(mu, lv, eps)
+    z_ref, std_ref = posterior.reparametrize(mu, lv, eps)  # (K, B, J)
+    z_ref = z_ref.transpose(1, 0, 2).reshape(B * K, J)
     agree(dtype, (std, std_ref))
-    agree_elementwise(dtype, z, z_ref, [mu, std_ref * eps])
+    agree_elementwise(dtype, z, z_ref, [np.repeat(mu, K, axis=0), (std_ref * eps).transpose(1, 0, 2).reshape(B * K, J)])
     terms = posterior.kl_normal_per_dim(mu, lv)
     agree_sum(dtype, kl, posterior.kl_normal(mu, lv), [0.5 * mu * mu, 0.5 * np.exp(lv), 0.5 + 0 * mu, 0.5 * lv])
     assert np.all(kl >= -1e-6 * np.abs(terms).sum(axis=1))
@@ -59,9 +64,9 @@ def test_posterior_kernels_at_the_edges(dtype):
     eps = np.array([[0.5, -1.0, 2.0, 1.0], [1.5, 0.0, -1.0, 1.0]], dtype)
     z, std, kl = np.empty_like(mu), np.empty_like(mu), np.empty(2, dtype)
     c = np.ascontiguousarray  # the kernel's arrays have contiguous rows
-    posterior.reparametrize_kl_(c(mu[:, :2]), c(lv[:, :2]), c(eps[:, :2]), c(z[:, :2]), c(std[:, :2]), kl, np.empty(2))
+    posterior.reparametrize_kl_(c(mu[:, :2]), c(lv[:, :2]), c(eps[None, :, :2]), c(z[:, :2]), c(std[:, :2]), kl, np.empty(2))
     assert kl[1] == 0.0
-    posterior.reparametrize_kl_(mu, lv, eps, z, std, kl, np.empty(4))
+    posterior.reparametrize_kl_(mu, lv, eps[None], z, std, kl, np.empty(4))
     assert z[1, 0] == eps[1, 0] and std[1, 0] == 1.0
     assert np.isfinite(std[0, 1]) and np.isfinite(std[0, 2])
     assert np.isnan(z[0, 3]) and np.isnan(kl[0]) and np.isnan(z[1, 3]) and np.isnan(kl[1])

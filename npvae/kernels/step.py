@@ -209,14 +209,14 @@ def forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_de
     n_out = len(Ws) - io
     x = xb[r0:r1]
     gather_binarize(X, rows[r0:r1], U[r0:r1], dynamic, x)
-    eps = E[r0:r1]
+    eps = E[0][r0:r1]
     zr, sr, klr, nr = z[r0:r1], std[r0:r1], kl[r0:r1], nll[r0:r1]
     h_enc = chain_forward(x, Ws, bs, acts, H, np.int64(0), n_enc, r0, r1)
     heads_forward(h_enc, Ws, bs, H, n_enc, np.int64(2), r0, r1)
     mu, lv = H[n_enc][r0:r1], H[iv][r0:r1]
     J = mu.shape[1]
     kl_dim = np.empty(J)
-    reparametrize_kl_(mu, lv, eps, zr, sr, klr, kl_dim)
+    reparametrize_kl_(mu, lv, E[:, r0:r1], zr, sr, klr, kl_dim)
     h_dec = chain_forward(zr, Ws, bs, acts, H, d0, io, r0, r1)
     heads_forward(h_dec, Ws, bs, H, io, n_out, r0, r1)
     likelihood_rows(lik, H[io][r0:r1], x, w, terms[r0:r1], nr, H, io, r0, r1, lik_logvar, lik_dlogvar)
@@ -288,19 +288,12 @@ def iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc,
     heads_forward(h_enc, Ws, bs, H, n_enc, np.int64(2), r0, r1)
     mu, lv = H[n_enc][r0:r1], H[iv][r0:r1]
     sr = std[r0:r1]
+    reparametrize_kl_(mu, lv, E[:, r0:r1], z[R0:R1], sr, kl[r0:r1], np.empty(J))
     klsum = 0.0
     for i in range(r1 - r0):
-        acc = 0.0
-        for j in range(J):
-            v = lv[i, j]
-            sr[i, j] = vmath.exp(0.5 * v)
-            acc += mu[i, j] * mu[i, j] + (vmath.expm1(v) - v)
-        kl[r0 + i] = 0.5 * acc
-        klsum += 0.5 * acc
+        klsum += kl[r0 + i]
         for k in range(K):
             r = (r0 + i) * K + k
-            for j in range(J):
-                z[r, j] = mu[i, j] + sr[i, j] * E[k, r0 + i, j]
             for j in range(D):
                 xk[r, j] = x[i, j]
     zr = z[R0:R1]
@@ -413,7 +406,7 @@ def step_block(K, est, free_bits, X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts
     ``lw is None`` is decided when numba compiles: a None argument prunes the other branch,
     so an ELBO run does not compile the importance-weighted step (3 s of a cold start)."""
     if lw is None:
-        return forward_backward(X, rows, U, E[0], dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std,
+        return forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std,
                                 kl, terms, nll, tmp_dec, tmp_enc, lik, lik_logvar, lik_dlogvar, beta, w, r0, r1,
                                 free_bits)
     return iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc, n_dec, H, dH, xb, z, std,
