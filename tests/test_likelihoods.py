@@ -177,9 +177,12 @@ def test_bernoulli_kernel_matches_its_reference(dtype, data):
     logits, x, w = _kernel_case(data, dtype, -40, 40)
     g, terms = logits.copy(), np.empty_like(logits)
     likelihoods.bernoulli_nll_(g, x, w, terms)
-    nll, dl = likelihoods.bernoulli_nll(logits, x)
-    agree_sum(dtype, _row_sums(terms), nll.astype(np.float64), [np.abs(logits), np.log(2) + 0 * logits])
-    agree_elementwise(dtype, g, dl * w[:, None], [np.abs(dl * w[:, None]), 1e-7 * w[:, None] + 0 * dl])
+    # the reference in float64: σ(l) − x cancels, in a float32 reference too; the scale of
+    # each gradient element is its two terms' size, w (σ(l) + x)
+    nll, dl = likelihoods.bernoulli_nll(logits.astype(np.float64), x.astype(np.float64))
+    agree_sum(dtype, _row_sums(terms), nll, [np.abs(logits), np.log(2) + 0 * logits])
+    sig = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    agree_elementwise(dtype, g, (dl * w[:, None]).astype(dtype), [(sig + x) * w[:, None], 1e-30 + 0 * dl])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -191,7 +194,9 @@ def test_continuous_bernoulli_kernel_matches_its_reference(dtype, data):
     nll, dl = likelihoods.continuous_bernoulli_nll(logits.astype(np.float64), x.astype(np.float64))
     nll, dl = nll.astype(dtype), dl.astype(dtype)  # the float32 reference cancels in ln C(l) − softplus(l)
     agree_sum(dtype, _row_sums(terms), nll.astype(np.float64), [np.abs(logits), 1 + 0 * logits])
-    agree_elementwise(dtype, g, dl * w[:, None], [np.abs(dl * w[:, None]), 1e-7 * w[:, None] + 0 * dl])
+    _, dlog_c = likelihoods.cb_log_normaliser(logits.astype(np.float64))
+    sig = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    agree_elementwise(dtype, g, dl * w[:, None], [(sig + x + np.abs(dlog_c)) * w[:, None], 1e-30 + 0 * dl])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -210,15 +215,18 @@ def test_gaussian_kernel_matches_its_reference(dtype, mode, data):
     g, terms, dlv = mean.copy(), np.empty_like(mean), np.zeros(D, dtype)
     code = {"fixed": 0, "learned": 1, "per_example": 2}[mode]
     likelihoods.gaussian_nll_(g, x, lv2d, mode == "per_example", w, terms, dlv, code)
-    nll, dm, ds = likelihoods.gaussian_nll(mean, x, logvar)
-    r2w = (mean - x).astype(np.float64) ** 2 * np.exp(-logvar.astype(np.float64))
-    agree_sum(dtype, _row_sums(terms), nll.astype(np.float64), [r2w, logvar + 0 * mean, 1 + 0 * mean])
-    agree_elementwise(dtype, g, dm * w[:, None], [np.abs(dm * w[:, None])])
+    # the reference in float64, rounded: ½ − ½ r² e^{−s} cancels, in a float32 reference too
+    f64 = lambda a: np.asarray(a, np.float64)
+    nll, dm, ds = likelihoods.gaussian_nll(f64(mean), f64(x), f64(logvar))
+    r2w = (f64(mean) - f64(x)) ** 2 * np.exp(-f64(logvar))
+    agree_sum(dtype, _row_sums(terms), nll, [r2w, logvar + 0 * mean, 1 + 0 * mean])
+    agree_elementwise(dtype, g, (dm * w[:, None]).astype(dtype), [np.abs(dm * w[:, None])])
     wds = ds * w[:, None]
+    size = 0.5 * np.abs(w[:, None]) * (1 + r2w)  # the two terms' magnitudes
     if mode == "learned":
-        agree_elementwise(dtype, dlv, wds.sum(axis=0), [np.abs(wds).sum(axis=0) + 1e-30])
+        agree_elementwise(dtype, dlv, wds.sum(axis=0).astype(dtype), [size.sum(axis=0) + 1e-30])
     elif mode == "per_example":
-        agree_elementwise(dtype, lv2d, wds, [np.abs(wds) + 1e-30])
+        agree_elementwise(dtype, lv2d, wds.astype(dtype), [size + 1e-30])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
