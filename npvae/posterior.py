@@ -110,9 +110,35 @@ def reparametrize_kl_backward_inplace(dz, eps, std, mu, lv, wkl, mask, dmu, dlv)
         dlv[...] = dv + kv
 
 
+def log_prior_over_posterior(z: np.ndarray, eps: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """ln p(z) − ln q(z|x) for z = μ + σ ε: ln N(z; 0, I) − ln N(ε; 0, I) + ½ Σ_j v_j (the
+    Jacobian of ε ↦ z), summed on the last axis, in float64; z, eps (..., J), logvar (..., J)
+    broadcasting."""
+    f64 = lambda a: np.asarray(a, dtype=np.float64)
+    return (standard_normal_log_prob(f64(z)) - standard_normal_log_prob(f64(eps))
+            + 0.5 * f64(logvar).sum(axis=-1))
+
+
 # ----------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------
+@jit(**ELEMENTWISE)
+def log_prior_over_posterior_(z, r, eps, k, i, lv, il):
+    """ln p(z) − ln q(z|x) = ½ Σ_j (ε_j² − z_j²) + ½ Σ_j v_j (the ln 2π terms cancel) of the
+    sample z[r] = μ + σ ε[k, i], v = lv[il], in float64: kernel of
+    :func:`log_prior_over_posterior` (the sums over j in order).  The arrays whole and their
+    rows by index: a row view per sample costs reference counts that the threads share."""
+    sz = 0.0
+    hv = 0.0
+    for j in range(z.shape[1]):
+        zv = np.float64(z[r, j])
+        ev = np.float64(eps[k, i, j])
+        sz += ev * ev - zv * zv
+        hv += 0.5 * lv[il, j]
+    return 0.5 * sz + hv
+
+
+
 @jit(**ELEMENTWISE)
 def reparametrize_kl_(mu, lv, eps, z, std, kl, kl_dim):
     """σ = e^{v/2}, z = μ + σ ε for each of K samples, KL_i = ½ Σ_j (μ² + e^v − 1 − v): kernel

@@ -49,7 +49,8 @@ from ..layers import gated_dense_backward_, gated_dense_forward_
 from ..likelihoods import (bernoulli_log_lik_row_, bernoulli_nll_, continuous_bernoulli_nll_, gaussian_log_lik_row_,
                            gaussian_nll_, row_log_lik)
 from ..optim import adam_update_, sgd_update_
-from ..posterior import reparametrize_kl_, reparametrize_kl_backward_
+from ..importance import log_mean_exp_
+from ..posterior import log_prior_over_posterior_, reparametrize_kl_, reparametrize_kl_backward_
 from .codes import IDENTITY
 from . import blas, vmath
 from .blas import gemm, gemm_acc
@@ -306,33 +307,16 @@ def iwae_forward_backward(X, rows, U, E, dynamic, Ws, bs, GWs, Gbs, acts, n_enc,
     # ln w, the bound and the normalised weights, in float64
     loss = 0.0
     rec = 0.0
-    logk = math.log(K)
     for i in range(r1 - r0):
-        hv = 0.0
-        for j in range(J):
-            hv += 0.5 * lv[i, j]
-        m = -math.inf
+        row = lw[r0 + i]
         for k in range(K):
             r = (r0 + i) * K + k
-            sz = 0.0
-            for j in range(J):
-                zv = np.float64(z[r, j])
-                ev = np.float64(E[k, r0 + i, j])
-                sz += ev * ev - zv * zv  # ln N(z) − ln N(ε), the ln 2π terms cancel
-            v = -nll[r] + 0.5 * sz + hv
-            lw[r0 + i, k] = v
-            m = max(m, v)
-        tot = 0.0
+            row[k] = -nll[r] + log_prior_over_posterior_(z, r, E, k, r0 + i, lv, i)
+        loss -= log_mean_exp_(row)  # row ← the normalised weights w̃_k
         for k in range(K):
-            e = vmath.exp(lw[r0 + i, k] - m)
-            lw[r0 + i, k] = e
-            tot += e
-        loss -= m + math.log(tot) - logk
-        for k in range(K):
-            wn = lw[r0 + i, k] / tot
             r = (r0 + i) * K + k
-            rec += wn * nll[r]
-            lw[r0 + i, k] = wn * w  # the row's weight in the gradient: w̃_k / B
+            rec += row[k] * nll[r]
+            row[k] = row[k] * w  # the row's weight in the gradient: w̃_k / B
     # the likelihood's gradient rows (and a per-example ln σ² head's) times their weight
     for i in range(r1 - r0):
         for k in range(K):
@@ -573,11 +557,4 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, le, lik, lik
                         gaussian_log_lik_row_(lik == GAUSSIAN_PER_EXAMPLE, out, out2, ro, x, i, lik_logvar, tr)
                         log_px = row_log_lik(False, tr, lin, ex)
                     k = r - i * K
-                    sz = 0.0
-                    hv = 0.0
-                    for j in range(J):
-                        zv = np.float64(z[q0 + r - a0, j])
-                        ev = np.float64(E[k, i, j])
-                        sz += ev * ev - zv * zv
-                        hv += 0.5 * lv[i - r0, j]
-                    lw[k, i] = log_px + 0.5 * sz + hv
+                    lw[k, i] = log_px + log_prior_over_posterior_(z, q0 + r - a0, E, k, i, lv, i - r0)
