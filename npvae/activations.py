@@ -34,7 +34,7 @@ import numpy as np
 
 from .constants import LEAKY_SLOPE
 from .kernels import get_backend, vmath
-from .kernels.codes import ACT_NAMES, ELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
+from .kernels.codes import ACT_NAMES, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SOFTPLUS, TANH
 from .kernels.jit import ELEMENTWISE, jit
 
 

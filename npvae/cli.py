@@ -15,7 +15,6 @@ arguments, a file or the settings ends with one line saying what is allowed, and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os

@@ -511,7 +511,6 @@ def log_weights(x, E, Ws, bs, acts, n_enc, n_dec, H, std, z, terms, le, lik, lik
     rows, so the scratch does not depend on K; std is (B, J); terms (T, D) float64 and le
     (T, 2, D) in the model's dtype are each block's likelihood scratch."""
     K, B, J = E.shape
-    D = x.shape[1]
     d0 = n_enc + 2
     io = d0 + n_dec
     n_out = len(Ws) - io
